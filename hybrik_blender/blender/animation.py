@@ -1,0 +1,91 @@
+"""Import a result file onto an SMPL character as keyframes."""
+import dataclasses
+import os
+
+import bpy
+import numpy as np
+
+from ..core import body_model as bm
+from ..core.blender_space import pose_channels
+from ..core.kinematics import pose_corrective_features
+from ..core.result import ResultFormatError, clip_betas
+from ..core.skeleton import JOINT_NAMES
+from .character import POSE_KEY_NAMES, SHAPE_KEY_NAMES, build_character, rest_matrices
+from .keyframes import ActionWriter
+
+
+@dataclasses.dataclass
+class ImportedTake:
+    rig: object
+    mesh: object
+    frame_start: int
+    frame_end: int
+    num_keys: int
+
+
+def set_scene_timing(scene, fps, frame_start, frame_end):
+    """Scene fps as Blender wants it: an integer fps and a divisor (29.97 ->
+    30 / 1.001), and the frame range of the clip."""
+    base = max(1, int(round(fps)))
+    scene.render.fps = base
+    scene.render.fps_base = base / float(fps)
+    scene.frame_start = int(frame_start)
+    scene.frame_end = int(frame_end)
+    scene.frame_current = int(frame_start)
+
+
+def import_result(result, model, *, name=None, per_frame_betas=False,
+                  pose_correctives=True, frame_offset=1, collection=None,
+                  set_scene=True):
+    """Build a character and key the result's valid frames onto it.
+
+    Source frame k becomes scene frame ``frame_offset + k`` (video frame 0 ->
+    scene frame 1, as a MovieClip shows it). Frames without a person get no
+    key. The shape is the clip's confidence-weighted mean betas, held
+    constant, unless `per_frame_betas` (then shape keys and bone offsets are
+    keyed per frame; the skin stays exact, see core/blender_space.py).
+    """
+    valid = np.asarray(result.valid, bool)
+    if not valid.any():
+        raise ResultFormatError("the result has no frame with a person in it")
+    frames = (frame_offset + result.frame_index[valid]).astype(np.float64)
+    rot = result.rotmats[valid].astype(np.float64)
+    root = result.root_translation[valid].astype(np.float64)
+    rest_betas = clip_betas(result)
+    name = name or f"SMPL_{os.path.splitext(result.source)[0] or 'take'}"
+
+    rig, mesh = build_character(model, rest_betas, name, pose_correctives, collection)
+    if per_frame_betas:
+        frame_betas = result.betas[valid].astype(np.float64)
+        joints = bm.rest_joints(model, frame_betas)
+    else:
+        joints = bm.rest_joints(model, rest_betas)[None]
+    quats, locs = pose_channels(rest_matrices(rig), rot, joints, root)
+
+    arm = ActionWriter(rig, f"{rig.name}_motion")
+    for i, bname in enumerate(JOINT_NAMES):
+        path = f'pose.bones["{bname}"]'
+        arm.add_array(f"{path}.rotation_quaternion", frames, quats[:, i], group=bname)
+        if i == 0 or per_frame_betas:
+            arm.add_array(f"{path}.location", frames, locs[:, i], group=bname)
+    num_keys = len(frames) * (4 * 24 + (3 * 24 if per_frame_betas else 3))
+
+    key = mesh.data.shape_keys
+    channels = []
+    if pose_correctives:
+        channels += list(zip(POSE_KEY_NAMES, pose_corrective_features(rot).T))
+    if per_frame_betas:
+        channels += list(zip(SHAPE_KEY_NAMES, frame_betas.T))
+    if channels:
+        shapes = ActionWriter(key, f"{rig.name}_shapes", id_type='KEY')
+        for kname, values in channels:
+            shapes.add(f'key_blocks["{kname}"].value', 0, frames, values)
+        num_keys += len(frames) * len(channels)
+
+    rig["hybrik_source"] = result.source
+    rig["hybrik_fps"] = float(result.fps)
+    rig["hybrik_backend"] = result.backend
+    start, end = int(frames[0]), int(frames[-1])
+    if set_scene:
+        set_scene_timing(bpy.context.scene, result.fps, start, end)
+    return ImportedTake(rig, mesh, start, end, num_keys)
