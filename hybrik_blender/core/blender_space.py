@@ -78,17 +78,22 @@ def rest_bones(joints29):
     return heads, tails, z_hint
 
 
-def blender_skinning(rotmats, joints, root_position, parents=PARENTS):
+def blender_skinning(rotmats, joints, root_position, parents=PARENTS, camera_to_world=None):
     """SMPL skinning transforms expressed in Blender world coordinates.
 
     rotmats (N, 24, 3, 3): local rotations, joint 0 in the camera frame.
     joints (N|1, 24, 3): SMPL rest joints for the frame's betas.
     root_position (N, 3): pelvis position in camera coordinates.
+    camera_to_world (4, 4): pose of the capture camera in Blender's world
+    (rigid; OpenCV camera axes). Default: at the origin looking down +Y, i.e.
+    ``homogeneous(CAMERA_TO_BLENDER)``.
     Returns (N, 24, 4, 4) maps from Blender rest-mesh points to world points.
     """
     glob, posed = forward_kinematics(rotmats, joints, parents, root_position)
     a = skinning_transforms(glob, posed, np.broadcast_to(joints, posed.shape))
-    return homogeneous(CAMERA_TO_BLENDER) @ a @ homogeneous(SMPL_TO_BLENDER.T)
+    if camera_to_world is None:
+        camera_to_world = homogeneous(CAMERA_TO_BLENDER)
+    return camera_to_world @ a @ homogeneous(SMPL_TO_BLENDER.T)
 
 
 def bone_basis(rest_matrices, skin, parents=PARENTS):
@@ -104,10 +109,11 @@ def bone_basis(rest_matrices, skin, parents=PARENTS):
     return rigid_inverse(b) @ rel @ b
 
 
-def pose_channels(rest_matrices, rotmats, joints, root_position, parents=PARENTS):
+def pose_channels(rest_matrices, rotmats, joints, root_position, parents=PARENTS,
+                  camera_to_world=None):
     """Quaternions (N, 24, 4), hemisphere-continuous in time, and locations
     (N, 24, 3) for the pose bones."""
-    skin = blender_skinning(rotmats, joints, root_position, parents)
+    skin = blender_skinning(rotmats, joints, root_position, parents, camera_to_world)
     basis = bone_basis(rest_matrices, skin, parents)
     quats = make_quaternions_continuous(matrix_to_quaternion(basis[..., :3, :3]), axis=0)
     return quats, basis[..., :3, 3]
