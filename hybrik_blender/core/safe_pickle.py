@@ -93,6 +93,9 @@ class SMPLUnpickler(pickle.Unpickler):
             allowed[("copyreg", "_reconstructor")] = _reconstructor
             allowed[("__builtin__", "object")] = object
             allowed[("builtins", "object")] = object
+            for mod in ("__builtin__", "builtins"):  # chumpy state holds sets
+                allowed[(mod, "set")] = set
+                allowed[(mod, "frozenset")] = frozenset
             allowed[("_codecs", "encode")] = _codecs_encode
             SMPLUnpickler._allowed = allowed
         found = SMPLUnpickler._allowed.get((module, name))

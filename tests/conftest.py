@@ -1,0 +1,34 @@
+import os
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(ROOT, "tests", "data")
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+SYNTHETIC_MODEL = os.path.join(DATA, "synthetic_smpl_neutral.npz")
+
+
+def synthetic_arrays(posedirs_scale=2e-3, seed=7):
+    """The synthetic SMPL-format model. Its own posedirs are all zero, so tests
+    that must exercise the pose correctives replace them with random ones."""
+    with np.load(SYNTHETIC_MODEL, allow_pickle=False) as d:
+        arrays = {k: d[k] for k in d.files}
+    if posedirs_scale:
+        rng = np.random.default_rng(seed)
+        arrays["posedirs"] = rng.normal(0, posedirs_scale, arrays["posedirs"].shape)
+    return arrays
+
+
+@pytest.fixture(scope="session")
+def model_arrays():
+    return synthetic_arrays()
+
+
+@pytest.fixture(scope="session")
+def body_model(model_arrays):
+    from hybrik_blender.core.body_model import body_model_from_arrays
+    return body_model_from_arrays(model_arrays, source="synthetic")

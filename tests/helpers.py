@@ -1,0 +1,36 @@
+"""Shared test helpers: random poses and result files."""
+import numpy as np
+
+from hybrik_blender.core import rotations
+from hybrik_blender.core.result import Result
+
+
+def random_motion(n, seed=0, spread=0.5):
+    """Smoothly varying random SMPL poses (N, 24, 3, 3), upright in camera."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 1, n)[:, None, None]
+    a, b = rng.normal(0, spread, (2, 1, 24, 3))
+    aa = a + (b - a) * t + 0.1 * np.sin(7 * t + rng.normal(0, 1, (1, 24, 3)))
+    rot = rotations.axis_angle_to_matrix(aa)
+    upright = rotations.axis_angle_to_matrix(np.array([np.pi, 0.0, 0.0]))
+    rot[:, 0] = upright @ rot[:, 0]
+    return rot
+
+
+def make_result(rotmats, betas=None, root=None, valid=None, fps=30.0, seed=0, **kw):
+    n = len(rotmats)
+    rng = np.random.default_rng(seed)
+    if betas is None:
+        betas = np.tile(rng.normal(0, 1, 10), (n, 1))
+    if root is None:
+        root = np.array([0.1, 0.3, 4.0]) + 0.05 * rng.normal(0, 1, (n, 3))
+    if valid is None:
+        valid = np.ones(n, bool)
+    args = dict(frame_index=np.arange(n), time_s=np.arange(n) / fps, rotmats=rotmats,
+                betas=betas, root_translation=root, joints29=np.zeros((n, 29, 3)),
+                bbox=np.tile([10.0, 20.0, 300.0, 400.0], (n, 1)), confidence=np.ones(n),
+                fps=fps, image_size=(640, 480), focal_length=(1000.0, 1000.0),
+                principal_point=(320.0, 240.0), source="clip.mp4", backend="test",
+                model="none")
+    args.update(kw)
+    return Result.from_frames(valid=valid, **args)

@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+
+from hybrik_blender.core.result import (FORMAT_VERSION, ResultFormatError, clip_betas,
+                                        load_result, save_result)
+from tests.helpers import make_result, random_motion
+
+
+@pytest.fixture
+def result():
+    return make_result(random_motion(12))
+
+
+def _write(path, arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def test_round_trip(tmp_path, result):
+    path = tmp_path / "take.npz"
+    save_result(path, result)
+    back = load_result(path)
+    assert back.num_frames == 12 and back.fps == 30.0 and back.complete
+    assert np.array_equal(back.rotmats, result.rotmats)
+    assert back.image_size == (640, 480) and back.source == "clip.mp4"
+    assert not list(tmp_path.glob(".tmp-*"))  # atomic write leaves no temporaries
+
+
+def test_invalid_frames_get_finite_placeholders():
+    rot = random_motion(5)
+    rot[2] = np.nan
+    res = make_result(rot, valid=np.array([1, 1, 0, 1, 1], bool),
+                      root=np.where(np.arange(5)[:, None] == 2, np.nan, 1.0) * np.ones((5, 3)))
+    assert np.all(res.rotmats[2] == np.eye(3)) and np.all(res.root_translation[2] == 0)
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda a: a.pop("rotmats"), "missing key.*rotmats"),
+    (lambda a: a.update(betas=a["betas"][:, :5]), "'betas' has shape"),
+    (lambda a: a["root_translation"].__setitem__((3, 1), np.nan), "NaN"),
+    (lambda a: a.update(version=np.array(FORMAT_VERSION + 1)), "newer hybrik-blender"),
+    (lambda a: a.update(format=np.array("something")), "not a hybrik-blender result"),
+    (lambda a: a.update(frame_index=a["frame_index"][::-1].copy()), "strictly increasing"),
+    (lambda a: a.update(rotmats=a["rotmats"] * 2), "not rotation matrices"),
+    (lambda a: a.update(fps=np.array(0.0)), "fps must be positive"),
+    (lambda a: a.update(confidence=a["confidence"] + 1), "confidence"),
+])
+def test_reader_refuses_bad_content(tmp_path, result, mutate, message):
+    arrays = result.to_arrays()
+    mutate(arrays)
+    with pytest.raises(ResultFormatError, match=message):
+        load_result(_write(tmp_path / "bad.npz", arrays))
+
+
+def test_truncated_file(tmp_path, result):
+    path = tmp_path / "take.npz"
+    save_result(path, result)
+    data = path.read_bytes()
+    for cut in (len(data) // 2, 30, 0):
+        (tmp_path / "cut.npz").write_bytes(data[:cut])
+        with pytest.raises(ResultFormatError, match="truncated|damaged|not a result"):
+            load_result(tmp_path / "cut.npz")
+
+
+def test_pickled_objects_are_not_loaded(tmp_path, result):
+    arrays = result.to_arrays()
+    arrays["source"] = np.array([{"evil": 1}], dtype=object)
+    with pytest.raises(ResultFormatError, match="not a result file"):
+        load_result(_write(tmp_path / "obj.npz", arrays))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ResultFormatError, match="not found"):
+        load_result(tmp_path / "nope.npz")
+
+
+def test_clip_betas_weights_confidence_and_skips_invalid():
+    rot = random_motion(3)
+    betas = np.array([[1.0] * 10, [3.0] * 10, [100.0] * 10])
+    res = make_result(rot, betas=betas, valid=np.array([1, 1, 0], bool),
+                      confidence=np.array([0.75, 0.25, 1.0]))
+    assert np.allclose(clip_betas(res), 1.5)
+    with pytest.raises(ResultFormatError, match="no valid frame"):
+        clip_betas(make_result(rot, valid=np.zeros(3, bool)))
