@@ -41,7 +41,7 @@ class ActionWriter:
 
     def _new_curve(self, data_path, index, group):
         if self._bag is None:
-            return self.action.fcurves.new(data_path, index=index, action_group=group)
+            return self.action.fcurves.new(data_path, index=index, action_group=group or "")
         fc = self._bag.fcurves.new(data_path, index=index)
         if group:
             g = self._groups.get(group)
