@@ -1,0 +1,76 @@
+"""Deterministic synthetic weights for the HybrIK networks (numpy recipe).
+
+Follows the recipe of the golden reference data exactly: every tensor is a
+function of its state_dict name, its shape and a seed, so tests and
+benchmarks can run the real architectures without trained checkpoints.
+``smpl.*`` buffers are not generated.
+"""
+import json
+import re
+import zlib
+
+import numpy as np
+
+DEFAULT_GAIN = {"res34_cam": 1.2, "hrnet48_cam": 1.1}
+GAIN_RULES = {
+    "res34_cam": [
+        ("final_layer.weight", 20.0), ("decshape.weight", 0.25), ("decphi.weight", 0.25),
+        ("decsigma.weight", 0.25), ("deccam.weight", 0.05),
+        (r"re:^preact\.layer\d\.\d+\.conv2\.weight$", 0.3)],
+    "hrnet48_cam": [
+        ("preact.final_layer.weight", 3.0), ("decshape.weight", 0.05), ("decphi.weight", 0.05),
+        ("decsigma.weight", 0.5), ("deccam.weight", 0.01),
+        (r"re:(\.branches\.\d+\.\d+\.conv2|^preact\.layer1\.\d+\.conv3"
+         r"|^preact\.incre_modules\.\d+\.\d+\.conv3)\.weight$", 0.3),
+        (r"re:\.fuse_layers\.", 0.6)],
+}
+INIT_CAM = {"res34_cam": [0.9, 0.0, 0.0], "hrnet48_cam": [0.9]}
+
+
+def gain_for(arch, name):
+    for key, gain in GAIN_RULES[arch]:
+        hit = re.search(key[3:], name) if key.startswith("re:") else name == key
+        if hit:
+            return gain
+    return DEFAULT_GAIN[arch]
+
+
+def _value(arch, name, shape, seed):
+    u = np.random.default_rng(zlib.crc32(name.encode()) + seed).random(shape)
+    if name.endswith("running_var"):
+        return 0.5 + u
+    if name.endswith("running_mean"):
+        return 0.1 * (2 * u - 1)
+    if len(shape) == 1:
+        return 0.5 + u if name.endswith(".weight") else 0.1 * (2 * u - 1)
+    fan_in = int(np.prod(shape[1:]))
+    return gain_for(arch, name) * np.sqrt(3.0 / fan_in) * (2 * u - 1)
+
+
+def synthetic_state(manifest, arch, seed=1):
+    """{name: numpy array} for every non-``smpl.*`` entry of a key manifest
+    (a dict name -> {'shape': [...], ...}, or a path to its JSON file)."""
+    if not isinstance(manifest, dict):
+        with open(manifest, encoding="utf-8") as fh:
+            manifest = json.load(fh)
+    out = {}
+    for name, info in manifest.items():
+        shape = tuple(info["shape"])
+        if name.startswith("smpl."):
+            continue
+        if name == "init_cam":
+            out[name] = np.asarray(INIT_CAM[arch], np.float32)
+        elif name == "init_shape":
+            out[name] = np.zeros(shape, np.float32)
+        elif name.endswith("num_batches_tracked"):
+            out[name] = np.zeros(shape, np.int64)
+        else:
+            out[name] = _value(arch, name, shape, seed).astype(np.float32)
+    return out
+
+
+def manifest_from_network(net):
+    """Key manifest (name -> shape/dtype) of a network's state_dict, in the
+    golden files' format; lets benchmarks run without the JSON files."""
+    return {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")}
+            for k, v in net.state_dict().items()}
