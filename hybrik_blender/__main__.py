@@ -1,0 +1,30 @@
+"""Command line: ``python -m hybrik_blender import RESULT --smpl-model M -o take.blend``.
+
+Builds the animated SMPL character from a result file into a .blend, through
+Blender's ``bpy`` module. Exit codes: 0 success, 2 bad input (the one-line
+message on stderr says what), 1 unexpected failure.
+"""
+import argparse
+import sys
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m hybrik_blender",
+                                     description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import", help="build a .blend from a result file")
+    imp.add_argument("result", help="result file (.npz) written by the worker")
+    imp.add_argument("--smpl-model", required=True,
+                     help="SMPL model (.pkl/.npz) or HybrIK checkpoint (.pth)")
+    imp.add_argument("-o", "--output", required=True, help="the .blend to write")
+    imp.add_argument("--per-frame-betas", action="store_true",
+                     help="key the shape per frame (default: the clip's average shape)")
+    imp.add_argument("--no-correctives", action="store_true",
+                     help="skip the 207 pose-corrective shape keys")
+    args = parser.parse_args(argv)
+    from .blender.headless import run_import
+    return run_import(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
