@@ -136,3 +136,15 @@ def test_result_without_valid_frames_is_refused(empty_scene, body_model):
     with pytest.raises(ResultFormatError, match="no frame with a person"):
         import_result(res, body_model)
     assert len(bpy.data.objects) == 0
+
+
+def test_gltf_export_of_the_character(empty_scene, body_model, tmp_path):
+    """Also guards the bpy 4.2 exit crash after a glTF export: on 4.2 this
+    pytest process must still end with status 0 (see conftest.py)."""
+    take = import_result(make_result(random_motion(5)), body_model, pose_correctives=False)
+    take.rig.select_set(True)
+    take.mesh.select_set(True)
+    path = tmp_path / "take.glb"
+    bpy.ops.export_scene.gltf(filepath=str(path), export_format='GLB', use_selection=True,
+                              export_animations=True, export_skins=True)
+    assert path.stat().st_size > 100_000
