@@ -1,0 +1,152 @@
+"""From raw network outputs to HybrIK's normalised joints and camera.
+
+Units: ``uvd`` (B, 29, 3) in [-0.5, 0.5): u, v as fractions of the square box
+width from its centre, d root-relative depth in units of ``DEPTH_FACTOR``
+(2.2 m). The camera has a focal length of 1000 px at the 256 px crop.
+"""
+import torch
+
+from ..core.skeleton import FLIP_PAIRS
+
+NUM_JOINTS = 29
+DEPTH_DIM = 64
+FOCAL_LENGTH = 1000.0
+INPUT_SIZE = 256.0
+DEPTH_FACTOR = 2.2          # metres; the bounding 3-D box of the training data
+
+# left/right pairs over the 29 joints (the 24 SMPL ones and the leaves)
+FLIP_PAIRS_29 = tuple(FLIP_PAIRS) + ((25, 26), (27, 28))
+
+
+def _swap_index(n, pairs, offset=0):
+    idx = list(range(n))
+    for a, b in pairs:
+        idx[a - offset], idx[b - offset] = b - offset, a - offset
+    return idx
+
+
+SWAP_29 = _swap_index(29, FLIP_PAIRS_29)
+SWAP_PHI = _swap_index(23, FLIP_PAIRS, offset=1)   # phi row k belongs to joint k+1
+
+
+def _volume(logits):
+    return logits.reshape(logits.shape[0], NUM_JOINTS, DEPTH_DIM, DEPTH_DIM, DEPTH_DIM)
+
+
+def _expectation(mx, my, mz):
+    r = torch.arange(DEPTH_DIM, dtype=mx.dtype, device=mx.device)
+    return torch.stack([mx @ r, my @ r, mz @ r], -1) / DEPTH_DIM - 0.5
+
+
+def soft_argmax(logits):
+    """Heatmap logits (B, 29*64, 64, 64) -> uvd (B, 29, 3), peak probability
+    (B, 29), and the marginals over W, H, D (B, 29, 64) each.
+
+    Per joint, a softmax over the whole 64^3 (D, H, W) volume; the full
+    probability volume is never stored: the peak probability is 1 / sum."""
+    v = _volume(logits)
+    b = v.shape[0]
+    flat = v.reshape(b, NUM_JOINTS, -1)
+    e = torch.exp(flat - flat.amax(-1, keepdim=True)).reshape(v.shape)
+    z = e.sum((2, 3, 4))
+    mx = e.sum((2, 3)) / z[..., None]
+    my = e.sum((2, 4)) / z[..., None]
+    mz = e.sum((3, 4)) / z[..., None]
+    return _expectation(mx, my, mz), 1.0 / z, (mx, my, mz)
+
+
+def flip_heatmap_logits(logits):
+    """Logits of a horizontally mirrored crop, brought back to the original
+    orientation: reverse W, swap left/right joints, then shift one bin
+    toward +W keeping column 0.
+
+    The reference does the shift in place with overlapping slices
+    (``h[..., 1:] = h[..., :-1]``), whose result depends on memory layout and
+    is undefined; this implements the intended shift with an explicit copy."""
+    v = _volume(logits).flip(-1)[:, SWAP_29]
+    out = torch.empty_like(v)
+    out[..., 1:] = v[..., :-1]
+    out[..., 0] = v[..., 0]
+    return out
+
+
+def soft_argmax_flip(logits, flip_logits):
+    """Flip-test soft-argmax: mean of the two softmax volumes."""
+    def probs(x):
+        flat = x.reshape(x.shape[0], NUM_JOINTS, -1)
+        return torch.softmax(flat, -1)
+    p = (probs(_volume(logits)) + probs(flip_heatmap_logits(flip_logits))) / 2
+    peak = p.amax(-1)
+    p = p.reshape(p.shape[0], NUM_JOINTS, DEPTH_DIM, DEPTH_DIM, DEPTH_DIM)
+    mx, my, mz = p.sum((2, 3)), p.sum((2, 4)), p.sum((3, 4))
+    return _expectation(mx, my, mz), peak, (mx, my, mz)
+
+
+def merge_flip(arch, out, flip_out):
+    """Average the regression heads of the original and mirrored crops."""
+    merged = dict(out)
+    merged["shape"] = (out["shape"] + flip_out["shape"]) / 2
+    fphi = flip_out["phi"][:, SWAP_PHI].clone()
+    fphi[..., 1] = -fphi[..., 1]
+    merged["phi"] = (out["phi"] + fphi) / 2
+    if out.get("sigma") is not None:
+        merged["sigma"] = (out["sigma"] + flip_out["sigma"][:, SWAP_29]) / 2
+    if arch == "hrnet48_cam":   # harmonic mean of the scale
+        merged["cam"] = 2 / (1 / flip_out["cam"] + 1 / out["cam"])
+    else:                       # mean, with the mirrored x translation negated
+        fc = flip_out["cam"].clone()
+        fc[:, 1] = -fc[:, 1]
+        merged["cam"] = (out["cam"] + fc) / 2
+    return merged
+
+
+def box_offset(boxes, img_center):
+    """(B, 4) square boxes xyxy, (B, 2) principal points -> (B, 1, 2) box
+    centre offset from the principal point in box widths/heights."""
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    cx = ((boxes[:, 0] + boxes[:, 2]) * 0.5 - img_center[:, 0]) / w
+    cy = ((boxes[:, 1] + boxes[:, 3]) * 0.5 - img_center[:, 1]) / h
+    return torch.stack([cx, cy], 1)[:, None]
+
+
+def camera_depth(scale):
+    return FOCAL_LENGTH / (INPUT_SIZE * scale + 1e-9)
+
+
+def back_project(uvd, scale, offset):
+    """uvd (B, 29, 3), camera scale (B,), box offset (B, 1, 2) ->
+    joints (B, 29, 3) in units of 2.2 m relative to the root, and the root in
+    the camera frame (B, 3), metres (x right, y down, z forward)."""
+    depth = camera_depth(scale)[:, None, None]
+    z = uvd[..., 2:]
+    xy_m = (uvd[..., :2] + offset) * (INPUT_SIZE / FOCAL_LENGTH) * (z * DEPTH_FACTOR + depth)
+    xyz = torch.cat([xy_m / DEPTH_FACTOR, z], -1)
+    root = xyz[:, 0] * DEPTH_FACTOR
+    root = torch.cat([root[:, :2], root[:, 2:] + depth[:, 0]], -1)
+    return xyz - xyz[:, :1], root
+
+
+def refine_scale(uvd, sigma, scale, offset, fk_joints):
+    """HRNet's depth refinement: the weighted least-squares depth for which
+    the 24 SMPL joints of a first IK solution reproject onto the predicted
+    u, v; weights max(0, 1 - 10 sigma). Returns the new scale (B,); where the
+    system is singular the given scale is kept.
+
+    ``fk_joints`` (B, 24, 3): FK joints (metres, root-centred) of the naive
+    IK of the skeleton back-projected with ``scale``."""
+    z0 = uvd[:, :1, 2:] * DEPTH_FACTOR
+    depth = camera_depth(scale)[:, None, None]
+    uv = uvd[:, :24, :2] + offset
+    # root offset in x, y, z without the camera distance, as the reference
+    root = torch.cat([uv[:, :1] * (INPUT_SIZE / FOCAL_LENGTH) * (z0 + depth), z0], -1)
+    pts = fk_joints + root
+    w = (1 - 10 * sigma[:, :24]).clamp_min(0)
+    k = INPUT_SIZE / FOCAL_LENGTH
+    a = (w[..., None] * uv).reshape(uv.shape[0], -1)                        # (B, 48)
+    rhs = (w[..., None] * (pts[..., :2] - k * uv * pts[..., 2:])).reshape(uv.shape[0], -1)
+    ata = (a * a).sum(-1)
+    res = (a * rhs).sum(-1) / torch.where(ata > 0, ata, torch.ones_like(ata))
+    new = 1.0 / res
+    ok = (ata > 0) & torch.isfinite(new)
+    return torch.where(ok, new, scale)

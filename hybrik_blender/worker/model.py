@@ -1,0 +1,133 @@
+"""The HybrIK pipeline: normalised crops -> SMPL pose, shape and camera.
+
+Typical use (the capture worker)::
+
+    from hybrik_blender.worker.checkpoint import load_hybrik
+    from hybrik_blender.worker import preprocess
+
+    pipe = load_hybrik("hybrik_hrnet48_w3dpw.pth", device="cpu")
+    crop, box, _ = preprocess.crop_person(frame_rgb, tight_box)
+    x = preprocess.normalize_crops(np.stack(crops))
+    out = pipe(x, boxes, img_centers)            # dict of tensors, batched
+    result = pipe.to_result(out, ...)             # or assemble it yourself
+
+All outputs are batched tensors; names follow the reference model's outputs.
+"""
+import contextlib
+
+import numpy as np
+import torch
+
+from . import decode, ik
+from .nets import build_network
+
+
+class HybrIKPipeline:
+    """Network + decoding + camera + hybrid IK, batched over crops.
+
+    ``net``: a network from :mod:`.nets` (its state loaded); ``body``: a
+    :class:`~hybrik_blender.core.body_model.BodyModel` (or a
+    :class:`.ik.TorchBodyModel`). ``amp``: autocast the network in float16 on
+    CUDA (decoding and IK always run in float32)."""
+
+    def __init__(self, net, body, device="cpu", amp=None, channels_last=None):
+        self.device = torch.device(device)
+        self.arch = net.arch
+        cuda = self.device.type == "cuda"
+        self.amp = cuda if amp is None else amp
+        self.channels_last = cuda if channels_last is None else channels_last
+        self.net = net.to(self.device).eval()
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        if not isinstance(body, ik.TorchBodyModel):
+            body = ik.TorchBodyModel(body, torch.float32, self.device)
+        self.body = body
+
+    def _net(self, x):
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        ctx = (torch.autocast("cuda", dtype=torch.float16) if self.amp and self.device.type == "cuda"
+               else contextlib.nullcontext())
+        with ctx:
+            out = self.net(x)
+        return {k: (v.float() if v is not None and v.dtype == torch.float16 else v)
+                for k, v in out.items()}
+
+    @torch.inference_mode()
+    def __call__(self, x, boxes, img_center, flip_test=False, vertices=False, marginals=False):
+        """x (B, 3, 256, 256) normalised crops; boxes (B, 4) square boxes xyxy
+        in image pixels (from :func:`.preprocess.crop_person`); img_center
+        (B, 2) principal points (W/2, H/2 for an unknown camera).
+
+        Returns a dict of tensors: uvd, maxvals, sigma, phi, betas, camera
+        (raw head), cam_scale, cam_root (metres), transl (= cam_root),
+        xyz29 (root-relative, units of 2.2 m), rot_mats (B, 24, 3, 3),
+        joints24 (IK FK joints, metres, root-centred), joints29_cam (the 29
+        predicted joints in the camera frame, metres) and, with
+        ``vertices``, vertices and joints17 (centred on the H36M pelvis)."""
+        x = x.to(self.device)
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        boxes = torch.as_tensor(boxes, dtype=dtype, device=self.device).reshape(-1, 4)
+        img_center = torch.as_tensor(img_center, dtype=dtype, device=self.device).reshape(-1, 2)
+        out = self._net(x)
+        if flip_test:
+            fout = self._net(x.flip(3))
+            uvd, peak, marg = decode.soft_argmax_flip(out["heat"], fout["heat"])
+            out = decode.merge_flip(self.arch, out, fout)
+        else:
+            uvd, peak, marg = decode.soft_argmax(out["heat"])
+        res = {"uvd": uvd, "maxvals": peak, "sigma": out["sigma"], "phi": out["phi"],
+               "betas": out["shape"], "camera": out["cam"], "feat": out["feat"]}
+        if marginals:
+            res["marginals"] = marg
+        offset = decode.box_offset(boxes, img_center)
+        scale = out["cam"][:, 0]
+        if self.arch == "hrnet48_cam" and out["sigma"] is not None:
+            xyz0, _ = decode.back_project(uvd, scale, offset)
+            naive = ik.solve(self.body, xyz0 * decode.DEPTH_FACTOR, out["shape"], out["phi"],
+                             naive=True)
+            res["refine_ik_input"] = xyz0 * decode.DEPTH_FACTOR
+            res["refine_ik_joints"] = naive["joints"]
+            res["refine_ik_rot_mats"] = naive["rot_mats"]
+            scale = decode.refine_scale(uvd, out["sigma"], scale, offset, naive["joints"])
+        xyz, root = decode.back_project(uvd, scale, offset)
+        sol = ik.solve(self.body, xyz * decode.DEPTH_FACTOR, out["shape"], out["phi"],
+                       vertices=vertices)
+        res.update(cam_scale=scale, cam_root=root, transl=root - sol["joints"][:, 0],
+                   xyz29=xyz, rot_mats=sol["rot_mats"], joints24=sol["joints"],
+                   joints29_cam=xyz * decode.DEPTH_FACTOR + root[:, None])
+        if vertices:
+            res["vertices"] = sol["vertices"]
+            if "joints17" in sol:
+                res["joints17"] = sol["joints17"]
+        return res
+
+    def confidence(self, out):
+        """(B,) a 0..1 score per crop: mean of 1 - sigma (or of the heatmap
+        peaks when the checkpoint has no sigma head)."""
+        if out.get("sigma") is not None:
+            return (1 - out["sigma"]).mean(-1).clamp(0, 1)
+        return out["maxvals"].mean(-1).clamp(0, 1)
+
+    def frame_arrays(self, out):
+        """numpy per-frame fields of :class:`hybrik_blender.core.result.Result`
+        (rotmats, betas, root_translation, joints29, confidence) from one
+        call's output; add frame_index, time_s, bbox, valid and the clip
+        fields to build the Result."""
+        return {
+            "rotmats": out["rot_mats"].float().cpu().numpy(),
+            "betas": out["betas"].float().cpu().numpy(),
+            "root_translation": out["cam_root"].float().cpu().numpy(),
+            "joints29": out["joints29_cam"].float().cpu().numpy(),
+            "confidence": self.confidence(out).float().cpu().numpy(),
+        }
+
+
+def build_pipeline(arch, state_dict, body, device="cpu", **kw):
+    """Network of ``arch`` with ``state_dict`` loaded (strict, except an
+    absent decsigma) wrapped in a pipeline."""
+    with_sigma = any(k.startswith("decsigma.") for k in state_dict)
+    net = build_network(arch, with_sigma=with_sigma)
+    net.load_state_dict({k: torch.as_tensor(np.asarray(v)) if not torch.is_tensor(v) else v
+                         for k, v in state_dict.items()})
+    return HybrIKPipeline(net, body, device=device, **kw)
