@@ -1,0 +1,76 @@
+"""The hybrid IK and the naive IK against the official solver (ik_cases.npz)."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import DATA
+from tests.test_hybrik_golden import golden_body_model
+from hybrik_blender.worker import ik
+
+
+@pytest.fixture(scope="module")
+def cases():
+    with np.load(os.path.join(DATA, "ik_cases.npz"), allow_pickle=False) as d:
+        return {k: d[k] for k in d.files}
+
+
+@pytest.fixture(scope="module")
+def body():
+    return golden_body_model()
+
+
+def _inputs(cases, body, dtype):
+    tb = ik.TorchBodyModel(body, dtype)
+    betas = torch.tensor(cases["betas"], dtype=dtype)
+    return (tb, torch.tensor(cases["pose_skeleton"], dtype=dtype), betas,
+            torch.tensor(cases["phis"], dtype=dtype), tb.rest_joints_29(betas))
+
+
+def _per_case(a, b):
+    return np.abs(np.asarray(a, np.float64) - b).reshape(len(b), -1).max(1)
+
+
+def _tolerance(cases):
+    clean = np.char.startswith(cases["case_kind"].astype(str), "clean")
+    return np.where(clean, 1e-4, 1e-3)
+
+
+def test_tree_constants_match_the_reference(cases):
+    np.testing.assert_array_equal(cases["parents"], ik.PARENTS_29)
+    np.testing.assert_array_equal(cases["children_map"], ik.CHILDREN_29)
+
+
+@pytest.mark.parametrize("dtype,suffix", [(torch.float32, ""), (torch.float64, "_f64")])
+def test_analytical_ik_matches(cases, body, dtype, suffix):
+    tb, pose, betas, phis, rest = _inputs(cases, body, dtype)
+    rot, fallback = ik.hybrik_ik(pose, rest, phis, return_fallback=True)
+    err = _per_case(rot.numpy(), cases["ik_rot_mats" + suffix])
+    assert (err <= _tolerance(cases)).all(), err
+    np.testing.assert_array_equal(fallback.numpy(), cases["ik_used_rescaled_bone"])
+    out = ik.solve(tb, pose, betas, phis, vertices=True)
+    assert (_per_case(out["joints"].numpy(), cases["ik_joints" + suffix]) <= _tolerance(cases)).all()
+    assert np.abs(out["vertices"][:4].numpy() - cases["ik_vertices_first4"]).max() < 1e-4
+    assert np.abs(out["joints17"][:4].numpy() - cases["ik_joints_h36m_first4"]).max() < 1e-4
+
+
+@pytest.mark.parametrize("dtype,suffix", [(torch.float32, ""), (torch.float64, "_f64")])
+def test_naive_ik_matches(cases, body, dtype, suffix):
+    tb, pose, betas, phis, rest = _inputs(cases, body, dtype)
+    rot = ik.naive_ik(pose, rest, phis)
+    err = _per_case(rot.numpy(), cases["ik_naive_rot_mats" + suffix])
+    assert (err <= _tolerance(cases)).all(), err
+    if dtype == torch.float32:
+        joints = ik.solve(tb, pose, betas, phis, naive=True)["joints"].numpy()
+        assert (_per_case(joints, cases["ik_naive_joints"]) <= _tolerance(cases)).all()
+
+
+def test_clean_cases_recover_ground_truth(cases, body):
+    """Without the reference's epsilons the analytical IK is exact on clean input."""
+    _, pose, _, phis, rest = _inputs(cases, body, torch.float64)
+    rot = ik.hybrik_ik(pose, rest, phis).numpy()
+    clean = np.char.startswith(cases["case_kind"].astype(str), "clean")
+    d = np.linalg.norm(rot - cases["gt_rot_mats"], axis=(-2, -1))
+    angle = 2 * np.arcsin(np.clip(d / (2 * np.sqrt(2)), 0, 1))
+    assert angle[clean].max() < 1e-5    # the float32 inputs limit this
