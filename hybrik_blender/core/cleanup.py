@@ -1,0 +1,222 @@
+"""One entry point for the motion clean-up of a take: :func:`clean_take`.
+
+Order of the steps (each one can be switched off):
+
+1. **Shape per track** (``shape="track"``): one robust, confidence-weighted
+   average of the betas for the whole take (:func:`robust_betas`), so bone
+   lengths stay constant; ``"per_frame"`` keeps the estimator's betas.
+2. **Smoothing** (``smoothing``): ``"offline"`` zero-phase filtering of all
+   24 rotations in the log map and, separately, of the root translation
+   (:mod:`.filters`); ``"one_euro"`` the causal filter (what a live preview
+   gets); ``"off"``. Strength 0 leaves that channel bit-identical.
+3. **Floor** (needed by ``root_mode`` "world"/"in_place" and by foot
+   locking): fitted to the soles of the smoothed motion (:mod:`.ground`),
+   giving the 4x4 ``camera_to_world`` into a Z-up world with the floor at 0.
+4. **Foot locking** (``foot_locking``): ``"auto"`` grounding plus IK pinning
+   of planted feet, ``"grounding"`` only the root height, ``"off"``
+   (:mod:`.footlock`).
+5. **Root mode** (``root_mode``): ``"camera"`` the motion as captured, with
+   the default camera (``homogeneous(CAMERA_TO_BLENDER)``); ``"world"`` the
+   grounded world transform; ``"in_place"`` the world transform with the
+   horizontal root motion removed (the pelvis stays above the world origin,
+   keeping its height and orientation: for game loops).
+
+The result keeps format version 1: rotations and root translation stay in
+camera coordinates (joint 0 in the camera frame), and the returned matrix is
+what :func:`..blender_space.pose_channels` takes as ``camera_to_world``.
+``joints29`` is recomputed from the cleaned pose (the leaves rigidly attached
+to their parent joints) whenever the pose changed. Invalid frames keep their
+placeholder rows and stay invalid.
+"""
+import dataclasses
+
+import numpy as np
+
+from .blender_space import CAMERA_TO_BLENDER, homogeneous
+from .filters import (one_euro_rotations, one_euro_translation, smooth_rotations,
+                      smooth_translation)
+from .footlock import lock_feet
+from .body_model import rest_joints_29
+from .ground import Skeleton, estimate_floor, posed_skeleton, transform_points
+from .kinematics import forward_kinematics
+from .skeleton import LEAF_PARENTS, PARENTS
+
+SMOOTHING_MODES = ("off", "offline", "one_euro")
+SMOOTHING_METHODS = ("gaussian", "butterworth")
+SHAPE_MODES = ("track", "per_frame")
+FOOT_LOCKING_MODES = ("off", "grounding", "auto")
+ROOT_MODES = ("camera", "world", "in_place")
+
+
+@dataclasses.dataclass
+class CleanupOptions:
+    """Clean-up settings; the defaults suit a finished HybrIK take at 25-60 fps.
+
+    smoothing: "offline" (default; zero-phase, for finished clips),
+        "one_euro" (causal, for streaming/preview) or "off".
+    rotation_strength: 0 = untouched; 1 (default) = -3 dB at 4 Hz for the
+        offline filter (One Euro: 1.5 Hz minimum cutoff); 2 = twice as smooth.
+    translation_strength: the same for the root translation (1 = 3 Hz).
+    method: offline filter shape, "gaussian" (default, no overshoot) or
+        "butterworth" (2nd order, forward-backward magnitude).
+    shape: "track" (default) one robust shape for the take, or "per_frame".
+    foot_locking: "auto" (default), "grounding" or "off".
+    blend_frames: frames of smoothstep blending into and out of each
+        contact, at 30 fps (scaled with fps); default 4.
+    root_mode: "world" (default), "camera" or "in_place".
+    contact_height_m, contact_speed_mps: contact "on" thresholds (lowest sole
+        point above the floor, horizontal ankle speed); the "off" thresholds
+        are twice these (hysteresis). Defaults 0.03 m and 0.25 m/s.
+    """
+    smoothing: str = "offline"
+    rotation_strength: float = 1.0
+    translation_strength: float = 1.0
+    method: str = "gaussian"
+    shape: str = "track"
+    foot_locking: str = "auto"
+    blend_frames: int = 4
+    root_mode: str = "world"
+    contact_height_m: float = 0.03
+    contact_speed_mps: float = 0.25
+
+    def validate(self):
+        for name, allowed in (("smoothing", SMOOTHING_MODES), ("method", SMOOTHING_METHODS),
+                              ("shape", SHAPE_MODES), ("foot_locking", FOOT_LOCKING_MODES),
+                              ("root_mode", ROOT_MODES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; "
+                                 f"got {getattr(self, name)!r}")
+        for name in ("rotation_strength", "translation_strength", "contact_height_m",
+                     "contact_speed_mps"):
+            value = float(getattr(self, name))
+            if not (value >= 0 and np.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number >= 0; got {value}")
+        if int(self.blend_frames) < 0:
+            raise ValueError("blend_frames must be >= 0")
+        return self
+
+
+def robust_betas(betas, confidence=None, valid=None, iterations=30, eps=1e-4):
+    """One shape for a track: the confidence-weighted geometric median of the
+    valid frames' betas (Weiszfeld's IRLS: each frame weighted by confidence /
+    distance to the current estimate), so a minority of wrong frames moves it
+    little, unlike the mean. Falls back to equal weights when all confidences
+    are zero. Returns (10,) float64."""
+    b = np.asarray(betas, np.float64)
+    n = b.shape[0]
+    valid = np.ones(n, bool) if valid is None else np.asarray(valid, bool)
+    if not valid.any():
+        raise ValueError("no valid frame to average the shape over")
+    b = b[valid]
+    w = np.ones(len(b)) if confidence is None else np.asarray(confidence, np.float64)[valid]
+    if not w.sum() > 0:
+        w = np.ones(len(b))
+    m = _weighted_median(b, w)
+    for _ in range(iterations):
+        d = np.linalg.norm(b - m, axis=1)
+        wi = w / np.maximum(d, eps)
+        new = wi @ b / wi.sum()
+        if np.abs(new - m).max() < 1e-9:
+            m = new
+            break
+        m = new
+    return m
+
+
+def _weighted_median(x, w):
+    order = np.argsort(x, axis=0)
+    xs = np.take_along_axis(x, order, 0)
+    cw = np.cumsum(w[order], axis=0)
+    idx = np.argmax(cw >= 0.5 * cw[-1], axis=0)
+    return xs[idx, np.arange(x.shape[1])]
+
+
+def clean_take(result, model, options=None):
+    """Clean up a take; returns ``(new_result, camera_to_world)``.
+
+    result: :class:`.result.Result`; model: :class:`.body_model.BodyModel`
+    (needed for bone lengths and soles); options: :class:`CleanupOptions`
+    (defaults when None). The input is not modified.
+    """
+    opt = (options or CleanupOptions()).validate()
+    default_m = homogeneous(CAMERA_TO_BLENDER)
+    valid = np.asarray(result.valid, bool)
+    fps = float(result.fps)
+    if not valid.any():
+        return dataclasses.replace(result), default_m
+
+    track_betas = robust_betas(result.betas, result.confidence, valid)
+    betas = result.betas
+    if opt.shape == "track":
+        betas = result.betas.copy()
+        betas[valid] = track_betas.astype(betas.dtype)
+    skeleton = None
+
+    rot = result.rotmats
+    root = result.root_translation
+    if opt.smoothing == "offline":
+        rot = smooth_rotations(rot, fps, opt.rotation_strength, valid, opt.method)
+        root = smooth_translation(root, fps, opt.translation_strength, valid, opt.method)
+    elif opt.smoothing == "one_euro":
+        rot = one_euro_rotations(rot, fps, opt.rotation_strength, valid, result.time_s)
+        root = one_euro_translation(root, fps, opt.translation_strength, valid, result.time_s)
+
+    need_floor = opt.root_mode != "camera" or opt.foot_locking != "off"
+    matrix = default_m
+    if need_floor:
+        skeleton = Skeleton.from_model(model, track_betas)
+        rot64 = np.asarray(rot, np.float64)
+        root64 = np.asarray(root, np.float64)
+        _, _, soles = posed_skeleton(rot64[valid], skeleton, root64[valid])
+        floor = estimate_floor(soles, fps=fps)
+        world = floor.camera_to_world()
+        if opt.foot_locking != "off":
+            scale = fps / 30.0
+            params = dict(height_on=opt.contact_height_m, height_off=2 * opt.contact_height_m,
+                          speed_on=opt.contact_speed_mps, speed_off=2 * opt.contact_speed_mps)
+            rot64, root64, _ = lock_feet(rot64, root64, skeleton, world, valid, fps,
+                                         mode=opt.foot_locking, contact_params=params,
+                                         blend_frames=int(round(opt.blend_frames * scale)))
+            rot, root = rot64, root64
+        if opt.root_mode == "in_place":
+            root_w = transform_points(world, root64)
+            root_w[:, :2] = 0.0
+            root = transform_points(np.linalg.inv(world), root_w)
+        if opt.root_mode != "camera":
+            matrix = world
+
+    changed = rot is not result.rotmats or root is not result.root_translation
+    if not changed and betas is result.betas:
+        return dataclasses.replace(result), matrix
+    rot = _keep_invalid(np.asarray(rot, np.float32), result.rotmats, valid)
+    root = _keep_invalid(np.asarray(root, np.float32), result.root_translation, valid)
+    joints29 = result.joints29
+    if changed or opt.shape == "track":
+        if skeleton is None:
+            skeleton = Skeleton.from_model(model, track_betas)
+        joints29 = result.joints29.copy()
+        if opt.shape == "per_frame":
+            # bone lengths of each frame's own shape
+            j29 = _per_frame_joints(rot[valid], rest_joints_29(model, betas[valid]),
+                                    root[valid])
+        else:
+            _, j29, _ = posed_skeleton(rot[valid].astype(np.float64), skeleton,
+                                       root[valid].astype(np.float64))
+        joints29[valid] = j29.astype(joints29.dtype)
+    return dataclasses.replace(result, rotmats=rot, betas=betas, root_translation=root,
+                               joints29=joints29), matrix
+
+
+def _keep_invalid(new, old, valid):
+    if not valid.all():
+        new = new.copy() if new is old else new
+        new[~valid] = old[~valid]
+    return new
+
+
+def _per_frame_joints(rot, rest29, root):
+    rot = rot.astype(np.float64)
+    glob, posed = forward_kinematics(rot, rest29[:, :24], PARENTS, root.astype(np.float64))
+    offsets = rest29[:, 24:] - rest29[:, LEAF_PARENTS]
+    leaves = posed[:, LEAF_PARENTS] + np.einsum("nkab,nkb->nka", glob[:, LEAF_PARENTS], offsets)
+    return np.concatenate([posed, leaves], 1)
