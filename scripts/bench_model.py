@@ -1,0 +1,129 @@
+#!/usr/bin/env python
+"""Benchmark of the HybrIK worker: crops/s per architecture and batch size,
+batched IK frames/s, and the baseline the official demo runs (one crop at a
+time, flip test, full outputs) measured in the same run.
+
+Weights are the deterministic synthetic ones (speed does not depend on the
+values); the body model is the synthetic SMPL-format model in tests/data.
+With a GPU: CUDA, float16 autocast and channels_last.
+
+    python scripts/bench_model.py [--arch res34_cam hrnet48_cam] [--batches 1 8 32]
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from hybrik_blender.core.body_model import body_model_from_arrays  # noqa: E402
+from hybrik_blender.worker import ik  # noqa: E402
+from hybrik_blender.worker.model import HybrIKPipeline  # noqa: E402
+from hybrik_blender.worker.nets import build_network  # noqa: E402
+from hybrik_blender.worker.synthetic import manifest_from_network, synthetic_state  # noqa: E402
+
+
+def load_body():
+    with np.load(os.path.join(ROOT, "tests", "data", "synthetic_smpl_neutral.npz")) as d:
+        return body_model_from_arrays({k: d[k] for k in d.files}, source="synthetic")
+
+
+def timed(fn, iters, sync):
+    times = []
+    for _ in range(iters):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def pipeline(arch, body, device):
+    net = build_network(arch)
+    state = synthetic_state(manifest_from_network(net), arch, seed=1)
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    return HybrIKPipeline(net, body, device=device)
+
+
+def inputs(b, device):
+    g = torch.Generator().manual_seed(b)
+    x = torch.randn(b, 3, 256, 256, generator=g).to(device)
+    boxes = torch.tensor([[100.0, 50.0, 400.0, 350.0]]).repeat(b, 1)
+    centre = torch.tensor([[320.0, 240.0]]).repeat(b, 1)
+    return x, boxes, centre
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", nargs="+", default=["res34_cam", "hrnet48_cam"])
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
+    ap.add_argument("--crops", type=int, default=None,
+                    help="crops to time per batch size (default: 32 on CPU, 1024 on GPU)")
+    ap.add_argument("--baseline-frames", type=int, default=None)
+    ap.add_argument("--ik-batch", type=int, default=4096)
+    args = ap.parse_args()
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    crops = args.crops or (1024 if cuda else 32)
+    base_frames = args.baseline_frames or (64 if cuda else 3)
+    name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name}; torch {torch.__version__}"
+          + ("; float16 autocast, channels_last" if cuda else ""))
+    body = load_body()
+
+    # batched IK (+ FK), the inference solver
+    tb = ik.TorchBodyModel(body, torch.float32, device)
+    n = args.ik_batch
+    rng = np.random.default_rng(0)
+    betas = torch.tensor(rng.normal(0, 1, (n, 10)), dtype=torch.float32, device=device)
+    rest = tb.rest_joints_29(betas)
+    pose = rest + torch.tensor(rng.normal(0, 0.02, (n, 29, 3)), dtype=torch.float32, device=device)
+    phis = torch.tensor(rng.normal(0, 1, (n, 23, 2)), dtype=torch.float32, device=device)
+
+    def run_ik():
+        with torch.inference_mode():
+            ik.solve(tb, pose, betas, phis)
+
+    run_ik()
+    t_ik = timed(run_ik, 5, sync)
+    print(f"IK (hybrid analytical + FK), batch {n}: {n / t_ik:,.0f} frames/s "
+          f"(target >= 20,000 on CPU)")
+
+    for arch in args.arch:
+        pipe = pipeline(arch, body, device)
+        results = {}
+        for b in args.batches:
+            x, boxes, centre = inputs(b, device)
+            iters = max(1, crops // b)
+
+            def step():
+                pipe(x, boxes, centre)
+
+            step()                       # warm-up
+            results[b] = b / timed(step, iters, sync)
+            print(f"{arch}: batch {b:3d}: {results[b]:8.2f} crops/s")
+        # baseline: the official demo's way, one crop per call, flip test, mesh
+        x1, boxes1, centre1 = inputs(1, device)
+
+        def base():
+            for _ in range(base_frames):
+                pipe(x1, boxes1, centre1, flip_test=True, vertices=True)
+
+        base()
+        base_rate = base_frames / timed(base, 1, sync)
+        best = max(results.values())
+        print(f"{arch}: baseline batch-1 loop with flip test: {base_rate:8.2f} crops/s; "
+              f"best batched / baseline = {best / base_rate:.2f}x; "
+              f"batch {max(args.batches)} / baseline = {results[max(args.batches)] / base_rate:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
