@@ -48,10 +48,12 @@ def soft_argmax(logits):
     b = v.shape[0]
     flat = v.reshape(b, NUM_JOINTS, -1)
     e = torch.exp(flat - flat.amax(-1, keepdim=True)).reshape(v.shape)
-    z = e.sum((2, 3, 4))
-    mx = e.sum((2, 3)) / z[..., None]
-    my = e.sum((2, 4)) / z[..., None]
-    mz = e.sum((3, 4)) / z[..., None]
+    hw = e.sum(2)                      # (B, 29, H, W): one pass over the volume
+    mz = e.sum((3, 4))
+    z = mz.sum(-1)
+    mx = hw.sum(-2) / z[..., None]
+    my = hw.sum(-1) / z[..., None]
+    mz = mz / z[..., None]
     return _expectation(mx, my, mz), 1.0 / z, (mx, my, mz)
 
 
