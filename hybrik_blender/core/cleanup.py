@@ -62,7 +62,7 @@ class CleanupOptions:
     shape: "track" (default) one robust shape for the take, or "per_frame".
     foot_locking: "auto" (default), "grounding" or "off".
     blend_frames: frames of smoothstep blending into and out of each
-        contact, at 30 fps (scaled with fps); default 4.
+        contact (inside it), at 30 fps (scaled with fps); default 3.
     root_mode: "world" (default), "camera" or "in_place".
     contact_height_m, contact_speed_mps: contact "on" thresholds (lowest sole
         point above the floor, horizontal ankle speed); the "off" thresholds
@@ -74,7 +74,7 @@ class CleanupOptions:
     method: str = "gaussian"
     shape: str = "track"
     foot_locking: str = "auto"
-    blend_frames: int = 4
+    blend_frames: int = 3
     root_mode: str = "world"
     contact_height_m: float = 0.03
     contact_speed_mps: float = 0.25

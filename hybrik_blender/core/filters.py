@@ -286,6 +286,15 @@ def smooth_quaternions(q, fps, cutoff_hz, method="gaussian"):
     """Zero-phase smoothing of (N, ..., 4) quaternions in the log map around a
     wide chordal-mean reference; see the module docstring. No gaps."""
     q = make_quaternions_continuous(q, axis=0)
+    # Geodesic odd reflection at both ends (q0 q_k^-1 q0 continues a steady
+    # rotation exactly), wide enough for the reference filter; the linear
+    # filters below then only pad far from the clip.
+    n = q.shape[0]
+    r = min(_pad_length(fps, cutoff_hz * REFERENCE_CUTOFF_RATIO, method), n - 1)
+    q0, q1 = q[:1], q[-1:]
+    head = quat_multiply(quat_multiply(q0, quat_conjugate(q[r:0:-1])), q0)
+    tail = quat_multiply(quat_multiply(q1, quat_conjugate(q[-2:-r - 2:-1])), q1)
+    q = make_quaternions_continuous(np.concatenate([head, q, tail], 0), axis=0)
     ref = zero_phase_lowpass(q, fps, cutoff_hz * REFERENCE_CUTOFF_RATIO, method)
     norm = np.linalg.norm(ref, axis=-1, keepdims=True)
     # Rotations spread over more than ~120 degrees inside the reference window
@@ -293,7 +302,7 @@ def smooth_quaternions(q, fps, cutoff_hz, method="gaussian"):
     ref = np.where(norm > 0.5, ref / np.maximum(norm, 1e-12), q)
     rel = quat_log(quat_multiply(quat_conjugate(ref), q))
     rel = zero_phase_lowpass(rel, fps, cutoff_hz, method)
-    return quat_multiply(ref, quat_exp(rel))
+    return quat_multiply(ref, quat_exp(rel))[r:r + n]
 
 
 def smooth_rotations(rotmats, fps, strength=1.0, valid=None, method="gaussian",

@@ -206,8 +206,11 @@ def add_noise(result, skeleton, seed=0, rotation_deg=0.6, root_mm=(6.0, 6.0, 12.
     root = result.root_translation + rng.normal(0.0, 1.0, (n, 3)) * np.asarray(root_mm) / 1000.0
     betas = result.betas + rng.normal(0.0, betas_sigma, result.betas.shape)
     conf = np.clip(rng.uniform(0.6, 1.0, n), 0, 1)
+    # outliers (occlusion, truncation) are biased one way, not zero-mean
     out = rng.random(n) < betas_outliers
-    betas[out] += rng.normal(0.0, 2.0, (out.sum(), result.betas.shape[1]))
+    direction = rng.normal(0.0, 1.0, result.betas.shape[1])
+    betas[out] += 2.0 * direction / np.linalg.norm(direction) * np.sqrt(result.betas.shape[1]) \
+        + rng.normal(0.0, 0.5, (out.sum(), result.betas.shape[1]))
     conf[out] = rng.uniform(0.2, 0.5, out.sum())
     valid = result.valid.copy()
     if invalid_fraction > 0:
