@@ -1,0 +1,216 @@
+"""Export presets round trip in real bpy: export, re-import in a clean
+scene, compare bone world matrices at sampled frames, the frame range and
+the fps."""
+import bpy
+import numpy as np
+import pytest
+
+from hybrik_blender.blender.animation import import_result
+from hybrik_blender.blender.export import ExportError, export_bvh, export_fbx, export_glb
+from hybrik_blender.blender.keyframes import ActionWriter
+from hybrik_blender.blender.retarget import retarget
+from tests.blender.test_retarget import MIXAMO, MIXAMO_WORLD, build_rig, humanoid_bones
+from tests.helpers import make_result, random_motion
+
+FPS = 25.0
+NUM_FRAMES = 12
+SAMPLED = (1, 6, 12)
+
+
+def make_take(body_model):
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    res = make_result(random_motion(NUM_FRAMES, seed=2, spread=1.0), fps=FPS, seed=3)
+    take = import_result(res, body_model, pose_correctives=False)
+    # a second action for the rig in the file must not become a second take
+    ad = take.rig.animation_data
+    action, slot = ad.action, getattr(ad, "action_slot", None)
+    other = ActionWriter(take.rig, "unrelated")
+    other.add('pose.bones["pelvis"].location', 2, [1.0, 12.0], [0.0, 1.0])
+    other.action.use_fake_user = True
+    ad.action = action
+    if slot is not None:
+        ad.action_slot = slot
+    return take
+
+
+def bone_world(rig, frames):
+    """{bone: (F, 4, 4)} world matrices as Blender evaluates them."""
+    out = {pb.name: [] for pb in rig.pose.bones}
+    mw = np.array(rig.matrix_world)
+    for f in frames:
+        bpy.context.scene.frame_set(f)
+        for pb in rig.pose.bones:
+            out[pb.name].append(mw @ np.array(pb.matrix))
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def deform(rig, world):
+    """World deform transforms (pose @ rest^-1), independent of bone rolls."""
+    mw = np.array(rig.matrix_world)
+    return {k: v @ np.linalg.inv(mw @ np.array(rig.data.bones[k].matrix_local))
+            for k, v in world.items()}
+
+
+def world_vertices(obj, frame):
+    bpy.context.scene.frame_set(frame)
+    ev = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
+    me = ev.to_mesh()
+    co = np.empty(3 * len(me.vertices), np.float32)
+    me.vertices.foreach_get("co", co)
+    ev.to_mesh_clear()
+    mw = np.array(obj.matrix_world)
+    return co.reshape(-1, 3) @ mw[:3, :3].T + mw[:3, 3]
+
+
+def rigid(m):
+    """Scale taken out of the rotation part (object scale 0.01 vs 1)."""
+    m = m.copy()
+    m[..., :3, :3] /= np.linalg.norm(m[..., :3, :3], axis=-2, keepdims=True)
+    return m
+
+
+def max_error(ref, got, names=None):
+    names = names or ref.keys()
+    return max(float(np.abs(ref[n] - got[n]).max()) for n in names)
+
+
+def reimported(kind, path):
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+    if kind == 'FBX':
+        bpy.ops.import_scene.fbx(filepath=str(path), anim_offset=0.0)
+    elif kind == 'GLB':
+        # glTF stores seconds; the importer maps them onto the scene fps
+        scene.render.fps, scene.render.fps_base = int(FPS), 1.0
+        bpy.ops.import_scene.gltf(filepath=str(path))
+    else:
+        bpy.ops.import_anim.bvh(filepath=str(path), update_scene_fps=True,
+                                update_scene_duration=True, axis_forward='Y', axis_up='Z')
+    rigs = [o for o in scene.objects if o.type == 'ARMATURE']
+    assert len(rigs) == 1
+    rig = rigs[0]
+    assert scene.render.fps / scene.render.fps_base == pytest.approx(FPS)
+    assert tuple(rig.animation_data.action.frame_range) == (1.0, float(NUM_FRAMES))
+    return rig
+
+
+@pytest.mark.parametrize("preset", ["GENERIC", "UNITY", "UNREAL"])
+def test_fbx_round_trip(body_model, tmp_path, preset):
+    take = make_take(body_model)
+    ref = bone_world(take.rig, SAMPLED)
+    ref_verts = world_vertices(take.mesh, SAMPLED[1])
+    path = export_fbx(tmp_path / "take.fbx", take.rig, preset)
+    # the scene is as it was
+    assert {o.name for o in bpy.data.objects} == {take.rig.name, take.mesh.name}
+    assert take.rig.select_get() is False and bpy.context.scene.frame_end == NUM_FRAMES
+
+    rig = reimported('FBX', path)
+    assert not any("unrelated" in a.name for a in bpy.data.actions), "one take only"
+    got = bone_world(rig, SAMPLED)
+    assert set(got) == set(ref)
+    if preset == 'UNREAL':
+        # centimetres in the file: Blender brings it back as 0.01 x cm bones
+        assert np.allclose(rig.scale, 0.01, rtol=1e-5)
+        err = max_error({k: rigid(v) for k, v in ref.items()},
+                        {k: rigid(v) for k, v in got.items()})
+    else:
+        assert np.allclose(rig.scale, 1.0)
+        err = max_error(ref, got)
+    print(f"FBX {preset}: bone world matrix error {err:.2e}")
+    assert err < 1e-4
+    mesh = next(o for o in bpy.context.scene.objects if o.type == 'MESH')
+    assert len(mesh.data.vertices) == 6890
+    verr = float(np.abs(world_vertices(mesh, SAMPLED[1]) - ref_verts).max())
+    assert verr < 1e-4, f"skinned vertices off by {verr}"
+
+
+def test_unreal_fbx_is_in_centimetres(body_model, tmp_path):
+    take = make_take(body_model)
+    length = take.rig.data.bones["left_knee"].length
+    export_fbx(tmp_path / "ue.fbx", take.rig, 'UNREAL')
+    # the original rig, its data and action are untouched
+    assert take.rig.data.bones["left_knee"].length == length
+    assert sorted(a.name for a in bpy.data.actions) == sorted(
+        [take.rig.animation_data.action.name, "unrelated"])
+    rig = reimported('FBX', tmp_path / "ue.fbx")
+    assert rig.data.bones["left_knee"].length == pytest.approx(100 * length, rel=1e-5)
+
+
+def test_glb_round_trip(body_model, tmp_path):
+    take = make_take(body_model)
+    ref = bone_world(take.rig, SAMPLED)
+    ref_verts = world_vertices(take.mesh, SAMPLED[1])
+    ref_rest = np.empty(3 * 6890, np.float32)
+    take.mesh.data.vertices.foreach_get("co", ref_rest)
+    ref_rest = ref_rest.reshape(-1, 3)
+    path = export_glb(tmp_path / "take.glb", take.rig)
+    rig = reimported('GLB', path)
+    got = bone_world(rig, SAMPLED)
+    err = max_error(ref, got)
+    print(f"GLB: bone world matrix error {err:.2e}")
+    assert err < 1e-4
+    mesh = next(o for o in bpy.context.scene.objects
+                if o.type == 'MESH' and len(o.data.vertices) >= 6890)
+    # glTF splits vertices along seams: match them to the originals by their
+    # rest position
+    rest = np.empty(3 * len(mesh.data.vertices), np.float32)
+    mesh.data.vertices.foreach_get("co", rest)
+    rest = rest.reshape(-1, 3)[::4]
+    match, dist = [], []
+    for chunk in np.array_split(rest, 16):
+        d = np.linalg.norm(chunk[:, None] - ref_rest[None], axis=-1)
+        match.append(d.argmin(1))
+        dist.append(d.min(1))
+    match = np.concatenate(match)
+    assert np.concatenate(dist).max() < 1e-5
+    verr = float(np.abs(world_vertices(mesh, SAMPLED[1])[::4] - ref_verts[match]).max())
+    assert verr < 1e-4, f"skinned vertices off by {verr}"
+
+
+def test_bvh_round_trip(body_model, tmp_path):
+    take = make_take(body_model)
+    ref = deform(take.rig, bone_world(take.rig, SAMPLED))
+    path = export_bvh(tmp_path / "take.bvh", take.rig)
+    rig = reimported('BVH', path)
+    got = deform(rig, bone_world(rig, SAMPLED))
+    assert set(got) == set(ref)
+    err = max_error(ref, got)
+    print(f"BVH: bone deform matrix error {err:.2e}")
+    assert err < 1e-3
+
+
+def test_retargeted_mixamo_rig_exports(body_model, tmp_path):
+    """A 0.01-scaled, 90-degree-turned target: generic and Unreal FBX keep
+    its world motion (root motion included)."""
+    take = make_take(body_model)
+    tgt = build_rig("Armature", humanoid_bones(take.rig, MIXAMO, leg_scale=1.2),
+                    roll_deg=90.0, world=MIXAMO_WORLD, prefix="mixamorig:")
+    retarget(take.rig, tgt)
+    names = [b.name for b in tgt.data.bones]
+    ref = {k: rigid(v) for k, v in bone_world(tgt, SAMPLED).items()}
+    for preset in ("GENERIC", "UNREAL"):
+        path = export_fbx(tmp_path / f"{preset}.fbx", tgt, preset)
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+        bpy.ops.import_scene.fbx(filepath=str(path), anim_offset=0.0)
+        rig = next(o for o in bpy.context.scene.objects if o.type == 'ARMATURE')
+        got = {k: rigid(v) for k, v in bone_world(rig, SAMPLED).items()}
+        err = max_error(ref, got, names)
+        print(f"retargeted Mixamo FBX {preset}: {err:.2e}")
+        assert err < 1e-4
+        take = make_take(body_model)
+        tgt = build_rig("Armature", humanoid_bones(take.rig, MIXAMO, leg_scale=1.2),
+                        roll_deg=90.0, world=MIXAMO_WORLD, prefix="mixamorig:")
+        retarget(take.rig, tgt)
+
+
+def test_export_refuses_bad_input(body_model, tmp_path):
+    take = make_take(body_model)
+    with pytest.raises(ExportError, match="armature"):
+        export_fbx(tmp_path / "x.fbx", take.mesh)
+    with pytest.raises(ExportError, match="does not exist"):
+        export_glb(tmp_path / "nowhere" / "x.glb", take.rig)
+    with pytest.raises(ExportError, match="preset"):
+        export_fbx(tmp_path / "x.fbx", take.rig, 'GODOT')
+    take.rig.animation_data.action = None
+    with pytest.raises(ExportError, match="no animation"):
+        export_bvh(tmp_path / "x.bvh", take.rig)
