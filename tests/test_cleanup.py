@@ -84,6 +84,23 @@ def test_exact_constant_and_linear_signals_pass_through():
     assert rotation_angle(np.swapaxes(out, -1, -2) @ spin).max() < 1e-3
 
 
+def test_time_last_kernels_match_the_reference_conversions():
+    from hybrik_blender.core.rotations import (make_quaternions_continuous,
+                                               matrix_to_quaternion, standardize_quaternion)
+    rng = np.random.default_rng(4)
+    rot = axis_angle_to_matrix(rng.normal(0, 1.5, (200, 3, 3)))
+    rot[0, 0] = np.diag([1.0, -1.0, -1.0])  # 180 degrees: the x branch
+    q = filters._cf_from_matrix(np.moveaxis(rot.reshape(200, 3, 9), -1, 0))
+    np.testing.assert_allclose(standardize_quaternion(np.moveaxis(q, 0, -1)),
+                               standardize_quaternion(matrix_to_quaternion(rot)), atol=1e-12)
+    np.testing.assert_allclose(np.moveaxis(filters._cf_to_matrix(q), 0, -1).reshape(rot.shape),
+                               rot, atol=1e-12)
+    flipped = np.moveaxis(q, 0, -1) * rng.choice([-1.0, 1.0], (200, 3, 1))
+    cont = filters._cf_continuous(np.moveaxis(flipped, (0, -1), (-1, 0)))
+    np.testing.assert_array_equal(np.moveaxis(cont, (0, -1), (-1, 0)),
+                                  make_quaternions_continuous(flipped, axis=0))
+
+
 # --- smoothing metrics -----------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["gaussian", "butterworth"])

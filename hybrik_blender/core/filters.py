@@ -5,7 +5,7 @@ Decisions
 ---------
 * Rotations are never filtered as Euler angles (gimbal flips, wrap-around at
   +-180 degrees). They are turned into quaternions, made hemisphere-continuous
-  in time (:func:`..rotations.make_quaternions_continuous`) and filtered in the
+  in time (as :func:`..rotations.make_quaternions_continuous`) and filtered in the
   log map (rotation vectors) around a slowly varying reference rotation::
 
       ref_t  = normalise(lowpass_wide(q)_t)          chordal mean, per joint
@@ -40,8 +40,6 @@ Decisions
 import math
 
 import numpy as np
-
-from .rotations import make_quaternions_continuous
 
 ROTATION_BASE_CUTOFF_HZ = 4.0
 TRANSLATION_BASE_CUTOFF_HZ = 3.0
@@ -354,7 +352,8 @@ def _cf_to_matrix(q):
 
 
 def _cf_continuous(q):
-    """Sign flips along the last (time) axis so neighbours have q . q' >= 0."""
+    """Sign flips along the last (time) axis so neighbours have q . q' >= 0:
+    :func:`..rotations.make_quaternions_continuous` in the time-last layout."""
     dots = np.sum(q[..., 1:] * q[..., :-1], axis=0)
     flips = np.cumsum(dots < 0, axis=-1) % 2
     sign = np.concatenate([np.ones(dots.shape[:-1] + (1,)), 1.0 - 2.0 * flips], -1)
