@@ -34,3 +34,24 @@ def make_result(rotmats, betas=None, root=None, valid=None, fps=30.0, seed=0, **
                 model="none")
     args.update(kw)
     return Result.from_frames(valid=valid, **args)
+
+
+def hybrik_smpl_buffers(arrays):
+    """SMPL arrays laid out as the smpl.* buffers of an official HybrIK
+    checkpoint (torch tensors)."""
+    import torch
+    from hybrik_blender.core.skeleton import CHILDREN_29, PARENTS_29
+    f32 = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+    nv = len(arrays["v_template"])
+    h36m = arrays.get("J_regressor_h36m", np.full((17, nv), 1.0 / nv))
+    return {
+        "smpl.faces_tensor": torch.tensor(arrays["f"].astype(np.int64)),
+        "smpl.v_template": f32(arrays["v_template"]),
+        "smpl.shapedirs": f32(arrays["shapedirs"]),
+        "smpl.posedirs": f32(arrays["posedirs"].reshape(nv * 3, -1).T),
+        "smpl.J_regressor": f32(arrays["J_regressor"]),
+        "smpl.J_regressor_h36m": f32(h36m),
+        "smpl.children_map": torch.tensor(CHILDREN_29),
+        "smpl.parents": torch.tensor(PARENTS_29),
+        "smpl.lbs_weights": f32(arrays["weights"]),
+    }

@@ -82,3 +82,15 @@ def test_clip_betas_weights_confidence_and_skips_invalid():
     assert np.allclose(clip_betas(res), 1.5)
     with pytest.raises(ResultFormatError, match="no valid frame"):
         clip_betas(make_result(rot, valid=np.zeros(3, bool)))
+
+
+def test_backend_extras_round_trip_and_are_checked(tmp_path):
+    res = make_result(random_motion(4))
+    res.extras["mp_world"] = np.ones((4, 33, 3), np.float32)
+    save_result(tmp_path / "a.npz", res)
+    back = load_result(tmp_path / "a.npz")
+    assert np.array_equal(back.extras["mp_world"], res.extras["mp_world"])
+    arrays = res.to_arrays()
+    arrays["x_mp_world"] = arrays["x_mp_world"][:3]
+    with pytest.raises(ResultFormatError, match="x_mp_world.*4 rows"):
+        load_result(_write(tmp_path / "b.npz", arrays))

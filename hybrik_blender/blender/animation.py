@@ -6,11 +6,13 @@ import bpy
 import numpy as np
 
 from ..core import body_model as bm
+from ..core.average_skeleton import fitted_average_skeleton
 from ..core.blender_space import pose_channels
 from ..core.kinematics import pose_corrective_features
 from ..core.result import ResultFormatError, clip_betas
 from ..core.skeleton import JOINT_NAMES
-from .character import POSE_KEY_NAMES, SHAPE_KEY_NAMES, build_character, rest_matrices
+from .character import (POSE_KEY_NAMES, SHAPE_KEY_NAMES, build_armature, build_character,
+                        rest_matrices)
 from .keyframes import ActionWriter
 
 
@@ -44,6 +46,9 @@ def import_result(result, model, *, name=None, per_frame_betas=False,
     key. The shape is the clip's confidence-weighted mean betas, held
     constant, unless `per_frame_betas` (then shape keys and bone offsets are
     keyed per frame; the skin stays exact, see core/blender_space.py).
+
+    Without a body model (``model=None``) an armature alone is built on the
+    built-in average skeleton, scaled to the limb lengths in the result.
     """
     valid = np.asarray(result.valid, bool)
     if not valid.any():
@@ -54,12 +59,18 @@ def import_result(result, model, *, name=None, per_frame_betas=False,
     rest_betas = clip_betas(result)
     name = name or f"SMPL_{os.path.splitext(result.source)[0] or 'take'}"
 
-    rig, mesh = build_character(model, rest_betas, name, pose_correctives, collection)
-    if per_frame_betas:
+    if model is None:
+        rest29 = fitted_average_skeleton(result.joints29, valid)
+        rig, mesh = build_armature(name, rest29, collection), None
+        per_frame_betas = pose_correctives = False
+        joints = rest29[None, :24]
+    elif per_frame_betas:
         frame_betas = result.betas[valid].astype(np.float64)
         joints = bm.rest_joints(model, frame_betas)
     else:
         joints = bm.rest_joints(model, rest_betas)[None]
+    if model is not None:
+        rig, mesh = build_character(model, rest_betas, name, pose_correctives, collection)
     quats, locs = pose_channels(rest_matrices(rig), rot, joints, root)
 
     arm = ActionWriter(rig, f"{rig.name}_motion")
@@ -70,14 +81,13 @@ def import_result(result, model, *, name=None, per_frame_betas=False,
             arm.add_array(f"{path}.location", frames, locs[:, i], group=bname)
     num_keys = len(frames) * (4 * 24 + (3 * 24 if per_frame_betas else 3))
 
-    key = mesh.data.shape_keys
     channels = []
     if pose_correctives:
         channels += list(zip(POSE_KEY_NAMES, pose_corrective_features(rot).T))
     if per_frame_betas:
         channels += list(zip(SHAPE_KEY_NAMES, frame_betas.T))
     if channels:
-        shapes = ActionWriter(key, f"{rig.name}_shapes", id_type='KEY')
+        shapes = ActionWriter(mesh.data.shape_keys, f"{rig.name}_shapes", id_type='KEY')
         for kname, values in channels:
             shapes.add(f'key_blocks["{kname}"].value', 0, frames, values)
         num_keys += len(frames) * len(channels)

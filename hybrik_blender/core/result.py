@@ -37,6 +37,11 @@ model              () str          e.g. the checkpoint file name
 complete           () bool         False for a partial (cancelled) run
 =================  ==============  ============================================
 
+Optional keys starting with ``x_`` carry backend-specific per-frame data
+(leading dimension N, numeric, finite), e.g. the raw mediapipe landmarks that
+let ``--resume`` reproduce an uninterrupted run. Readers that do not know
+them ignore them.
+
 The reader refuses missing keys, wrong shapes or dtypes, NaN or infinite
 values, non-rotation matrices, truncated archives and versions newer than it
 knows, each with a one-line message naming the problem.
@@ -89,6 +94,7 @@ class Result:
     backend: str = ""
     model: str = ""
     complete: bool = True
+    extras: dict = dataclasses.field(default_factory=dict)
 
     @property
     def num_frames(self):
@@ -122,6 +128,8 @@ class Result:
         for key in ("source", "backend", "model"):
             out[key] = np.array(str(getattr(self, key)))
         out["complete"] = np.array(bool(self.complete))
+        for key, value in self.extras.items():
+            out["x_" + key] = np.asarray(value)
         return out
 
 
@@ -172,6 +180,15 @@ def validate_arrays(arrays, name="result"):
     conf = values["confidence"]
     if n and (conf.min() < 0 or conf.max() > 1):
         fail("'confidence' must lie in [0, 1]")
+    extras = {}
+    for key in arrays:
+        if key.startswith("x_"):
+            arr = np.asarray(arrays[key])
+            if arr.shape[:1] != (n,) or arr.dtype.kind not in "fiub":
+                fail(f"'{key}' must be numeric with {n} rows, got {arr.dtype} {arr.shape}")
+            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+                fail(f"'{key}' contains NaN or infinite values")
+            extras[key[2:]] = arr
     rot = values["rotmats"].astype(np.float64)
     if n:
         err = np.abs(rot @ np.swapaxes(rot, -1, -2) - np.eye(3)).max()
@@ -184,7 +201,7 @@ def validate_arrays(arrays, name="result"):
         focal_length=tuple(float(v) for v in values["focal_length"]),
         principal_point=tuple(float(v) for v in values["principal_point"]),
         source=str(values["source"]), backend=str(values["backend"]),
-        model=str(values["model"]), complete=bool(values["complete"]))
+        model=str(values["model"]), complete=bool(values["complete"]), extras=extras)
 
 
 def load_result(path):

@@ -1,0 +1,362 @@
+"""Capture: video in, result file out.
+
+A producer thread decodes frames, tracks the person and cuts the crops while
+the main thread runs the backend on the previous batch, so decoding overlaps
+with inference. Progress goes to a callback (the CLI prints it as JSON
+lines). Cancelling (a signal, a cancel file or the token) stops within one
+batch and still writes a valid partial result (``complete`` False); a later
+run with ``resume`` continues from it. Resuming restarts at the last tracker
+chunk boundary (tracking.CHUNK), which makes the resumed result equal to an
+uninterrupted run.
+"""
+import dataclasses
+import logging
+import os
+import queue
+import threading
+import time
+
+import numpy as np
+
+from ..core.body_model import load_body_model
+from ..core.result import Result, ResultFormatError, load_result, save_result
+from . import mediapipe_backend as mpb
+from .tracking import CHUNK, PersonTracker
+from .video import VideoError, VideoSource
+
+log = logging.getLogger(__name__)
+
+
+class CaptureError(Exception):
+    """A failure with an exit code (see cli.py) and a one-line message."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+# exit codes, documented in cli.py
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_VIDEO, EXIT_NOBODY = 0, 1, 2, 3, 4
+EXIT_MODEL, EXIT_WRITE, EXIT_ENVIRONMENT, EXIT_GPU_MEMORY, EXIT_CANCELLED = 5, 6, 7, 8, 130
+
+
+class CancelToken:
+    """Set by a signal handler or the caller; also trips when `path` exists."""
+
+    def __init__(self, path=None):
+        self.path = path
+        self._event = threading.Event()
+
+    def set(self):
+        self._event.set()
+
+    def is_set(self):
+        if not self._event.is_set() and self.path and os.path.exists(self.path):
+            self._event.set()
+        return self._event.is_set()
+
+
+@dataclasses.dataclass
+class CaptureOptions:
+    video: str
+    out: str
+    backend: str = "mediapipe"
+    checkpoint: str = None
+    smpl_model: str = None
+    device: str = "auto"
+    batch_size: int = 16
+    start: int = 0
+    end: int = None
+    resume: bool = False
+    focal_length: float = None
+    flip_test: bool = False
+
+
+# --- backends -------------------------------------------------------------
+
+class MediapipeBackend:
+    """Stores landmarks per frame; solves the whole clip at the end (shape
+    fitting needs every frame)."""
+    name = "mediapipe"
+    needs_crops = False
+
+    def __init__(self, body_model):
+        self.body_model = body_model
+        self.model_name = "mediapipe-pose-full (model_complexity=1)"
+
+    def process(self, items):
+        rows = []
+        for it in items:
+            det = it["det"]
+            if det is None:
+                rows.append({"mp_world": np.zeros((33, 3)), "mp_image": np.zeros((33, 2)),
+                             "mp_visibility": np.zeros(33)})
+            else:
+                rows.append({"mp_world": det.world, "mp_image": det.image_xy,
+                             "mp_visibility": det.visibility})
+        return rows
+
+    def finish(self, cols, valid, focal, principal):
+        sol = mpb.solve_clip(cols["mp_world"], cols["mp_image"], cols["mp_visibility"],
+                             valid, focal, principal, self.body_model)
+        sol.pop("rest29")
+        return sol, {k: cols[k].astype(np.float32) for k in ("mp_world", "mp_image",
+                                                             "mp_visibility")}
+
+
+class HybrIKBackend:
+    """Batched crops -> HybrIK network -> IK, on CUDA when present."""
+    name = "hybrik"
+    needs_crops = True
+
+    def __init__(self, checkpoint, body_model, device, flip_test=False):
+        import torch
+        from .checkpoint import CheckpointError, load_hybrik
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cuda" and not torch.cuda.is_available():
+            raise CaptureError(EXIT_ENVIRONMENT, "--device cuda was asked for, but torch "
+                                                 "sees no CUDA device")
+        if not checkpoint:
+            raise CaptureError(EXIT_USAGE, "the hybrik backend needs --checkpoint")
+        try:
+            self.pipe = load_hybrik(checkpoint, body_model=body_model, device=device)
+        except CheckpointError as exc:
+            raise CaptureError(EXIT_MODEL, str(exc)) from None
+        except ValueError as exc:  # body model problems
+            raise CaptureError(EXIT_MODEL, str(exc)) from None
+        self.torch = torch
+        self.flip_test = flip_test
+        self.model_name = f"{os.path.basename(checkpoint)} ({self.pipe.arch})"
+
+    def _run(self, x, boxes, centres):
+        try:
+            return self.pipe.frame_arrays(self.pipe(x, boxes, centres, flip_test=self.flip_test))
+        except self.torch.cuda.OutOfMemoryError:
+            self.torch.cuda.empty_cache()
+            if len(x) == 1:
+                raise CaptureError(EXIT_GPU_MEMORY, "out of GPU memory even at batch size 1; "
+                                                    "try --device cpu") from None
+            half = len(x) // 2
+            log.warning("CUDA out of memory at batch %d: retrying with %d", len(x), half)
+            a = self._run(x[:half], boxes[:half], centres[:half])
+            b = self._run(x[half:], boxes[half:], centres[half:])
+            return {k: np.concatenate([a[k], b[k]]) for k in a}
+
+    def process(self, items):
+        from . import preprocess
+        live = [it for it in items if it["det"] is not None]
+        rows = [None] * len(items)
+        if live:
+            x = preprocess.normalize_crops(np.stack([it["crop"] for it in live]))
+            boxes = np.stack([it["square_box"] for it in live])
+            centres = np.stack([it["centre"] for it in live])
+            arrays = self._run(x, boxes, centres)
+            k = 0
+            for i, it in enumerate(items):
+                if it["det"] is not None:
+                    rows[i] = {key: arrays[key][k] for key in arrays}
+                    rows[i]["square_box"] = it["square_box"]
+                    k += 1
+        for i in range(len(items)):
+            if rows[i] is None:
+                rows[i] = {"rotmats": np.tile(np.eye(3), (24, 1, 1)), "betas": np.zeros(10),
+                           "root_translation": np.zeros(3), "joints29": np.zeros((29, 3)),
+                           "confidence": 0.0, "square_box": np.array([0.0, 0.0, 256.0, 256.0])}
+        return rows
+
+    def finish(self, cols, valid, focal, principal):
+        # HybrIK's camera has f = 1000 px for the 256-px crop, i.e. a different
+        # focal length every frame. Scaling the whole root position by
+        # F / f_frame keeps the root's projection and expresses it for the one
+        # real camera F of the clip (the official demo's transl_camsys does
+        # the same for F = 1000); the body around it keeps its metric size.
+        box_w = cols["square_box"][:, 2] - cols["square_box"][:, 0]
+        k = focal[0] * 256.0 / (1000.0 * np.maximum(box_w, 1e-6))
+        root = cols["root_translation"] * k[:, None]
+        joints = cols["joints29"] - cols["root_translation"][:, None] + root[:, None]
+        return {"rotmats": cols["rotmats"], "betas": cols["betas"], "root_translation": root,
+                "joints29": joints, "confidence": cols["confidence"]}, {}
+
+
+# --- the run ----------------------------------------------------------------
+
+def _load_backend(opts):
+    body = None
+    if opts.smpl_model:
+        try:
+            body = load_body_model(opts.smpl_model)
+        except ValueError as exc:
+            raise CaptureError(EXIT_MODEL, str(exc)) from None
+    if opts.backend == "mediapipe":
+        return MediapipeBackend(body)
+    if opts.backend == "hybrik":
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise CaptureError(EXIT_ENVIRONMENT, "torch is not installed in the worker "
+                                                 "environment") from None
+        return HybrIKBackend(opts.checkpoint, body, opts.device, opts.flip_test)
+    raise CaptureError(EXIT_USAGE, f"unknown backend '{opts.backend}'")
+
+
+def _producer(source, tracker, backend, first, end, batch_size, q, stop):
+    from . import preprocess
+    try:
+        batch = []
+        for index, t, rgb in source.frames(first, end):
+            if stop.is_set():
+                break
+            det = tracker(index, rgb)
+            item = {"index": index, "time": t, "det": det}
+            if backend.needs_crops and det is not None:
+                crop, square, _ = preprocess.crop_person(rgb, det.box)
+                item.update(crop=crop, square_box=np.asarray(square, np.float64),
+                            centre=np.array([source.info.width / 2, source.info.height / 2]))
+            batch.append(item)
+            if len(batch) >= batch_size:
+                q.put(batch)
+                batch = []
+        if batch:
+            q.put(batch)
+        q.put(None)
+    except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+        q.put(exc)
+
+
+def _previous(opts, info, backend):
+    """Rows of a partial result to keep when resuming, and the frame to go on from."""
+    if not (opts.resume and os.path.exists(opts.out)):
+        return None, opts.start
+    try:
+        prev = load_result(opts.out)
+    except ResultFormatError as exc:
+        raise CaptureError(EXIT_USAGE, f"cannot resume: {exc}") from None
+    if prev.source != info.name or prev.backend != backend.name:
+        raise CaptureError(EXIT_USAGE, f"cannot resume: {opts.out} was made from "
+                                       f"'{prev.source}' with {prev.backend}")
+    if prev.complete:
+        return prev, None
+    last = int(prev.frame_index[-1]) if prev.num_frames else opts.start - 1
+    go_on = max(opts.start, ((last + 1) // CHUNK) * CHUNK)
+    return prev, go_on
+
+
+def _keep_rows(prev, go_on, backend):
+    keep = prev.frame_index < go_on
+    rows = []
+    for i in np.nonzero(keep)[0]:
+        row = {"index": int(prev.frame_index[i]), "time": float(prev.time_s[i]),
+               "valid": bool(prev.valid[i]), "bbox": prev.bbox[i],
+               "confidence": prev.confidence[i]}
+        if backend.name == "mediapipe":
+            row.update({k: prev.extras[k][i] for k in ("mp_world", "mp_image", "mp_visibility")})
+        else:
+            raw = prev.extras["raw_root"][i]
+            row.update(rotmats=prev.rotmats[i], betas=prev.betas[i], root_translation=raw,
+                       joints29=prev.joints29[i] - prev.root_translation[i] + raw,
+                       square_box=prev.extras["square_box"][i])
+        rows.append(row)
+    return rows
+
+
+def run_capture(opts, progress=None, cancel=None):
+    """Run a capture; returns the Result written to opts.out."""
+    progress = progress or (lambda event: None)
+    cancel = cancel or CancelToken()
+    try:
+        source = VideoSource(opts.video)
+    except VideoError as exc:
+        raise CaptureError(EXIT_VIDEO, str(exc)) from None
+    info = source.info
+    backend = _load_backend(opts)
+    prev, go_on = _previous(opts, info, backend)
+    if go_on is None:
+        progress({"event": "done", "frames": prev.num_frames, "valid": int(prev.valid.sum()),
+                  "output": opts.out, "complete": True, "note": "already complete"})
+        return prev
+    rows = _keep_rows(prev, go_on, backend) if prev is not None else []
+
+    focal = float(opts.focal_length or mpb.default_focal_length(info.width, info.height))
+    principal = (info.width / 2.0, info.height / 2.0)
+    tracker = PersonTracker(info.fps, info.width, info.height)
+    last_valid = [r for r in rows if r["valid"]]
+    if last_valid:
+        tracker.restart(last_valid[-1]["bbox"], last_valid[-1]["index"])
+    end = opts.end if opts.end is not None else None
+    total_end = min(end, info.frame_count) if end is not None else info.frame_count
+    total = max(total_end - opts.start, 1)
+
+    q = queue.Queue(maxsize=2)
+    stop = threading.Event()
+    thread = threading.Thread(target=_producer, daemon=True,
+                              args=(source, tracker, backend, go_on, end, opts.batch_size, q, stop))
+    t0 = time.perf_counter()
+    done_here = 0
+    cancelled = False
+    thread.start()
+    try:
+        while True:
+            batch = q.get()
+            if batch is None:
+                break
+            if isinstance(batch, BaseException):
+                if isinstance(batch, VideoError):
+                    raise CaptureError(EXIT_VIDEO, str(batch))
+                raise batch
+            for item, out in zip(batch, backend.process(batch)):
+                out.update(index=item["index"], time=item["time"], valid=item["det"] is not None,
+                           bbox=item["det"].box if item["det"] is not None else np.zeros(4))
+                if backend.name == "mediapipe":
+                    out["confidence"] = item["det"].score if item["det"] is not None else 0.0
+                rows.append(out)
+            done_here += len(batch)
+            elapsed = time.perf_counter() - t0
+            fps = done_here / max(elapsed, 1e-9)
+            done = rows[-1]["index"] + 1 - opts.start
+            progress({"event": "progress", "stage": "capture", "done": int(done),
+                      "total": int(max(total, done)), "fps": round(fps, 2),
+                      "eta_s": round(max(total - done, 0) / max(fps, 1e-9), 1)})
+            if cancel.is_set():
+                cancelled = True
+                break
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
+        tracker.close()
+
+    if not rows:
+        raise CaptureError(EXIT_VIDEO, f"'{info.name}' has no frames in the requested range")
+    valid = np.array([r["valid"] for r in rows])
+    if not cancelled and not valid.any():
+        raise CaptureError(EXIT_NOBODY, f"nobody was found in '{info.name}'")
+    cols = {k: np.stack([np.asarray(r[k], np.float64) for r in rows])
+            for k in rows[0] if k not in ("valid",)}
+    progress({"event": "progress", "stage": "solve", "done": 0, "total": 1})
+    fields, extras = backend.finish(cols, valid, (focal, focal), principal)
+    if backend.name == "hybrik":
+        extras = {"square_box": cols["square_box"].astype(np.float32),
+                  "raw_root": cols["root_translation"].astype(np.float32)}
+    confidence = np.clip(fields.pop("confidence", cols["confidence"]), 0, 1)
+    result = Result.from_frames(
+        valid=valid, frame_index=cols["index"].astype(np.int64), time_s=cols["time"],
+        bbox=cols["bbox"], confidence=confidence, fps=info.fps,
+        image_size=(info.width, info.height), focal_length=(focal, focal),
+        principal_point=principal, source=info.name, backend=backend.name,
+        model=backend.model_name, complete=not cancelled, extras=extras, **fields)
+    try:
+        save_result(opts.out, result)
+    except OSError as exc:
+        raise CaptureError(EXIT_WRITE, f"cannot write '{opts.out}': "
+                                       f"{exc.strerror or exc}") from None
+    progress({"event": "done", "frames": result.num_frames, "valid": int(valid.sum()),
+              "output": opts.out, "complete": result.complete,
+              "seconds": round(time.perf_counter() - t0, 2)})
+    if cancelled:
+        raise CaptureError(EXIT_CANCELLED, f"cancelled: {result.num_frames} frames kept in "
+                                           f"{opts.out}; run again with --resume to go on")
+    return result

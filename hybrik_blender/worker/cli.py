@@ -1,0 +1,134 @@
+"""Worker command line.
+
+    python -m hybrik_blender.worker capture VIDEO --out take.npz [options]
+    python -m hybrik_blender.worker check [--checkpoint F] [--smpl-model F]
+
+``capture`` prints one JSON object per line on stdout: progress events
+``{"event": "progress", "stage", "done", "total", "fps", "eta_s"}``, then a
+final ``{"event": "done", ...}`` (or ``{"event": "error", "code", "message"}``).
+Logs go to stderr; an error is also one line on stderr.
+
+Exit codes:
+  0    success
+  1    internal error (a bug: please report it with the log)
+  2    bad arguments, or a result that cannot be resumed
+  3    video unreadable, corrupt, or without frames in the range
+  4    nobody found in the whole video
+  5    checkpoint or body model unreadable or wrong
+  6    the result cannot be written (disk full, permissions)
+  7    the environment lacks something (torch, mediapipe, CUDA)
+  8    out of GPU memory even at batch size 1
+  130  cancelled (SIGINT, SIGTERM or the cancel file); a valid partial result
+       was written; run again with --resume to go on
+"""
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+
+from . import capture as cap
+
+
+def _emit(event):
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+def _capture(args):
+    opts = cap.CaptureOptions(
+        video=args.video, out=args.out, backend=args.backend, checkpoint=args.checkpoint,
+        smpl_model=args.smpl_model, device=args.device, batch_size=max(1, args.batch_size),
+        start=args.start, end=args.end, resume=args.resume, focal_length=args.focal_length,
+        flip_test=args.flip_test)
+    token = cap.CancelToken(args.cancel_file or (args.out + ".cancel"))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: token.set())
+    try:
+        cap.run_capture(opts, progress=_emit, cancel=token)
+    except cap.CaptureError as exc:
+        _emit({"event": "error", "code": exc.code, "message": str(exc)})
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    return cap.EXIT_OK
+
+
+def check_environment(checkpoint=None, smpl_model=None):
+    """Lines of (ok, text) saying what the environment has and lacks."""
+    lines = []
+    try:
+        import torch
+        lines.append((True, f"torch {torch.__version__}"))
+        if torch.cuda.is_available():
+            lines.append((True, f"CUDA: {torch.cuda.get_device_name(0)}"))
+        else:
+            lines.append((True, "CUDA: none (the hybrik backend runs on the CPU, slower)"))
+    except ImportError:
+        lines.append((False, "torch: missing (needed by the hybrik backend)"))
+    try:
+        import mediapipe
+        lines.append((True, f"mediapipe {mediapipe.__version__} (default backend)"))
+    except ImportError:
+        lines.append((False, "mediapipe: missing (needed for tracking and the default backend)"))
+    if checkpoint:
+        try:
+            from .checkpoint import read_checkpoint
+            arch, _, smpl = read_checkpoint(checkpoint)
+            lines.append((True, f"checkpoint {os.path.basename(checkpoint)}: {arch}"
+                                + (", with embedded SMPL" if smpl else "")))
+        except Exception as exc:  # noqa: BLE001
+            lines.append((False, f"checkpoint: {exc}"))
+    else:
+        lines.append((True, "checkpoint: none set (only the mediapipe backend is available)"))
+    if smpl_model:
+        try:
+            from ..core.body_model import load_body_model
+            load_body_model(smpl_model)
+            lines.append((True, f"body model {os.path.basename(smpl_model)}: OK"))
+        except ValueError as exc:
+            lines.append((False, f"body model: {exc}"))
+    else:
+        lines.append((True, "body model: none set (the built-in average skeleton is used)"))
+    return lines
+
+
+def _check(args):
+    lines = check_environment(args.checkpoint, args.smpl_model)
+    for ok, text in lines:
+        print(("ok      " if ok else "MISSING ") + text)
+    return 0 if all(ok for ok, _ in lines) else cap.EXIT_ENVIRONMENT
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m hybrik_blender.worker",
+                                     description="hybrik-blender capture worker")
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("capture", help="video -> result file (.npz)")
+    c.add_argument("video", help="video file or folder of images")
+    c.add_argument("--out", required=True, help="result file to write (.npz)")
+    c.add_argument("--backend", choices=("hybrik", "mediapipe"), default="mediapipe")
+    c.add_argument("--checkpoint", help="official HybrIK checkpoint (.pth), for --backend hybrik")
+    c.add_argument("--smpl-model", help="SMPL model (.pkl/.npz); default: the checkpoint's, "
+                                        "or none for mediapipe")
+    c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    c.add_argument("--batch-size", type=int, default=16)
+    c.add_argument("--start", type=int, default=0, help="first frame (0-based)")
+    c.add_argument("--end", type=int, default=None, help="stop before this frame")
+    c.add_argument("--resume", action="store_true", help="continue a partial result")
+    c.add_argument("--focal-length", type=float, default=None,
+                   help="focal length in pixels (default: a 65 degree field of view)")
+    c.add_argument("--flip-test", action="store_true", help="hybrik: average with the mirrored crop")
+    c.add_argument("--cancel-file", help="stop when this file appears (default: OUT.cancel)")
+    k = sub.add_parser("check", help="say what the environment has and lacks")
+    k.add_argument("--checkpoint")
+    k.add_argument("--smpl-model")
+    args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _capture(args) if args.command == "capture" else _check(args)
+    except Exception as exc:  # noqa: BLE001 - never a bare traceback for the user
+        logging.getLogger(__name__).exception("internal error")
+        print(f"error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return cap.EXIT_INTERNAL

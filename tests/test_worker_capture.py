@@ -1,0 +1,301 @@
+"""The capture worker on real encoded videos (written here with OpenCV and
+ffmpeg) and a real photo, with both backends."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from hybrik_blender.core.result import load_result
+from hybrik_blender.worker import capture as cap
+from hybrik_blender.worker.video import VideoError, VideoSource
+from tests.conftest import DATA, ROOT, synthetic_arrays
+
+PHOTO = os.path.join(DATA, "astronaut.png")
+
+
+def photo_frames(n, size=(320, 240), step=1):
+    """A real photo of a person sliding across the frame."""
+    img = cv2.imread(PHOTO)
+    w, h = size
+    person = cv2.resize(img, (int(h * 512 / 512), h))
+    out = []
+    for i in range(n):
+        f = np.full((h, w, 3), 30, np.uint8)
+        x = min(10 + i * step, w - person.shape[1])
+        f[:, x:x + person.shape[1]] = person
+        out.append(f)
+    return out
+
+
+def write_video(path, frames, fps=25.0, fourcc="mp4v"):
+    h, w = frames[0].shape[:2]
+    wr = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
+    assert wr.isOpened()
+    for f in frames:
+        wr.write(f)
+    wr.release()
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return write_video(tmp_path_factory.mktemp("v") / "walk.mp4", photo_frames(40))
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory):
+    """Longer than a tracker chunk (256 frames), so resume crosses a boundary."""
+    return write_video(tmp_path_factory.mktemp("v") / "long.avi",
+                       photo_frames(300, (160, 120), step=0), fourcc="MJPG")
+
+
+def ffmpeg():
+    import imageio_ffmpeg
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+# --- decoding ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("ext,fourcc", [("mp4", "mp4v"), ("mov", "mp4v"), ("avi", "MJPG"),
+                                        ("mkv", "XVID"), ("webm", "VP80")])
+def test_containers_decode_with_range(tmp_path, ext, fourcc):
+    path = write_video(tmp_path / f"c.{ext}", photo_frames(12), fps=24, fourcc=fourcc)
+    src = VideoSource(path)
+    assert (src.info.width, src.info.height, src.info.fps) == (320, 240, 24.0)
+    frames = list(src.frames(3, 8))
+    assert [i for i, _, _ in frames] == [3, 4, 5, 6, 7]
+    assert np.allclose([t for _, t, _ in frames], np.arange(3, 8) / 24, atol=1e-3)
+    assert frames[0][2].shape == (240, 320, 3) and frames[0][2].dtype == np.uint8
+
+
+def test_image_folder_and_one_frame_photo(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, f in enumerate(photo_frames(11)):
+        cv2.imwrite(str(folder / f"frame_{i}.png"), f)  # natural order: 2 before 10
+    src = VideoSource(folder)
+    got = [i for i, _, _ in src.frames()]
+    assert got == list(range(11)) and src.info.frame_count == 11
+    first = next(src.frames(10))[2]
+    assert np.array_equal(first, cv2.cvtColor(photo_frames(11)[10], cv2.COLOR_BGR2RGB))
+    single = tmp_path / "one"
+    single.mkdir()
+    cv2.imwrite(str(single / "astronaut.png"), cv2.imread(PHOTO))
+    res = cap.run_capture(cap.CaptureOptions(video=str(single), out=str(tmp_path / "one.npz")))
+    assert res.num_frames == 1 and res.valid.all() and res.image_size == (512, 512)
+
+
+def test_phone_rotation_tag_is_applied(tmp_path):
+    plain = write_video(tmp_path / "plain.mp4", photo_frames(5))
+    rotated = tmp_path / "rotated.mp4"
+    subprocess.run([ffmpeg(), "-v", "error", "-display_rotation", "90", "-i", plain,
+                    "-c", "copy", str(rotated)], check=True)
+    src = VideoSource(rotated)
+    assert (src.info.width, src.info.height) == (240, 320) and src.info.rotation in (90, 270)
+    frame = next(src.frames())[2]
+    upright = next(VideoSource(plain).frames())[2]
+    # same bitstream, shown turned 90 degrees counter-clockwise
+    assert np.array_equal(frame, cv2.rotate(upright, cv2.ROTATE_90_COUNTERCLOCKWISE))
+
+
+def test_variable_frame_rate_keeps_real_timestamps(tmp_path):
+    plain = write_video(tmp_path / "cfr.mp4", photo_frames(10), fps=25)
+    vfr = tmp_path / "vfr.mkv"
+    # the first five frames 40 ms apart, the rest 120 ms apart (whole 1/25 s ticks)
+    expr = "if(lt(N,5),N*0.04,0.2+(N-5)*0.12)/TB"
+    subprocess.run([ffmpeg(), "-v", "error", "-i", plain, "-vf", f"setpts='{expr}'",
+                    "-fps_mode", "vfr", "-c:v", "mjpeg", str(vfr)], check=True)
+    times = [t for _, t, _ in VideoSource(vfr).frames()]
+    assert np.allclose(times, [0, .04, .08, .12, .16, .2, .32, .44, .56, .68], atol=2e-3)
+
+
+def test_broken_videos_give_clear_errors(tmp_path, clip):
+    truncated = tmp_path / "cut.mp4"
+    truncated.write_bytes(open(clip, "rb").read()[:800])
+    with pytest.raises(VideoError, match="cannot be opened|no decodable frame"):
+        VideoSource(truncated)
+    with pytest.raises(VideoError, match="does not exist"):
+        VideoSource(tmp_path / "nope.mp4")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VideoError, match="no images"):
+        VideoSource(tmp_path / "empty")
+
+
+# --- captures -----------------------------------------------------------------------
+
+def test_mediapipe_capture_of_a_real_photo_clip(tmp_path, clip):
+    out = tmp_path / "take.npz"
+    events = []
+    res = cap.run_capture(cap.CaptureOptions(video=clip, out=str(out), batch_size=8),
+                          progress=events.append)
+    assert res.complete and res.backend == "mediapipe" and res.num_frames == 40
+    assert res.valid.mean() > 0.9
+    back = load_result(out)
+    assert np.array_equal(back.rotmats, res.rotmats)
+    # the person stands in front of the camera: pelvis ahead, upright (y down)
+    assert np.all(back.root_translation[back.valid, 2] > 0.3)
+    head_above = back.joints29[back.valid, 15, 1] < back.joints29[back.valid, 0, 1]
+    assert head_above.all()
+    progress = [e for e in events if e["event"] == "progress" and e["stage"] == "capture"]
+    assert progress[-1]["done"] == 40 and progress[-1]["total"] == 40
+    assert events[-1]["event"] == "done"
+
+
+def test_body_model_gives_fitted_betas(tmp_path, clip):
+    model = tmp_path / "model.npz"
+    np.savez(model, **synthetic_arrays(posedirs_scale=0))
+    res = cap.run_capture(cap.CaptureOptions(video=clip, out=str(tmp_path / "t.npz"),
+                                             smpl_model=str(model), end=10))
+    assert res.num_frames == 10
+    betas = res.betas[res.valid]
+    assert np.abs(betas).max() > 1e-3 and np.allclose(betas, betas[0])
+
+
+def test_nobody_in_the_video(tmp_path):
+    noise = [np.random.default_rng(i).integers(0, 255, (120, 160, 3), np.uint8) for i in range(8)]
+    path = write_video(tmp_path / "empty.mp4", noise)
+    with pytest.raises(cap.CaptureError, match="nobody was found") as err:
+        cap.run_capture(cap.CaptureOptions(video=path, out=str(tmp_path / "x.npz")))
+    assert err.value.code == cap.EXIT_NOBODY
+    assert not (tmp_path / "x.npz").exists()
+
+
+def _cancel_after(batches):
+    token = cap.CancelToken()
+    seen = []
+
+    def progress(event):
+        if event["event"] == "progress" and event["stage"] == "capture":
+            seen.append(event)
+            if len(seen) >= batches:
+                token.set()
+    return token, progress
+
+
+def test_cancel_then_resume_equals_an_uninterrupted_run(tmp_path, long_clip):
+    full = cap.run_capture(cap.CaptureOptions(video=long_clip, out=str(tmp_path / "full.npz"),
+                                              batch_size=32))
+    out = str(tmp_path / "part.npz")
+    token, progress = _cancel_after(9)  # 288 frames: past the chunk boundary at 256
+    with pytest.raises(cap.CaptureError) as err:
+        cap.run_capture(cap.CaptureOptions(video=long_clip, out=out, batch_size=32),
+                        progress=progress, cancel=token)
+    assert err.value.code == cap.EXIT_CANCELLED
+    partial = load_result(out)
+    assert not partial.complete and 0 < partial.num_frames < full.num_frames
+    resumed = cap.run_capture(cap.CaptureOptions(video=long_clip, out=out, batch_size=32,
+                                                 resume=True))
+    assert resumed.complete and resumed.num_frames == full.num_frames
+    for key in ("valid", "frame_index", "rotmats", "root_translation", "betas", "bbox"):
+        assert np.allclose(getattr(resumed, key), getattr(full, key), atol=1e-5), key
+
+
+# --- hybrik backend with a random-weight checkpoint -----------------------------------
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from hybrik_blender.worker.synthetic import synthetic_state
+    from tests.helpers import hybrik_smpl_buffers
+    state = synthetic_state(os.path.join(DATA, "checkpoint_keys_res34_cam.json"), "res34_cam", 1)
+    state = {k: torch.from_numpy(v) for k, v in state.items()}
+    state.update(hybrik_smpl_buffers(synthetic_arrays(posedirs_scale=0)))
+    path = tmp_path_factory.mktemp("ck") / "hybrik_res34_random.pth"
+    torch.save({"model": state}, path)
+    return str(path)
+
+
+def test_hybrik_capture_cancel_and_resume(tmp_path, clip, checkpoint):
+    opts = dict(video=clip, backend="hybrik", checkpoint=checkpoint, batch_size=4, end=12)
+    full = cap.run_capture(cap.CaptureOptions(out=str(tmp_path / "full.npz"), **opts))
+    assert full.backend == "hybrik" and full.complete and full.valid.all()
+    assert "res34_cam" in full.model
+    rot = full.rotmats.astype(np.float64)
+    assert np.abs(rot @ np.swapaxes(rot, -1, -2) - np.eye(3)).max() < 1e-4
+    out = str(tmp_path / "part.npz")
+    token, progress = _cancel_after(1)
+    with pytest.raises(cap.CaptureError):
+        cap.run_capture(cap.CaptureOptions(out=out, **opts), progress=progress, cancel=token)
+    assert load_result(out).num_frames == 4
+    resumed = cap.run_capture(cap.CaptureOptions(out=out, resume=True, **opts))
+    for key in ("rotmats", "root_translation", "joints29", "betas"):
+        assert np.allclose(getattr(resumed, key), getattr(full, key), atol=1e-4), key
+
+
+def test_wrong_checkpoint(tmp_path, clip):
+    bad = tmp_path / "bad.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, bad)
+    with pytest.raises(cap.CaptureError) as err:
+        cap.run_capture(cap.CaptureOptions(video=clip, out=str(tmp_path / "o.npz"),
+                                           backend="hybrik", checkpoint=str(bad)))
+    assert err.value.code == cap.EXIT_MODEL
+    truncated = tmp_path / "trunc.pth"
+    truncated.write_bytes(b"PK\x03\x04garbage")
+    with pytest.raises(cap.CaptureError) as err:
+        cap.run_capture(cap.CaptureOptions(video=clip, out=str(tmp_path / "o.npz"),
+                                           backend="hybrik", checkpoint=str(truncated)))
+    assert err.value.code == cap.EXIT_MODEL and "trunc.pth" in str(err.value)
+
+
+# --- the command line -------------------------------------------------------------------
+
+def _worker(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "hybrik_blender.worker", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_cli_json_lines_and_error_codes(tmp_path, clip):
+    p = _worker("capture", clip, "--out", str(tmp_path / "t.npz"), "--end", "8")
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events[-1]["event"] == "done" and events[-1]["frames"] == 8
+    assert {"stage", "done", "total", "fps", "eta_s"} <= set(events[0])
+
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(open(clip, "rb").read()[:500])
+    p = _worker("capture", str(cut), "--out", str(tmp_path / "x.npz"))
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == cap.EXIT_VIDEO
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cut.mp4" in errors[0] and "Traceback" not in err
+    assert json.loads(out.splitlines()[-1])["code"] == cap.EXIT_VIDEO
+
+
+def test_cli_sigterm_leaves_a_valid_partial_result(tmp_path, long_clip):
+    out = tmp_path / "t.npz"
+    p = _worker("capture", long_clip, "--out", str(out), "--batch-size", "8")
+    for line in p.stdout:
+        if '"progress"' in line:
+            p.send_signal(signal.SIGTERM)
+            break
+    rest, err = p.communicate(timeout=120)
+    assert p.returncode == cap.EXIT_CANCELLED, err
+    partial = load_result(out)
+    assert not partial.complete and partial.num_frames >= 8
+
+
+def test_cancel_file(tmp_path, long_clip):
+    out = tmp_path / "t.npz"
+    p = _worker("capture", long_clip, "--out", str(out), "--batch-size", "8")
+    for line in p.stdout:
+        if '"progress"' in line:
+            (tmp_path / "t.npz.cancel").touch()
+            break
+    p.communicate(timeout=120)
+    assert p.returncode == cap.EXIT_CANCELLED
+    assert not load_result(out).complete
+
+
+def test_check_reports_in_plain_words(tmp_path):
+    p = _worker("check", "--checkpoint", str(tmp_path / "missing.pth"))
+    out, _ = p.communicate(timeout=120)
+    assert "ok      torch" in out and "ok      mediapipe 0.10.21" in out
+    assert "MISSING checkpoint: missing.pth: file not found" in out
+    assert p.returncode == cap.EXIT_ENVIRONMENT
