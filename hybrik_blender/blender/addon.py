@@ -6,6 +6,7 @@ from bpy.props import BoolProperty, PointerProperty, StringProperty
 
 from ..core.body_model import BodyModelError, load_body_model
 from ..core.result import ResultFormatError, load_result
+from . import export, retarget_ops
 from .animation import import_result
 
 ADDON_ID = __package__.rsplit(".", 1)[0]
@@ -95,7 +96,8 @@ class HYBRIK_PT_main(bpy.types.Panel):
         layout.operator(HYBRIK_OT_import_result.bl_idname, icon='IMPORT')
 
 
-CLASSES = (HYBRIK_AP_preferences, HYBRIK_PG_settings, HYBRIK_OT_import_result, HYBRIK_PT_main)
+CLASSES = (HYBRIK_AP_preferences, HYBRIK_PG_settings, HYBRIK_OT_import_result, HYBRIK_PT_main,
+           *retarget_ops.CLASSES, *export.CLASSES)
 
 
 def register():
@@ -104,9 +106,11 @@ def register():
             bpy.utils.unregister_class(cls)
         bpy.utils.register_class(cls)
     bpy.types.Scene.hybrik = PointerProperty(type=HYBRIK_PG_settings)
+    retarget_ops.register_properties()
 
 
 def unregister():
+    retarget_ops.unregister_properties()
     if hasattr(bpy.types.Scene, "hybrik"):
         del bpy.types.Scene.hybrik
     for cls in reversed(CLASSES):

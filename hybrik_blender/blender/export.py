@@ -240,3 +240,99 @@ def needs_exit_guard():
     tests/blender/conftest.py); callers that exported GLB leave through
     os._exit on those versions."""
     return bpy.app.version < (4, 3, 0)
+
+
+# ---------------------------------------------------------------------------
+# operators
+
+from bpy.props import BoolProperty, EnumProperty, StringProperty  # noqa: E402
+from bpy_extras.io_utils import ExportHelper  # noqa: E402
+
+
+def _target_rig(context):
+    ob = context.active_object
+    if ob is not None and ob.type == 'MESH' and ob.parent is not None \
+            and ob.parent.type == 'ARMATURE':
+        ob = ob.parent
+    return ob if ob is not None and ob.type == 'ARMATURE' else None
+
+
+class _ExportOperator(ExportHelper):
+    bl_options = {'REGISTER'}
+
+    @classmethod
+    def poll(cls, context):
+        return _target_rig(context) is not None
+
+    def run(self, context, func, **kw):
+        rig = _target_rig(context)
+        try:
+            path = func(bpy.path.abspath(self.filepath), rig, **kw)
+        except (ExportError, RuntimeError) as exc:
+            self.report({'ERROR'}, str(exc))
+            return {'CANCELLED'}
+        self.report({'INFO'}, f"exported {rig.name} to {path}")
+        return {'FINISHED'}
+
+
+class HYBRIK_OT_export_fbx(bpy.types.Operator, _ExportOperator):
+    """Export the active armature, its meshes and its action as FBX for a game engine"""
+    bl_idname = "hybrik.export_fbx"
+    bl_label = "Export FBX"
+    filename_ext = ".fbx"
+    filter_glob: StringProperty(default="*.fbx", options={'HIDDEN'})
+    preset: EnumProperty(name="Preset", items=FBX_PRESET_ITEMS, default='GENERIC')
+    with_meshes: BoolProperty(name="Meshes", default=True,
+                              description="Include the armature's child meshes")
+
+    def execute(self, context):
+        return self.run(context, export_fbx, preset=self.preset, with_meshes=self.with_meshes)
+
+
+class HYBRIK_OT_export_bvh(bpy.types.Operator, _ExportOperator):
+    """Export the active armature's action as BVH"""
+    bl_idname = "hybrik.export_bvh"
+    bl_label = "Export BVH"
+    filename_ext = ".bvh"
+    filter_glob: StringProperty(default="*.bvh", options={'HIDDEN'})
+
+    def execute(self, context):
+        return self.run(context, export_bvh)
+
+
+class HYBRIK_OT_export_glb(bpy.types.Operator, _ExportOperator):
+    """Export the active armature, its meshes and its action as binary glTF at the scene fps"""
+    bl_idname = "hybrik.export_glb"
+    bl_label = "Export glTF (.glb)"
+    filename_ext = ".glb"
+    filter_glob: StringProperty(default="*.glb", options={'HIDDEN'})
+    with_meshes: BoolProperty(name="Meshes", default=True,
+                              description="Include the armature's child meshes")
+
+    def execute(self, context):
+        return self.run(context, export_glb, with_meshes=self.with_meshes)
+
+
+class HYBRIK_PT_export(bpy.types.Panel):
+    bl_label = "Export"
+    bl_idname = "HYBRIK_PT_export"
+    bl_parent_id = "HYBRIK_PT_main"
+    bl_space_type = 'VIEW_3D'
+    bl_region_type = 'UI'
+    bl_category = "HybrIK"
+    bl_options = {'DEFAULT_CLOSED'}
+
+    def draw(self, context):
+        layout = self.layout
+        rig = _target_rig(context)
+        layout.label(text=f"Armature: {rig.name}" if rig else "Select an armature",
+                     icon='ARMATURE_DATA' if rig else 'INFO')
+        col = layout.column(align=True)
+        for key, (label, _) in FBX_PRESETS.items():
+            col.operator(HYBRIK_OT_export_fbx.bl_idname, text=f"FBX: {label}").preset = key
+        row = layout.row(align=True)
+        row.operator(HYBRIK_OT_export_glb.bl_idname, text="glTF (.glb)")
+        row.operator(HYBRIK_OT_export_bvh.bl_idname, text="BVH")
+
+
+CLASSES = (HYBRIK_OT_export_fbx, HYBRIK_OT_export_bvh, HYBRIK_OT_export_glb, HYBRIK_PT_export)

@@ -1,14 +1,20 @@
 """Export presets round trip in real bpy: export, re-import in a clean
 scene, compare bone world matrices at sampled frames, the frame range and
 the fps."""
+import subprocess
+import sys
+
 import bpy
 import numpy as np
 import pytest
 
+import hybrik_blender
 from hybrik_blender.blender.animation import import_result
 from hybrik_blender.blender.export import ExportError, export_bvh, export_fbx, export_glb
 from hybrik_blender.blender.keyframes import ActionWriter
 from hybrik_blender.blender.retarget import retarget
+from hybrik_blender.core.result import save_result
+from tests.conftest import ROOT, SYNTHETIC_MODEL
 from tests.blender.test_retarget import MIXAMO, MIXAMO_WORLD, build_rig, humanoid_bones
 from tests.helpers import make_result, random_motion
 
@@ -214,3 +220,37 @@ def test_export_refuses_bad_input(body_model, tmp_path):
     take.rig.animation_data.action = None
     with pytest.raises(ExportError, match="no animation"):
         export_bvh(tmp_path / "x.bvh", take.rig)
+
+
+def test_export_operators(body_model, tmp_path):
+    take = make_take(body_model)
+    hybrik_blender.register()
+    try:
+        bpy.context.view_layer.objects.active = take.mesh  # its armature is exported
+        for op, name, kw in ((bpy.ops.hybrik.export_fbx, "unity.fbx", {"preset": 'UNITY'}),
+                             (bpy.ops.hybrik.export_fbx, "ue.fbx", {"preset": 'UNREAL'}),
+                             (bpy.ops.hybrik.export_bvh, "take.bvh", {}),
+                             (bpy.ops.hybrik.export_glb, "take.glb", {})):
+            assert op(filepath=str(tmp_path / name), **kw) == {'FINISHED'}
+            assert (tmp_path / name).stat().st_size > 1000
+        with pytest.raises(RuntimeError, match="does not exist"):
+            bpy.ops.hybrik.export_bvh(filepath=str(tmp_path / "no" / "x.bvh"))
+        bpy.context.view_layer.objects.active = None
+        assert not bpy.ops.hybrik.export_fbx.poll()
+    finally:
+        hybrik_blender.unregister()
+
+
+def test_cli_exports(tmp_path):
+    res = tmp_path / "take.npz"
+    save_result(res, make_result(random_motion(8), fps=FPS))
+    out = {k: tmp_path / f"take.{k}" for k in ("blend", "fbx", "glb")}
+    out["bvh"] = tmp_path / "new" / "folder" / "take.bvh"
+    cmd = [sys.executable, "-m", "hybrik_blender", "import", str(res), "--smpl-model",
+           SYNTHETIC_MODEL, "-o", str(out["blend"]), "--fbx", str(out["fbx"]),
+           "--fbx-preset", "unreal", "--bvh", str(out["bvh"]), "--glb", str(out["glb"])]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    for path in out.values():
+        assert path.stat().st_size > 1000, path
+        assert f"wrote {path}" in run.stdout
