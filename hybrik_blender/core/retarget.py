@@ -61,6 +61,8 @@ def _sided(center, sided, left, right):
 
 
 _LIMBS = ("collar", "shoulder", "elbow", "wrist", "hip", "knee", "ankle", "foot")
+_UE_LIMBS = dict(zip(_LIMBS, (["clavicle_{s}"], ["upperarm_{s}"], ["lowerarm_{s}"], ["hand_{s}"],
+                              ["thigh_{s}"], ["calf_{s}"], ["foot_{s}"], ["ball_{s}"])))
 
 PRESETS = {
     "SMPL": {
@@ -98,14 +100,18 @@ PRESETS = {
             "L", "R"),
     },
     "UE5": {
-        "label": "Unreal Engine 5 Manny / UE4 Mannequin",
-        # UE5 has spine_01..05, UE4 spine_01..03: take what exists.
+        "label": "Unreal Engine 5 Manny / Quinn",
+        # five spine bones: SMPL's three go onto every other one
         "bones": _sided(
-            {"pelvis": ["pelvis"], "spine1": ["spine_01"], "spine2": ["spine_03", "spine_02"],
-             "spine3": ["spine_05", "spine_03"], "neck": ["neck_01"], "head": ["head"]},
-            dict(zip(_LIMBS, (["clavicle_{s}"], ["upperarm_{s}"], ["lowerarm_{s}"],
-                              ["hand_{s}"], ["thigh_{s}"], ["calf_{s}"], ["foot_{s}"],
-                              ["ball_{s}"]))),
+            {"pelvis": ["pelvis"], "spine1": ["spine_01"], "spine2": ["spine_03"],
+             "spine3": ["spine_05"], "neck": ["neck_01"], "head": ["head"]}, _UE_LIMBS,
+            "l", "r"),
+    },
+    "UE4": {
+        "label": "Unreal Engine 4 Mannequin",
+        "bones": _sided(
+            {"pelvis": ["pelvis"], "spine1": ["spine_01"], "spine2": ["spine_02"],
+             "spine3": ["spine_03"], "neck": ["neck_01"], "head": ["head"]}, _UE_LIMBS,
             "l", "r"),
     },
     "VRM": {

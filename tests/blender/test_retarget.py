@@ -272,3 +272,16 @@ def test_retarget_refuses_bad_input(source_take):
     with pytest.raises(RetargetError, match="does not look like"):
         retarget(src, blob, preset='MIXAMO')
     assert blob.animation_data is None
+
+
+def test_euler_convention_matches_blender():
+    from mathutils import Euler
+
+    from hybrik_blender.core.retarget import EULER_ORDERS, euler_to_matrix, matrix_to_euler
+    rng = np.random.default_rng(0)
+    for order in EULER_ORDERS:
+        for angles in rng.uniform(-1.4, 1.4, (5, 3)):
+            ref = np.array(Euler(angles.tolist(), order).to_matrix())
+            assert np.allclose(euler_to_matrix(angles, order), ref, atol=1e-6)
+            back = np.array(Euler(matrix_to_euler(ref, order).tolist(), order).to_matrix())
+            assert np.allclose(back, ref, atol=1e-6)
