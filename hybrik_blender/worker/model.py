@@ -28,10 +28,13 @@ class HybrIKPipeline:
     ``net``: a network from :mod:`.nets` (its state loaded); ``body``: a
     :class:`~hybrik_blender.core.body_model.BodyModel` (or a
     :class:`.ik.TorchBodyModel`). ``amp``: autocast the network in float16 on
-    CUDA (decoding and IK always run in float32)."""
+    CUDA (decoding and IK always run in float32). ``chunk``: crops per
+    network call (the IK always runs on the whole batch)."""
 
-    def __init__(self, net, body, device="cpu", amp=None, channels_last=None):
+    def __init__(self, net, body, device="cpu", amp=None, channels_last=None, chunk=None):
         self.device = torch.device(device)
+        # crops per network call; None: 4 on the CPU, the whole batch on a GPU
+        self.chunk = (4 if self.device.type == "cpu" else None) if chunk is None else chunk
         self.arch = net.arch
         cuda = self.device.type == "cuda"
         self.amp = cuda if amp is None else amp
@@ -53,6 +56,18 @@ class HybrIKPipeline:
         return {k: (v.float() if v is not None and v.dtype == torch.float16 else v)
                 for k, v in out.items()}
 
+    def _heads(self, x, flip_test):
+        out = self._net(x)
+        if flip_test:
+            fout = self._net(x.flip(3))
+            uvd, peak, marg = decode.soft_argmax_flip(out["heat"], fout["heat"])
+            out = decode.merge_flip(self.arch, out, fout)
+        else:
+            uvd, peak, marg = decode.soft_argmax(out["heat"])
+        del out["heat"]
+        out.update(uvd=uvd, peak=peak, marg=marg)
+        return out
+
     @torch.inference_mode()
     def __call__(self, x, boxes, img_center, flip_test=False, vertices=False, marginals=False):
         """x (B, 3, 256, 256) normalised crops; boxes (B, 4) square boxes xyxy
@@ -69,13 +84,15 @@ class HybrIKPipeline:
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         boxes = torch.as_tensor(boxes, dtype=dtype, device=self.device).reshape(-1, 4)
         img_center = torch.as_tensor(img_center, dtype=dtype, device=self.device).reshape(-1, 2)
-        out = self._net(x)
-        if flip_test:
-            fout = self._net(x.flip(3))
-            uvd, peak, marg = decode.soft_argmax_flip(out["heat"], fout["heat"])
-            out = decode.merge_flip(self.arch, out, fout)
-        else:
-            uvd, peak, marg = decode.soft_argmax(out["heat"])
+        # network + soft-argmax in chunks: the heatmap logits are 30 MB per crop,
+        # so on the CPU large batches run faster in cache-sized pieces
+        step = self.chunk or x.shape[0]
+        parts = [self._heads(x[i:i + step], flip_test) for i in range(0, x.shape[0], step)]
+        out = {k: (None if parts[0][k] is None else
+                   tuple(torch.cat([p[k][j] for p in parts]) for j in range(3))
+                   if isinstance(parts[0][k], tuple) else torch.cat([p[k] for p in parts]))
+               for k in parts[0]}
+        uvd, peak, marg = out["uvd"], out["peak"], out["marg"]
         res = {"uvd": uvd, "maxvals": peak, "sigma": out["sigma"], "phi": out["phi"],
                "betas": out["shape"], "camera": out["cam"], "feat": out["feat"]}
         if marginals:
