@@ -18,7 +18,6 @@ import numpy as np
 
 from ..core import retarget as rt
 from ..core.retarget import BoneMapError
-from ..core.rotations import make_quaternions_continuous, matrix_to_quaternion
 from ..core.skeleton import JOINT_NAMES
 from .keyframes import ActionWriter, fcurves_of
 
@@ -133,11 +132,11 @@ def read_motion(rig, bone_names=JOINT_NAMES):
     (bones without keys keep their current pose values)."""
     table = _curve_table(rig)
     paths = [f'pose.bones["{n}"]' for n in bone_names]
-    frames = sorted({f for (dp, _), (fr, _) in table.items()
-                     if any(dp.startswith(p) for p in paths) for f in fr})
-    if not frames:
+    keyed = [fr for (dp, _), (fr, _) in table.items() if dp.startswith('pose.bones["')
+             and dp.split('"')[1] in set(bone_names)]
+    if not keyed:
         raise RetargetError(f"{rig.name!r} has no keyed motion to retarget")
-    frames = np.array(frames)
+    frames = np.unique(np.concatenate(keyed))
     basis = np.zeros((len(frames), len(bone_names), 4, 4))
     basis[..., 3, 3] = 1.0
     for b, (name, path) in enumerate(zip(bone_names, paths)):
@@ -175,15 +174,13 @@ def _is_hybrik_rig(ob):
     return ob.type == 'ARMATURE' and all(n in ob.data.bones for n in JOINT_NAMES)
 
 
-def _write_rotation(writer, pb, rot, frames, rotation_mode):
+def _write_rotation(writer, pb, rot, quats, frames, rotation_mode):
     path = f'pose.bones["{pb.name}"]'
     mode = pb.rotation_mode
     if rotation_mode == 'QUATERNION' or mode == 'AXIS_ANGLE':
         pb.rotation_mode = mode = 'QUATERNION'
     if mode == 'QUATERNION':
-        q = matrix_to_quaternion(rot)
-        q = make_quaternions_continuous(np.where(q[:1, :1] < 0, -q, q), axis=0)
-        writer.add_array(f"{path}.rotation_quaternion", frames, q, group=pb.name)
+        writer.add_array(f"{path}.rotation_quaternion", frames, quats, group=pb.name)
     else:
         writer.add_array(f"{path}.rotation_euler", frames, rt.continuous_euler(rot, mode),
                          group=pb.name)
@@ -223,7 +220,8 @@ def retarget(source, target, preset='AUTO', mapping=None, rotation_mode='KEEP',
     writer = ActionWriter(target, action_name or f"{target.name}_{source.name}_retarget")
     pbones = target.pose.bones
     for k, name in enumerate(sol.bones):
-        _write_rotation(writer, pbones[name], sol.rotations[:, k], frames, rotation_mode)
+        _write_rotation(writer, pbones[name], sol.rotations[:, k], sol.quaternions[:, k], frames,
+                        rotation_mode)
     first = frames[:1]
     for name in sol.rest_bones:  # unmapped bones above mapped ones: hold at rest
         pb = pbones[name]

@@ -403,7 +403,7 @@ def solve(source, source_basis, target, mapping, root_motion=True):
 
     src_pose = forward_pose(source.rest, source.parents, source_basis)
     rs_m, rt_m = source.world_rotation, target.world_rotation
-    rs = rs_m @ orthonormalize(src_pose[:, src_idx, :3, :3])
+    rs = rs_m @ src_pose[:, src_idx, :3, :3]
     rs0 = rs_m @ source.rest[src_idx, :3, :3]
     rt_rest = rt_m @ np.stack([target.rest[t, :3, :3] for _, t in pairs])
     # Calibration: swing each target bone's rest direction (its Y axis) onto

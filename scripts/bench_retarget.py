@@ -1,0 +1,93 @@
+"""Retarget speed: the numpy world-delta retarget vs constraints + nla.bake.
+
+    python scripts/bench_retarget.py [--frames 10000] [--bake-frames 300]
+
+Imports a random clip onto the synthetic SMPL model, builds a Mixamo-like
+target (cm bones, 0.01 scale, 90 degree X turn, other proportions), then
+times ``hybrik_blender.blender.retarget.retarget`` on the whole clip, and the
+usual constraint set-up (Copy Rotation per mapped bone + Copy Location on the
+hips, world space) baked with ``bpy.ops.nla.bake(visual_keying=True)`` on a
+shorter clip. Prints frames per second for both and their ratio.
+"""
+import argparse
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import bpy  # noqa: E402
+
+from hybrik_blender.blender.animation import import_result  # noqa: E402
+from hybrik_blender.blender.retarget import resolve_bone_map, retarget  # noqa: E402
+from hybrik_blender.core.body_model import load_body_model  # noqa: E402
+from tests.blender.test_retarget import (MIXAMO, MIXAMO_WORLD, build_rig,  # noqa: E402
+                                         humanoid_bones)
+from tests.conftest import SYNTHETIC_MODEL  # noqa: E402
+from tests.helpers import make_result, random_motion  # noqa: E402
+
+
+def setup(frames):
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    model = load_body_model(SYNTHETIC_MODEL)
+    take = import_result(make_result(random_motion(frames, seed=1)), model,
+                         pose_correctives=False)
+    tgt = build_rig("Armature", humanoid_bones(take.rig, MIXAMO, leg_scale=1.2, arm_scale=0.9),
+                    roll_deg=90.0, world=MIXAMO_WORLD, prefix="mixamorig:")
+    return take, tgt
+
+
+def bench_numpy(frames):
+    take, tgt = setup(frames)
+    t0 = time.perf_counter()
+    rep = retarget(take.rig, tgt)
+    dt = time.perf_counter() - t0
+    return dt, rep.num_frames
+
+
+def bench_bake(frames):
+    take, tgt = setup(frames)
+    mapping = resolve_bone_map(tgt)[1]
+    t0 = time.perf_counter()
+    for smpl, name in mapping.items():
+        pb = tgt.pose.bones[name]
+        c = pb.constraints.new('COPY_ROTATION')
+        c.target, c.subtarget = take.rig, smpl
+        c.target_space = c.owner_space = 'WORLD'
+        if smpl == "pelvis":
+            c = pb.constraints.new('COPY_LOCATION')
+            c.target, c.subtarget = take.rig, smpl
+            c.target_space = c.owner_space = 'WORLD'
+    view_layer = bpy.context.view_layer
+    view_layer.objects.active = tgt
+    tgt.select_set(True)
+    bpy.ops.object.mode_set(mode='POSE')
+    bpy.ops.pose.select_all(action='SELECT')
+    bpy.ops.nla.bake(frame_start=take.frame_start, frame_end=take.frame_end,
+                     only_selected=True, visual_keying=True, clear_constraints=True,
+                     bake_types={'POSE'})
+    bpy.ops.object.mode_set(mode='OBJECT')
+    return time.perf_counter() - t0, frames
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=10000)
+    parser.add_argument("--bake-frames", type=int, default=1000)
+    args = parser.parse_args()
+    print(f"bpy {bpy.app.version_string}")
+    dt, n = bench_numpy(args.frames)
+    fps_numpy = n / dt
+    print(f"numpy retarget : {n:6d} frames in {dt:7.3f} s = {fps_numpy:10.0f} frames/s")
+    dt_b, n_b = bench_bake(args.bake_frames)
+    fps_bake = n_b / dt_b
+    print(f"constraints + nla.bake: {n_b:6d} frames in {dt_b:7.3f} s = {fps_bake:10.0f} frames/s")
+    print(f"speed-up: {fps_numpy / fps_bake:.0f}x; {args.frames} frames in "
+          f"{args.frames / fps_numpy:.2f} s (target: >= 20x and <= 5 s)")
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
