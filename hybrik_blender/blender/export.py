@@ -167,10 +167,11 @@ def _scaled_copy(rig, with_meshes, factor):
                                    properties=False)
     renames = []
     for ob, c in zip(originals, copies):
-        name = ob.name
-        ob.name = name + ".hybrik_tmp"
-        c.name = name
-        renames.append((ob, name))
+        for orig, copy in ((ob, c), (ob.data, c.data)):
+            name = orig.name
+            orig.name = name + ".hybrik_tmp"
+            copy.name = name
+            renames.append((orig, name))
     return coll, rig_copy, meshes, renames
 
 
@@ -190,12 +191,12 @@ def _export_fbx_unreal(path, rig, frame_range, with_meshes):
         datas = [rig_copy.data] + [m.data for m in meshes]
         for o in [rig_copy] + meshes:
             bpy.data.objects.remove(o)
-        for ob, name in renames:
-            ob.name = name
         for d in datas:
             if d.users == 0:
                 (bpy.data.armatures if isinstance(d, bpy.types.Armature)
                  else bpy.data.meshes).remove(d)
+        for ob, name in renames:
+            ob.name = name
         if action.users == 0:
             bpy.data.actions.remove(action)
         bpy.data.collections.remove(coll)
