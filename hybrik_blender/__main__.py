@@ -27,6 +27,8 @@ def main(argv=None):
                      default="generic", help="FBX axes and units (default: generic)")
     imp.add_argument("--bvh", metavar="PATH", help="also export the take as BVH")
     imp.add_argument("--glb", metavar="PATH", help="also export the take as binary glTF")
+    from .core.cleanup import add_cleanup_arguments
+    add_cleanup_arguments(imp, default_on=True)
     args = parser.parse_args(argv)
     from .blender.headless import run_import
     return run_import(args)

@@ -353,3 +353,34 @@ def test_gpu_out_of_memory_halves_the_batch(tmp_path, clip, checkpoint, monkeypa
                                              batch_size=8))
     assert sizes[:3] == [8, 4, 2] and max(sizes) == 8
     assert np.allclose(res.rotmats, ref.rotmats, atol=1e-4)
+
+
+def test_clean_flag_writes_a_grounded_result(tmp_path, clip):
+    from hybrik_blender.core.cleanup import CleanupOptions
+    res = cap.run_capture(cap.CaptureOptions(video=clip, out=str(tmp_path / "c.npz"), end=20,
+                                             cleanup=CleanupOptions()))
+    back = load_result(tmp_path / "c.npz")
+    assert back.camera_to_world is not None
+    assert np.allclose(back.camera_to_world, res.camera_to_world)
+    raw = cap.run_capture(cap.CaptureOptions(video=clip, out=str(tmp_path / "r.npz"), end=20))
+    assert raw.camera_to_world is None
+    # the filter changed the motion, but only by a little
+    d = np.abs(back.rotmats - raw.rotmats)[back.valid].max()
+    assert 1e-4 < d < 0.5
+
+
+def test_cleanup_flags_parse():
+    import argparse
+
+    from hybrik_blender.core.cleanup import add_cleanup_arguments, cleanup_options_from_args
+    worker = argparse.ArgumentParser()
+    add_cleanup_arguments(worker, default_on=False)
+    assert cleanup_options_from_args(worker.parse_args([])) is None
+    opts = cleanup_options_from_args(worker.parse_args(["--root-mode", "in_place"]))
+    assert opts.root_mode == "in_place" and opts.smoothing == "offline"
+    importer = argparse.ArgumentParser()
+    add_cleanup_arguments(importer, default_on=True)
+    assert cleanup_options_from_args(importer.parse_args([])) is not None
+    assert cleanup_options_from_args(importer.parse_args(["--no-cleanup"])) is None
+    strength = cleanup_options_from_args(importer.parse_args(["--smooth-strength", "0"]))
+    assert strength.rotation_strength == 0

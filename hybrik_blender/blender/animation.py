@@ -8,6 +8,7 @@ import numpy as np
 from ..core import body_model as bm
 from ..core.average_skeleton import fitted_average_skeleton
 from ..core.blender_space import pose_channels
+from ..core.cleanup import clean_take
 from ..core.kinematics import pose_corrective_features
 from ..core.result import ResultFormatError, clip_betas
 from ..core.skeleton import JOINT_NAMES
@@ -38,7 +39,7 @@ def set_scene_timing(scene, fps, frame_start, frame_end):
 
 def import_result(result, model, *, name=None, per_frame_betas=False,
                   pose_correctives=True, frame_offset=1, collection=None,
-                  set_scene=True):
+                  set_scene=True, cleanup=None):
     """Build a character and key the result's valid frames onto it.
 
     Source frame k becomes scene frame ``frame_offset + k`` (video frame 0 ->
@@ -49,10 +50,19 @@ def import_result(result, model, *, name=None, per_frame_betas=False,
 
     Without a body model (``model=None``) an armature alone is built on the
     built-in average skeleton, scaled to the limb lengths in the result.
+
+    ``cleanup`` (core.cleanup.CleanupOptions) smooths, grounds and foot-locks
+    the motion first; the character is then placed in a Z-up world with the
+    floor at z = 0 (or as the root mode says). Without it the result's own
+    ``camera_to_world`` is used when present, else the camera sits at the
+    origin looking down +Y.
     """
     valid = np.asarray(result.valid, bool)
     if not valid.any():
         raise ResultFormatError("the result has no frame with a person in it")
+    camera_to_world = result.camera_to_world
+    if cleanup is not None:
+        result, camera_to_world = clean_take(result, model, cleanup)
     frames = (frame_offset + result.frame_index[valid]).astype(np.float64)
     rot = result.rotmats[valid].astype(np.float64)
     root = result.root_translation[valid].astype(np.float64)
@@ -71,7 +81,8 @@ def import_result(result, model, *, name=None, per_frame_betas=False,
         joints = bm.rest_joints(model, rest_betas)[None]
     if model is not None:
         rig, mesh = build_character(model, rest_betas, name, pose_correctives, collection)
-    quats, locs = pose_channels(rest_matrices(rig), rot, joints, root)
+    quats, locs = pose_channels(rest_matrices(rig), rot, joints, root,
+                                camera_to_world=camera_to_world)
 
     arm = ActionWriter(rig, f"{rig.name}_motion")
     for i, bname in enumerate(JOINT_NAMES):
@@ -95,6 +106,8 @@ def import_result(result, model, *, name=None, per_frame_betas=False,
     rig["hybrik_source"] = result.source
     rig["hybrik_fps"] = float(result.fps)
     rig["hybrik_backend"] = result.backend
+    if camera_to_world is not None:
+        rig["hybrik_camera_to_world"] = [float(v) for v in np.ravel(camera_to_world)]
     start, end = int(frames[0]), int(frames[-1])
     if set_scene:
         set_scene_timing(bpy.context.scene, result.fps, start, end)

@@ -6,6 +6,7 @@ import time
 import bpy
 
 from ..core.body_model import BodyModelError, load_body_model
+from ..core.cleanup import cleanup_options_from_args
 from ..core.result import ResultFormatError, load_result
 from .animation import import_result
 
@@ -17,7 +18,8 @@ def run_import(args):
         result = load_result(args.result)
         bpy.ops.wm.read_factory_settings(use_empty=True)
         take = import_result(result, model, per_frame_betas=args.per_frame_betas,
-                             pose_correctives=not args.no_correctives)
+                             pose_correctives=not args.no_correctives,
+                             cleanup=cleanup_options_from_args(args))
     except (BodyModelError, ResultFormatError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

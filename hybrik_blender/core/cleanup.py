@@ -32,6 +32,7 @@ import dataclasses
 
 import numpy as np
 
+from .average_skeleton import fitted_average_skeleton
 from .blender_space import CAMERA_TO_BLENDER, homogeneous
 from .filters import (one_euro_rotations, one_euro_translation, smooth_rotations,
                       smooth_translation)
@@ -135,10 +136,14 @@ def clean_take(result, model, options=None):
     """Clean up a take; returns ``(new_result, camera_to_world)``.
 
     result: :class:`.result.Result`; model: :class:`.body_model.BodyModel`
-    (needed for bone lengths and soles); options: :class:`CleanupOptions`
-    (defaults when None). The input is not modified.
+    (needed for bone lengths and soles), or None for the built-in average
+    skeleton fitted to the result's joints (then shape is always per track);
+    options: :class:`CleanupOptions` (defaults when None). The input is not
+    modified.
     """
     opt = (options or CleanupOptions()).validate()
+    if model is None:
+        opt = dataclasses.replace(opt, shape="track")
     default_m = homogeneous(CAMERA_TO_BLENDER)
     valid = np.asarray(result.valid, bool)
     fps = float(result.fps)
@@ -164,7 +169,7 @@ def clean_take(result, model, options=None):
     need_floor = opt.root_mode != "camera" or opt.foot_locking != "off"
     matrix = default_m
     if need_floor:
-        skeleton = Skeleton.from_model(model, track_betas)
+        skeleton = _skeleton(model, track_betas, result)
         rot64 = np.asarray(rot, np.float64)
         root64 = np.asarray(root, np.float64)
         _, _, soles = posed_skeleton(rot64[valid], skeleton, root64[valid])
@@ -193,7 +198,7 @@ def clean_take(result, model, options=None):
     joints29 = result.joints29
     if changed or opt.shape == "track":
         if skeleton is None:
-            skeleton = Skeleton.from_model(model, track_betas)
+            skeleton = _skeleton(model, track_betas, result)
         joints29 = result.joints29.copy()
         if opt.shape == "per_frame":
             # bone lengths of each frame's own shape
@@ -205,6 +210,12 @@ def clean_take(result, model, options=None):
         joints29[valid] = j29.astype(joints29.dtype)
     return dataclasses.replace(result, rotmats=rot, betas=betas, root_translation=root,
                                joints29=joints29), matrix
+
+
+def _skeleton(model, betas, result):
+    if model is not None:
+        return Skeleton.from_model(model, betas)
+    return Skeleton.from_rest29(fitted_average_skeleton(result.joints29, result.valid))
 
 
 def _keep_invalid(new, old, valid):
@@ -220,3 +231,46 @@ def _per_frame_joints(rot, rest29, root):
     offsets = rest29[:, 24:] - rest29[:, LEAF_PARENTS]
     leaves = posed[:, LEAF_PARENTS] + np.einsum("nkab,nkb->nka", glob[:, LEAF_PARENTS], offsets)
     return np.concatenate([posed, leaves], 1)
+
+
+def add_cleanup_arguments(parser, default_on):
+    """The clean-up options as command-line flags (worker and headless CLIs).
+
+    With default_on the clean-up runs unless ``--no-cleanup``; otherwise only
+    with ``--clean``. Any explicit option switches it on."""
+    g = parser.add_argument_group("motion clean-up")
+    if default_on:
+        g.add_argument("--no-cleanup", action="store_true",
+                       help="import the raw motion: no smoothing, floor or foot locking")
+    else:
+        g.add_argument("--clean", action="store_true",
+                       help="smooth, ground and foot-lock the motion before writing it")
+    d = CleanupOptions()
+    g.add_argument("--smoothing", choices=("offline", "one_euro", "off"),
+                   help=f"temporal filter (default {d.smoothing})")
+    g.add_argument("--smooth-strength", type=float,
+                   help=f"rotation smoothing strength, 0 = none (default {d.rotation_strength})")
+    g.add_argument("--root-smooth-strength", type=float,
+                   help=f"root translation smoothing (default {d.translation_strength})")
+    g.add_argument("--foot-locking", choices=("auto", "grounding", "off"),
+                   help=f"pin planted feet (default {d.foot_locking})")
+    g.add_argument("--root-mode", choices=("camera", "world", "in_place"),
+                   help=f"camera space, grounded world, or in place (default {d.root_mode})")
+    g.add_argument("--shape", choices=("track", "per_frame"),
+                   help=f"one shape per track or per frame (default {d.shape})")
+
+
+_ARG_FIELDS = {"smoothing": "smoothing", "smooth_strength": "rotation_strength",
+               "root_smooth_strength": "translation_strength",
+               "foot_locking": "foot_locking", "root_mode": "root_mode", "shape": "shape"}
+
+
+def cleanup_options_from_args(args):
+    """CleanupOptions from parsed flags, or None when no clean-up is asked."""
+    given = {f: getattr(args, a) for a, f in _ARG_FIELDS.items()
+             if getattr(args, a, None) is not None}
+    if getattr(args, "no_cleanup", False):
+        return None
+    if not (given or getattr(args, "clean", False) or hasattr(args, "no_cleanup")):
+        return None
+    return dataclasses.replace(CleanupOptions(), **given).validate()

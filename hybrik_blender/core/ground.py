@@ -86,6 +86,20 @@ class Skeleton:
         return cls(rest_joints(model, betas), leaf_joints(model, betas),
                    sole_points_rest(model, betas))
 
+    @classmethod
+    def from_rest29(cls, rest29):
+        """Without a mesh (the built-in average skeleton): each heel sits
+        below its ankle at the toes' height, a quarter of the ankle-toe
+        distance behind the ankle; the toes are the big-toe leaves."""
+        j = np.asarray(rest29, np.float64)
+        soles = np.empty((4, 3))
+        for k, (ankle, toe) in enumerate(((7, 27), (7, 27), (8, 28), (8, 28))):
+            reach = j[toe, 2] - j[ankle, 2]
+            heel = k % 2 == 0
+            soles[k] = ([j[ankle, 0], j[toe, 1], j[ankle, 2] - 0.25 * reach] if heel
+                        else j[toe])
+        return cls(j[:24], j[24:], soles)
+
 
 def attached_points(glob, posed, rest_joints_, points_rest, point_joints):
     """Points moving rigidly with joints: posed[j] + G[j] (p_rest - J_rest[j]).

@@ -37,6 +37,10 @@ model              () str          e.g. the checkpoint file name
 complete           () bool         False for a partial (cancelled) run
 =================  ==============  ============================================
 
+Optional ``camera_to_world`` (4, 4) float64: the capture camera's rigid pose
+in a Z-up world whose floor is z = 0 (written when the worker already ran the
+motion clean-up); without it the camera sits at the origin looking down +Y.
+
 Optional keys starting with ``x_`` carry backend-specific per-frame data
 (leading dimension N, numeric, finite), e.g. the raw mediapipe landmarks that
 let ``--resume`` reproduce an uninterrupted run. Readers that do not know
@@ -95,6 +99,7 @@ class Result:
     model: str = ""
     complete: bool = True
     extras: dict = dataclasses.field(default_factory=dict)
+    camera_to_world: np.ndarray = None
 
     @property
     def num_frames(self):
@@ -128,6 +133,8 @@ class Result:
         for key in ("source", "backend", "model"):
             out[key] = np.array(str(getattr(self, key)))
         out["complete"] = np.array(bool(self.complete))
+        if self.camera_to_world is not None:
+            out["camera_to_world"] = np.asarray(self.camera_to_world, np.float64)
         for key, value in self.extras.items():
             out["x_" + key] = np.asarray(value)
         return out
@@ -189,6 +196,14 @@ def validate_arrays(arrays, name="result"):
             if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
                 fail(f"'{key}' contains NaN or infinite values")
             extras[key[2:]] = arr
+    cam = None
+    if "camera_to_world" in arrays:
+        cam = np.asarray(arrays["camera_to_world"], np.float64)
+        if cam.shape != (4, 4) or not np.all(np.isfinite(cam)):
+            fail("'camera_to_world' must be a finite 4x4 matrix")
+        r = cam[:3, :3]
+        if np.abs(r @ r.T - np.eye(3)).max() > 1e-4 or np.abs(cam[3] - [0, 0, 0, 1]).max() > 0:
+            fail("'camera_to_world' is not a rigid transform")
     rot = values["rotmats"].astype(np.float64)
     if n:
         err = np.abs(rot @ np.swapaxes(rot, -1, -2) - np.eye(3)).max()
@@ -201,7 +216,8 @@ def validate_arrays(arrays, name="result"):
         focal_length=tuple(float(v) for v in values["focal_length"]),
         principal_point=tuple(float(v) for v in values["principal_point"]),
         source=str(values["source"]), backend=str(values["backend"]),
-        model=str(values["model"]), complete=bool(values["complete"]), extras=extras)
+        model=str(values["model"]), complete=bool(values["complete"]), extras=extras,
+        camera_to_world=cam)
 
 
 def load_result(path):

@@ -70,6 +70,7 @@ class CaptureOptions:
     resume: bool = False
     focal_length: float = None
     flip_test: bool = False
+    cleanup: object = None  # core.cleanup.CleanupOptions, applied to complete runs
 
 
 # --- backends -------------------------------------------------------------
@@ -110,6 +111,7 @@ class HybrIKBackend:
     needs_crops = True
 
     def __init__(self, checkpoint, body_model, device, flip_test=False):
+        self.body_model = body_model
         import torch
         from .checkpoint import CheckpointError, load_hybrik
         if device == "auto":
@@ -125,6 +127,7 @@ class HybrIKBackend:
             raise CaptureError(EXIT_MODEL, str(exc)) from None
         except ValueError as exc:  # body model problems
             raise CaptureError(EXIT_MODEL, str(exc)) from None
+        self.body_model = self.pipe.body.model
         self.torch = torch
         self.flip_test = flip_test
         self.model_name = f"{os.path.basename(checkpoint)} ({self.pipe.arch})"
@@ -348,6 +351,11 @@ def run_capture(opts, progress=None, cancel=None):
         image_size=(info.width, info.height), focal_length=(focal, focal),
         principal_point=principal, source=info.name, backend=backend.name,
         model=backend.model_name, complete=not cancelled, extras=extras, **fields)
+    if opts.cleanup is not None and not cancelled:
+        from ..core.cleanup import clean_take
+        progress({"event": "progress", "stage": "cleanup", "done": 0, "total": 1})
+        result, matrix = clean_take(result, backend.body_model, opts.cleanup)
+        result.camera_to_world = matrix
     try:
         save_result(opts.out, result)
     except OSError as exc:

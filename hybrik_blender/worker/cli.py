@@ -18,6 +18,9 @@ Exit codes:
   6    the result cannot be written (disk full, permissions)
   7    the environment lacks something (torch, mediapipe, CUDA)
   8    out of GPU memory even at batch size 1
+Motion clean-up (--clean, or any clean-up option) runs only on a complete
+capture; the raw per-frame values are otherwise written as the model gave them.
+
   130  cancelled (SIGINT, SIGTERM or the cancel file); a valid partial result
        was written; run again with --resume to go on
 """
@@ -28,6 +31,7 @@ import os
 import signal
 import sys
 
+from ..core.cleanup import add_cleanup_arguments, cleanup_options_from_args
 from . import capture as cap
 
 
@@ -41,7 +45,7 @@ def _capture(args):
         video=args.video, out=args.out, backend=args.backend, checkpoint=args.checkpoint,
         smpl_model=args.smpl_model, device=args.device, batch_size=max(1, args.batch_size),
         start=args.start, end=args.end, resume=args.resume, focal_length=args.focal_length,
-        flip_test=args.flip_test)
+        flip_test=args.flip_test, cleanup=cleanup_options_from_args(args))
     token = cap.CancelToken(args.cancel_file or (args.out + ".cancel"))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: token.set())
@@ -120,6 +124,7 @@ def main(argv=None):
                    help="focal length in pixels (default: a 65 degree field of view)")
     c.add_argument("--flip-test", action="store_true", help="hybrik: average with the mirrored crop")
     c.add_argument("--cancel-file", help="stop when this file appears (default: OUT.cancel)")
+    add_cleanup_arguments(c, default_on=False)
     k = sub.add_parser("check", help="say what the environment has and lacks")
     k.add_argument("--checkpoint")
     k.add_argument("--smpl-model")

@@ -148,3 +148,22 @@ def test_gltf_export_of_the_character(empty_scene, body_model, tmp_path):
     bpy.ops.export_scene.gltf(filepath=str(path), export_format='GLB', use_selection=True,
                               export_animations=True, export_skins=True)
     assert path.stat().st_size > 100_000
+
+
+def test_cleanup_on_import_stands_the_character_on_the_floor(empty_scene, body_model):
+    """A noisy synthetic walk seen by a tilted camera: with the default
+    clean-up the evaluated mesh stands on z = 0 and never sinks below it."""
+    from hybrik_blender.core.cleanup import CleanupOptions
+    from hybrik_blender.core.ground import Skeleton
+    from hybrik_blender.core.synthetic import add_noise, walk_cycle
+    take = walk_cycle(body_model, num_frames=40)
+    noisy = add_noise(take.result, Skeleton.from_model(body_model, np.zeros(10)), seed=1)
+    raw = import_result(noisy, body_model, pose_correctives=False)
+    cleaned = import_result(noisy, body_model, pose_correctives=False, cleanup=CleanupOptions())
+    lowest_raw, lowest = [], []
+    for k in range(0, 40, 4):
+        lowest_raw.append(evaluated_world_vertices(raw.mesh, 1 + k)[:, 2].min())
+        lowest.append(evaluated_world_vertices(cleaned.mesh, 1 + k)[:, 2].min())
+    assert min(lowest) > -0.01 and max(lowest) < 0.05          # on the floor, not floating
+    assert max(lowest_raw) < -0.5                               # raw: camera space, far below
+    assert "hybrik_camera_to_world" in cleaned.rig
