@@ -13,11 +13,11 @@ switches every mapped bone to quaternions instead.
 """
 import dataclasses
 
-import bpy
 import numpy as np
 
 from ..core import retarget as rt
 from ..core.retarget import BoneMapError
+from ..core.rotations import quaternion_to_matrix
 from ..core.skeleton import JOINT_NAMES
 from .keyframes import ActionWriter, fcurves_of
 
@@ -123,7 +123,12 @@ def _channel(table, path, size, frames, default):
     out = np.empty((len(frames), size))
     for i in range(size):
         key = table.get((path, i))
-        out[:, i] = default[i] if key is None else np.interp(frames, *key)
+        if key is None:
+            out[:, i] = default[i]
+        elif len(key[0]) == len(frames) and np.array_equal(key[0], frames):
+            out[:, i] = key[1]
+        else:
+            out[:, i] = np.interp(frames, *key)
     return out
 
 
@@ -139,12 +144,13 @@ def read_motion(rig, bone_names=JOINT_NAMES):
     frames = np.unique(np.concatenate(keyed))
     basis = np.zeros((len(frames), len(bone_names), 4, 4))
     basis[..., 3, 3] = 1.0
+    quat_bones, quats = [], []
     for b, (name, path) in enumerate(zip(bone_names, paths)):
         pb = rig.pose.bones[name]
         if pb.rotation_mode == 'QUATERNION':
-            q = _channel(table, f"{path}.rotation_quaternion", 4, frames,
-                         tuple(pb.rotation_quaternion))
-            basis[:, b, :3, :3] = rt.basis_from_channels(q)[..., :3, :3]
+            quat_bones.append(b)
+            quats.append(_channel(table, f"{path}.rotation_quaternion", 4, frames,
+                                  tuple(pb.rotation_quaternion)))
         elif pb.rotation_mode == 'AXIS_ANGLE':
             aa = _channel(table, f"{path}.rotation_axis_angle", 4, frames,
                           tuple(pb.rotation_axis_angle))
@@ -156,6 +162,8 @@ def read_motion(rig, bone_names=JOINT_NAMES):
             e = _channel(table, f"{path}.rotation_euler", 3, frames, tuple(pb.rotation_euler))
             basis[:, b, :3, :3] = rt.euler_to_matrix(e, pb.rotation_mode)
         basis[:, b, :3, 3] = _channel(table, f"{path}.location", 3, frames, tuple(pb.location))
+    if quat_bones:
+        basis[:, quat_bones, :3, :3] = quaternion_to_matrix(np.stack(quats, axis=1))
     return frames, basis
 
 

@@ -296,9 +296,16 @@ def forward_pose(rest, parents, basis, order=None):
     pose = np.empty(np.shape(basis), dtype=np.float64)
     for i in (topological_order(parents) if order is None else order):
         p = parents[i]
-        local = rest[i] if p < 0 else inv_rest[p] @ rest[i]
-        pose[:, i] = (local if p < 0 else pose[:, p] @ local) @ basis[:, i]
+        if p < 0:
+            pose[:, i] = rest[i] @ basis[:, i]
+        else:
+            pose[:, i] = _rows_times(pose[:, p], inv_rest[p] @ rest[i]) @ basis[:, i]
     return pose
+
+
+def _rows_times(x, m):
+    """x @ m for stacked (..., r, c) x and one (c, c) m, as a single GEMM."""
+    return (x.reshape(-1, x.shape[-1]) @ m).reshape(x.shape)
 
 
 def basis_from_channels(quats, locs=None):
@@ -330,6 +337,19 @@ def swing(a, b):
     scale = np.where(anti, 0.0, 1.0 / np.maximum(1.0 + c, 1e-12))[..., None, None]
     half_turn = 2.0 * v[..., :, None] * v[..., None, :] - np.eye(3)
     return np.where(anti[..., None, None], half_turn, np.eye(3) + k + k @ k * scale)
+
+
+def _const_times(m, x):
+    """m @ x for one (3, 3) m and stacked (..., 3, 3) x, as a single GEMM."""
+    xt = np.swapaxes(x, -1, -2)
+    return np.swapaxes((xt.reshape(-1, 3) @ m.T).reshape(xt.shape), -1, -2)
+
+
+def _times_each(x, m):
+    """x[:, k] @ m[k] for (N, K, 3, 3) x and (K, 3, 3) m, one GEMM per k."""
+    n, k = x.shape[:2]
+    xk = np.ascontiguousarray(np.swapaxes(x, 0, 1)).reshape(k, n * 3, 3)
+    return np.swapaxes((xk @ m).reshape(k, n, 3, 3), 0, 1)
 
 
 class Skeleton:
@@ -403,14 +423,14 @@ def solve(source, source_basis, target, mapping, root_motion=True):
 
     src_pose = forward_pose(source.rest, source.parents, source_basis)
     rs_m, rt_m = source.world_rotation, target.world_rotation
-    rs = rs_m @ src_pose[:, src_idx, :3, :3]
     rs0 = rs_m @ source.rest[src_idx, :3, :3]
     rt_rest = rt_m @ np.stack([target.rest[t, :3, :3] for _, t in pairs])
     # Calibration: swing each target bone's rest direction (its Y axis) onto
     # the direction of its source bone at the source's rest pose.
     rt0 = swing(rt_rest[..., :, 1], rs0[..., :, 1]) @ rt_rest
     offset = np.swapaxes(rs0, -1, -2) @ rt0
-    wanted = rt_m.T @ (rs @ offset)          # armature-space rotations (N, K, 3, 3)
+    # armature-space rotations (N, K, 3, 3): rt_m^T rs_m P(t) offset
+    wanted = _times_each(_const_times(rt_m.T @ rs_m, src_pose[:, src_idx, :3, :3]), offset)
 
     needed = set()
     for _, t in pairs:
@@ -425,7 +445,7 @@ def solve(source, source_basis, target, mapping, root_motion=True):
             continue
         p = target.parents[i]
         # parent pose with this bone's basis = identity
-        frame = rest_rot[i] if p < 0 else pose_rot[p] @ (rest_rot[p].T @ rest_rot[i])
+        frame = rest_rot[i] if p < 0 else _rows_times(pose_rot[p], rest_rot[p].T @ rest_rot[i])
         if i in tgt_of:
             k = tgt_of[i]
             pose_rot[i] = wanted[:, k]

@@ -4,7 +4,7 @@ import json
 import bpy
 import numpy as np
 import pytest
-from bpy.props import CollectionProperty, PointerProperty, StringProperty
+from bpy.props import PointerProperty, StringProperty
 
 import hybrik_blender
 from hybrik_blender.blender.animation import import_result
