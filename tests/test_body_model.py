@@ -3,7 +3,7 @@ import os
 import pickle
 import sys
 import types
-import zipfile
+import warnings
 
 import numpy as np
 import pytest
@@ -11,6 +11,7 @@ import torch
 
 from hybrik_blender.core import body_model as bm
 from tests.conftest import SYNTHETIC_MODEL, synthetic_arrays
+from tests.helpers import hybrik_smpl_buffers
 
 
 def test_npz_loads_and_validates():
@@ -87,7 +88,8 @@ def write_official_style_pkl(path, arrays, num_betas=10):
         "bs_type": "lrotmin", "bs_style": "lbs",
     }
     try:
-        with open(path, "wb") as fh:
+        with open(path, "wb") as fh, warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
             pickle.dump(obj, fh, protocol=2)
     finally:
         csc_cls.__module__ = old_module
@@ -150,21 +152,8 @@ def test_malicious_pickle_is_refused(tmp_path, func_name):
 
 def write_checkpoint(path, arrays, wrap=True, prefix=""):
     """A state dict laid out like an official HybrIK checkpoint."""
-    nv = arrays["v_template"].shape[0]
-    f32 = lambda a: torch.tensor(np.asarray(a, np.float32))  # noqa: E731
-    sd = {
-        "preact.conv1.weight": torch.randn(4, 3, 3, 3),
-        "decshape.weight": torch.randn(10, 8),
-        "smpl.faces_tensor": torch.tensor(arrays["f"].astype(np.int64)),
-        "smpl.v_template": f32(arrays["v_template"]),
-        "smpl.shapedirs": f32(arrays["shapedirs"]),
-        "smpl.posedirs": f32(arrays["posedirs"].reshape(nv * 3, 207).T),
-        "smpl.J_regressor": f32(arrays["J_regressor"]),
-        "smpl.J_regressor_h36m": f32(np.full((17, nv), 1.0 / nv)),
-        "smpl.lbs_weights": f32(arrays["weights"]),
-        "smpl.parents": torch.tensor([-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13,
-                                      14, 16, 17, 18, 19, 20, 21, 15, 22, 23, 10, 11]),
-    }
+    sd = {"preact.conv1.weight": torch.randn(4, 3, 3, 3), "decshape.weight": torch.randn(10, 8),
+          **hybrik_smpl_buffers(arrays)}
     sd = {prefix + k: v for k, v in sd.items()}
     torch.save({"model": sd, "epoch": 3} if wrap else sd, path)
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import DATA
+from tests.helpers import hybrik_smpl_buffers
 from hybrik_blender.core.body_model import load_body_model
 from hybrik_blender.worker import checkpoint as ck
 from hybrik_blender.worker.synthetic import synthetic_state
@@ -19,21 +20,8 @@ def res34_state():
 
 def smpl_buffers(arrays):
     """The synthetic model laid out as HybrIK's SMPL layer stores it."""
-    f32 = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
-    v = arrays["v_template"]
-    return {
-        "smpl.faces_tensor": torch.tensor(arrays["f"].astype(np.int64)),
-        "smpl.v_template": f32(v),
-        "smpl.shapedirs": f32(arrays["shapedirs"]),
-        "smpl.posedirs": f32(arrays["posedirs"].reshape(len(v) * 3, -1).T),
-        "smpl.J_regressor": f32(arrays["J_regressor"]),
-        "smpl.J_regressor_h36m": f32(np.load(os.path.join(DATA, "synthetic_J_regressor_h36m.npy"))),
-        "smpl.children_map": torch.tensor([3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 27, 28, 15, 16, 17,
-                                           24, 18, 19, 20, 21, 22, 23, 25, 26, -1, -1, -1, -1, -1]),
-        "smpl.parents": torch.tensor([-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14,
-                                      16, 17, 18, 19, 20, 21, 15, 22, 23, 10, 11]),
-        "smpl.lbs_weights": f32(arrays["weights"]),
-    }
+    h36m = np.load(os.path.join(DATA, "synthetic_J_regressor_h36m.npy"))
+    return hybrik_smpl_buffers(dict(arrays, J_regressor_h36m=h36m))
 
 
 def test_plain_model_and_module_prefix(res34_state):
