@@ -15,6 +15,7 @@ import shutil
 import subprocess
 
 import bpy
+import numpy as np
 import pytest
 
 from hybrik_blender.blender.animation import import_result
@@ -85,7 +86,9 @@ def assimp_read(path):
     anims = re.findall(r'<Animation name="[^"]*" duration="([^"]+)" tick_cnt="([^"]+)">', text)
     channels = re.findall(r'<NodeAnim node="([^"]+)">', text)
     bones = set(re.findall(r'<Bone name="([^"]+)">', text))
-    return counts, [(float(d), float(t)) for d, t in anims], channels, bones
+    nodes = {name: np.array(m.split(), float).reshape(4, 4) for name, m in re.findall(
+        r'<Node name="([^"]+)">\s*<Matrix4>([^<]*)</Matrix4>', text)}
+    return counts, [(float(d), float(t)) for d, t in anims], channels, bones, nodes
 
 
 @pytest.fixture
@@ -97,7 +100,7 @@ def take(empty_scene, body_model):
 @pytest.mark.parametrize("preset", ["GENERIC", "UNITY", "UNREAL"])
 def test_fbx_opens_in_assimp(take, tmp_path, preset):
     path = export_fbx(tmp_path / f"{preset}.fbx", take.rig, preset)
-    counts, anims, channels, bones = assimp_read(path)
+    counts, anims, channels, bones, nodes = assimp_read(path)
     names = {b.name for b in take.rig.data.bones}
     assert counts["Meshes"] == 1 and counts["Faces"] == len(take.mesh.data.polygons)
     assert counts["Vertices"] == len(take.mesh.data.vertices)
@@ -108,6 +111,13 @@ def test_fbx_opens_in_assimp(take, tmp_path, preset):
     # one channel per bone, plus the armature object
     assert names <= set(channels) and len(channels) == len(names) + 1
     assert counts["Animation Channels"] == len(channels)
+    # Unity and Unreal get an armature node without scale: no 100x root motion
+    node_scale = np.linalg.norm(nodes[take.rig.name][:3, :3], axis=0)
+    assert np.allclose(node_scale, 100.0 if preset == 'GENERIC' else 1.0, rtol=1e-4)
+    if preset == 'UNREAL':  # centimetres in the bone data instead
+        knee = nodes["left_knee"][:3, 3]
+        assert np.linalg.norm(knee) == pytest.approx(
+            100 * take.rig.data.bones["left_hip"].length, rel=1e-3)
 
 
 def test_glb_passes_khronos_validator(take, tmp_path):
@@ -122,7 +132,7 @@ def test_retargeted_rig_exports_pass_both_readers(take, tmp_path):
     retarget(take.rig, tgt)
     report = validate_glb(export_glb(tmp_path / "mixamo.glb", tgt))
     assert report["numErrors"] == 0, report["errors"]
-    counts, anims, channels, bones = assimp_read(export_fbx(tmp_path / "m.fbx", tgt, 'UNREAL'))
+    counts, anims, channels, bones, _ = assimp_read(export_fbx(tmp_path / "m.fbx", tgt, 'UNREAL'))
     assert counts.get("Animations") == 1 and anims[0][0] == pytest.approx(NUM_FRAMES - 1)
     assert {b.name for b in tgt.data.bones} <= set(channels)
     assert bpy.context.scene.render.fps == int(FPS)
