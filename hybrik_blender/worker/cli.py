@@ -30,6 +30,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 
 from ..core.cleanup import add_cleanup_arguments, cleanup_options_from_args
 from . import capture as cap
@@ -49,6 +51,8 @@ def _capture(args):
     token = cap.CancelToken(args.cancel_file or (args.out + ".cancel"))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: token.set())
+    if args.parent_pid:
+        _watch_parent(args.parent_pid, token)
     try:
         cap.run_capture(opts, progress=_emit, cancel=token)
     except cap.CaptureError as exc:
@@ -56,6 +60,23 @@ def _capture(args):
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
     return cap.EXIT_OK
+
+
+def _watch_parent(pid, token):
+    """Cancel when the launching process (Blender) is gone, so a worker never
+    outlives it, even after a crash."""
+    def watch():
+        while not token.is_set():
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                logging.getLogger(__name__).warning("parent process %d is gone: stopping", pid)
+                token.set()
+                return
+            except PermissionError:
+                pass
+            time.sleep(1.0)
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def check_environment(checkpoint=None, smpl_model=None):
@@ -124,6 +145,8 @@ def main(argv=None):
                    help="focal length in pixels (default: a 65 degree field of view)")
     c.add_argument("--flip-test", action="store_true", help="hybrik: average with the mirrored crop")
     c.add_argument("--cancel-file", help="stop when this file appears (default: OUT.cancel)")
+    c.add_argument("--parent-pid", type=int, help="stop when this process ends (the add-on "
+                                                  "passes Blender's)")
     add_cleanup_arguments(c, default_on=False)
     k = sub.add_parser("check", help="say what the environment has and lacks")
     k.add_argument("--checkpoint")

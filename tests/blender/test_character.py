@@ -167,3 +167,45 @@ def test_cleanup_on_import_stands_the_character_on_the_floor(empty_scene, body_m
     assert min(lowest) > -0.01 and max(lowest) < 0.05          # on the floor, not floating
     assert max(lowest_raw) < -0.5                               # raw: camera space, far below
     assert "hybrik_camera_to_world" in cleaned.rig
+
+
+def test_camera_overlays_the_person_and_shows_the_video(empty_scene, body_model, tmp_path):
+    """Each joint seen through the Blender camera lands on the pixel where the
+    capture camera (focal length, principal point) saw it."""
+    import cv2
+    from bpy_extras.object_utils import world_to_camera_view
+    from mathutils import Vector
+    video = tmp_path / "clip.mp4"
+    wr = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 30, (640, 360))
+    for i in range(6):
+        wr.write(np.full((360, 640, 3), 40 * i, np.uint8))
+    wr.release()
+    res = make_result(random_motion(6, seed=2), image_size=(640, 360),
+                      focal_length=(700.0, 700.0), principal_point=(300.0, 200.0))
+    from hybrik_blender.core.cleanup import CleanupOptions
+    for cleanup in (None, CleanupOptions()):
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+        take = import_result(res, body_model, pose_correctives=False, video_path=str(video),
+                             cleanup=cleanup)
+        scene = bpy.context.scene
+        cam = take.camera
+        assert scene.camera == cam and (scene.render.resolution_x, scene.render.resolution_y) == (640, 360)
+        assert abs(cam.data.lens - 700 * 36 / 640) < 1e-4
+        bg = cam.data.background_images[0]
+        assert bg.source == 'MOVIE_CLIP' and bg.clip.size[:] == (640, 360)
+        assert bg.clip.frame_duration == 6 and cam.data.show_background_images
+        from hybrik_blender.core.cleanup import clean_take
+        from hybrik_blender.core.kinematics import forward_kinematics
+        # the cleaned motion stays in camera coordinates; only the world placement changes
+        src = res if cleanup is None else clean_take(res, body_model, cleanup)[0]
+        rest = rest_joints(body_model, src.betas[0])
+        for k in (0, 3, 5):
+            scene.frame_set(1 + k)
+            _, joints_cam = forward_kinematics(src.rotmats[k], rest, PARENTS,
+                                               src.root_translation[k])
+            uv = joints_cam[:, :2] / joints_cam[:, 2:] * 700 + [300, 200]
+            for j in (0, 7, 15, 20):
+                head = take.rig.matrix_world @ take.rig.pose.bones[JOINT_NAMES[j]].head
+                ndc = world_to_camera_view(scene, cam, Vector(head))
+                px = np.array([ndc.x * 640, (1 - ndc.y) * 360])
+                assert np.abs(px - uv[j]).max() < 0.05, (k, j, px, uv[j])
