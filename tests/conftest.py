@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -10,6 +11,11 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 SYNTHETIC_MODEL = os.path.join(DATA, "synthetic_smpl_neutral.npz")
+
+# Blender's user folder (preferences, installed extensions) goes to a private
+# temporary folder, set before anything imports bpy: tests never touch the
+# user's own Blender configuration.
+os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="hybrik-test-blender-"))
 
 
 def synthetic_arrays(posedirs_scale=2e-3, seed=7):

@@ -384,3 +384,14 @@ def test_cleanup_flags_parse():
     assert cleanup_options_from_args(importer.parse_args(["--no-cleanup"])) is None
     strength = cleanup_options_from_args(importer.parse_args(["--smooth-strength", "0"]))
     assert strength.rotation_strength == 0
+
+
+def test_worker_stops_when_its_parent_is_gone(tmp_path, long_clip):
+    parent = subprocess.Popen(["sleep", "1"])
+    out = tmp_path / "t.npz"
+    p = _worker("capture", long_clip, "--out", str(out), "--batch-size", "8",
+                "--parent-pid", str(parent.pid))
+    parent.wait()
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == cap.EXIT_CANCELLED, err
+    assert not load_result(out).complete

@@ -35,9 +35,9 @@ class CaptureError(Exception):
         self.code = code
 
 
-# exit codes, documented in cli.py
-EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_VIDEO, EXIT_NOBODY = 0, 1, 2, 3, 4
-EXIT_MODEL, EXIT_WRITE, EXIT_ENVIRONMENT, EXIT_GPU_MEMORY, EXIT_CANCELLED = 5, 6, 7, 8, 130
+from .exitcodes import (EXIT_CANCELLED, EXIT_ENVIRONMENT, EXIT_GPU_MEMORY,  # noqa: E402,F401
+                        EXIT_INTERNAL, EXIT_MODEL, EXIT_NOBODY, EXIT_OK, EXIT_USAGE,
+                        EXIT_VIDEO, EXIT_WRITE)
 
 
 class CancelToken:

@@ -33,8 +33,7 @@ import sys
 import threading
 import time
 
-from ..core.cleanup import add_cleanup_arguments, cleanup_options_from_args
-from . import capture as cap
+from . import exitcodes as codes
 
 
 def _emit(event):
@@ -43,6 +42,8 @@ def _emit(event):
 
 
 def _capture(args):
+    from ..core.cleanup import cleanup_options_from_args
+    from . import capture as cap
     opts = cap.CaptureOptions(
         video=args.video, out=args.out, backend=args.backend, checkpoint=args.checkpoint,
         smpl_model=args.smpl_model, device=args.device, batch_size=max(1, args.batch_size),
@@ -59,7 +60,7 @@ def _capture(args):
         _emit({"event": "error", "code": exc.code, "message": str(exc)})
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
-    return cap.EXIT_OK
+    return codes.EXIT_OK
 
 
 def _watch_parent(pid, token):
@@ -82,6 +83,12 @@ def _watch_parent(pid, token):
 def check_environment(checkpoint=None, smpl_model=None):
     """Lines of (ok, text) saying what the environment has and lacks."""
     lines = []
+    for module, what in (("numpy", "numpy"), ("cv2", "OpenCV (opencv-python-headless)")):
+        try:
+            mod = __import__(module)
+            lines.append((True, f"{what} {getattr(mod, '__version__', '')}".strip()))
+        except ImportError:
+            lines.append((False, f"{what}: missing (needed by every capture)"))
     try:
         import torch
         lines.append((True, f"torch {torch.__version__}"))
@@ -122,7 +129,7 @@ def _check(args):
     lines = check_environment(args.checkpoint, args.smpl_model)
     for ok, text in lines:
         print(("ok      " if ok else "MISSING ") + text)
-    return 0 if all(ok for ok, _ in lines) else cap.EXIT_ENVIRONMENT
+    return 0 if all(ok for ok, _ in lines) else codes.EXIT_ENVIRONMENT
 
 
 def main(argv=None):
@@ -147,7 +154,11 @@ def main(argv=None):
     c.add_argument("--cancel-file", help="stop when this file appears (default: OUT.cancel)")
     c.add_argument("--parent-pid", type=int, help="stop when this process ends (the add-on "
                                                   "passes Blender's)")
-    add_cleanup_arguments(c, default_on=False)
+    try:  # the clean-up flags need numpy; `check` must run without it
+        from ..core.cleanup import add_cleanup_arguments
+        add_cleanup_arguments(c, default_on=False)
+    except ImportError:
+        pass
     k = sub.add_parser("check", help="say what the environment has and lacks")
     k.add_argument("--checkpoint")
     k.add_argument("--smpl-model")
@@ -159,4 +170,4 @@ def main(argv=None):
     except Exception as exc:  # noqa: BLE001 - never a bare traceback for the user
         logging.getLogger(__name__).exception("internal error")
         print(f"error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return cap.EXIT_INTERNAL
+        return codes.EXIT_INTERNAL
