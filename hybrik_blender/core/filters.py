@@ -41,6 +41,9 @@ import math
 
 import numpy as np
 
+from .rotations import (matrix_to_quaternion, quaternion_from_matrix_entries,
+                        quaternion_to_matrix)
+
 ROTATION_BASE_CUTOFF_HZ = 4.0
 TRANSLATION_BASE_CUTOFF_HZ = 3.0
 # The log-map reference is this many times smoother than the filter itself.
@@ -89,52 +92,8 @@ def quat_exp(rotvec):
     return np.concatenate([np.cos(half)[..., None], rotvec * sinc[..., None]], -1)
 
 
-def matrix_to_quat(rot):
-    """Rotation matrices -> unit quaternions (w >= 0 not enforced).
-
-    Shepperd's method: per element the best-conditioned of the four formulas
-    (largest of 1 + trace and the diagonal terms), computed element-wise with
-    masks; same result as :func:`..rotations.matrix_to_quaternion`, several
-    times faster on large batches."""
-    m = np.asarray(rot, dtype=np.float64)
-    m00, m01, m02 = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
-    m10, m11, m12 = m[..., 1, 0], m[..., 1, 1], m[..., 1, 2]
-    m20, m21, m22 = m[..., 2, 0], m[..., 2, 1], m[..., 2, 2]
-    tw = 1.0 + m00 + m11 + m22
-    tx = 1.0 + m00 - m11 - m22
-    ty = 1.0 - m00 + m11 - m22
-    tz = 1.0 - m00 - m11 + m22
-    a, b, c = m21 - m12, m02 - m20, m10 - m01
-    d, e, f = m10 + m01, m02 + m20, m21 + m12
-    bx = (tx > tw) & (tx >= ty) & (tx >= tz)
-    by = ~bx & (ty > tw) & (ty >= tz)
-    bz = ~bx & ~by & (tz > tw)
-    q = np.empty(m.shape[:-2] + (4,))
-    q[..., 0] = np.where(bx, a, np.where(by, b, np.where(bz, c, tw)))
-    q[..., 1] = np.where(bx, tx, np.where(by, d, np.where(bz, e, a)))
-    q[..., 2] = np.where(bx, d, np.where(by, ty, np.where(bz, f, b)))
-    q[..., 3] = np.where(bx, e, np.where(by, f, np.where(bz, tz, c)))
-    q /= np.linalg.norm(q, axis=-1, keepdims=True)
-    return q
-
-
-def quat_to_matrix(q):
-    """Unit quaternions (normalised here) -> rotation matrices."""
-    q = _normalize(np.asarray(q, dtype=np.float64))
-    w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
-    xx, yy, zz = x * x, y * y, z * z
-    xy, xz, yz, wx, wy, wz = x * y, x * z, y * z, w * x, w * y, w * z
-    out = np.empty(q.shape[:-1] + (3, 3))
-    out[..., 0, 0] = 1 - 2 * (yy + zz)
-    out[..., 0, 1] = 2 * (xy - wz)
-    out[..., 0, 2] = 2 * (xz + wy)
-    out[..., 1, 0] = 2 * (xy + wz)
-    out[..., 1, 1] = 1 - 2 * (xx + zz)
-    out[..., 1, 2] = 2 * (yz - wx)
-    out[..., 2, 0] = 2 * (xz - wy)
-    out[..., 2, 1] = 2 * (yz + wx)
-    out[..., 2, 2] = 1 - 2 * (xx + yy)
-    return out
+matrix_to_quat = matrix_to_quaternion
+quat_to_matrix = quaternion_to_matrix
 
 
 def _normalize(q):
@@ -323,21 +282,7 @@ def _cf_exp(r):
 
 def _cf_from_matrix(m):
     """(9, ...) row-major matrix entries -> (4, ...) unit quaternions."""
-    m00, m01, m02, m10, m11, m12, m20, m21, m22 = m
-    tw = 1.0 + m00 + m11 + m22
-    tx = 1.0 + m00 - m11 - m22
-    ty = 1.0 - m00 + m11 - m22
-    tz = 1.0 - m00 - m11 + m22
-    a, b, c = m21 - m12, m02 - m20, m10 - m01
-    d, e, f = m10 + m01, m02 + m20, m21 + m12
-    bx = (tx > tw) & (tx >= ty) & (tx >= tz)
-    by = ~bx & (ty > tw) & (ty >= tz)
-    bz = ~bx & ~by & (tz > tw)
-    q = np.stack([np.where(bx, a, np.where(by, b, np.where(bz, c, tw))),
-                  np.where(bx, tx, np.where(by, d, np.where(bz, e, a))),
-                  np.where(bx, d, np.where(by, ty, np.where(bz, f, b))),
-                  np.where(bx, e, np.where(by, f, np.where(bz, tz, c)))])
-    return q / np.sqrt(np.sum(q * q, axis=0))
+    return np.stack(quaternion_from_matrix_entries(*m))
 
 
 def _cf_to_matrix(q):

@@ -42,39 +42,56 @@ def quaternion_to_axis_angle(q):
     return vec * scale[..., None]
 
 
-def matrix_to_quaternion(rot):
-    """Rotation matrices -> unit quaternions (w >= 0 is not enforced).
+def quaternion_from_matrix_entries(m00, m01, m02, m10, m11, m12, m20, m21, m22):
+    """Unit quaternion components (w, x, y, z) from rotation-matrix entries
+    of any (matching) shape.
 
-    Each of the four candidate formulas is evaluated and the best-conditioned
-    one (largest denominator) is kept per element, so there is no precision
-    loss near 180 degrees.
-    """
+    Shepperd's method: per element the best-conditioned of the four formulas
+    (largest of 1 + trace and the diagonal terms) is picked with masks, so
+    there is no precision loss near 180 degrees; on ties the earlier formula
+    wins."""
+    tw = 1.0 + m00 + m11 + m22
+    tx = 1.0 + m00 - m11 - m22
+    ty = 1.0 - m00 + m11 - m22
+    tz = 1.0 - m00 - m11 + m22
+    a, b, c = m21 - m12, m02 - m20, m10 - m01
+    d, e, f = m10 + m01, m02 + m20, m21 + m12
+    bx = (tx > tw) & (tx >= ty) & (tx >= tz)
+    by = ~bx & (ty > tw) & (ty >= tz)
+    bz = ~bx & ~by & (tz > tw)
+    w = np.where(bx, a, np.where(by, b, np.where(bz, c, tw)))
+    x = np.where(bx, tx, np.where(by, d, np.where(bz, e, a)))
+    y = np.where(bx, d, np.where(by, ty, np.where(bz, f, b)))
+    z = np.where(bx, e, np.where(by, f, np.where(bz, tz, c)))
+    norm = np.sqrt(w * w + x * x + y * y + z * z)
+    return w / norm, x / norm, y / norm, z / norm
+
+
+def matrix_to_quaternion(rot):
+    """Rotation matrices (..., 3, 3) -> unit quaternions (..., 4); w >= 0 is
+    not enforced."""
     m = np.asarray(rot, dtype=np.float64)
-    m00, m01, m02 = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
-    m10, m11, m12 = m[..., 1, 0], m[..., 1, 1], m[..., 1, 2]
-    m20, m21, m22 = m[..., 2, 0], m[..., 2, 1], m[..., 2, 2]
-    t = np.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22,
-                  1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)
-    cands = np.stack([
-        np.stack([t[..., 0], m21 - m12, m02 - m20, m10 - m01], -1),
-        np.stack([m21 - m12, t[..., 1], m10 + m01, m02 + m20], -1),
-        np.stack([m02 - m20, m10 + m01, t[..., 2], m21 + m12], -1),
-        np.stack([m10 - m01, m20 + m02, m21 + m12, t[..., 3]], -1),
-    ], -2)
-    best = np.argmax(t, axis=-1)
-    q = np.take_along_axis(cands, best[..., None, None], axis=-2)[..., 0, :]
-    return q / np.linalg.norm(q, axis=-1, keepdims=True)
+    entries = [m[..., i, j] for i in range(3) for j in range(3)]
+    return np.stack(quaternion_from_matrix_entries(*entries), -1)
 
 
 def quaternion_to_matrix(q):
     q = np.asarray(q, dtype=np.float64)
     q = q / np.linalg.norm(q, axis=-1, keepdims=True)
     w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
-    return np.stack([
-        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-        np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-        np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
-    ], -2)
+    xx, yy, zz = x * x, y * y, z * z
+    xy, xz, yz, wx, wy, wz = x * y, x * z, y * z, w * x, w * y, w * z
+    out = np.empty(q.shape[:-1] + (3, 3))
+    out[..., 0, 0] = 1 - 2 * (yy + zz)
+    out[..., 0, 1] = 2 * (xy - wz)
+    out[..., 0, 2] = 2 * (xz + wy)
+    out[..., 1, 0] = 2 * (xy + wz)
+    out[..., 1, 1] = 1 - 2 * (xx + zz)
+    out[..., 1, 2] = 2 * (yz - wx)
+    out[..., 2, 0] = 2 * (xz - wy)
+    out[..., 2, 1] = 2 * (yz + wx)
+    out[..., 2, 2] = 1 - 2 * (xx + yy)
+    return out
 
 
 def standardize_quaternion(q):
