@@ -395,3 +395,29 @@ def test_worker_stops_when_its_parent_is_gone(tmp_path, long_clip):
     _, err = p.communicate(timeout=60)
     assert p.returncode == cap.EXIT_CANCELLED, err
     assert not load_result(out).complete
+
+
+def test_tracker_does_not_jump_to_someone_else(tmp_path):
+    """The person leaves on the left; a moment later somebody appears far to
+    the right. That is not the same person, so those frames stay invalid,
+    while a reappearance near the last place is picked up again."""
+    from hybrik_blender.worker.tracking import box_gate
+    img = cv2.resize(cv2.imread(PHOTO), (160, 160))
+
+    def frame(x):
+        f = np.full((160, 480, 3), 30, np.uint8)
+        if x is not None:
+            f[:, x:x + 160] = img
+        return f
+    far = [frame(0)] * 8 + [frame(None)] * 4 + [frame(320)] * 8
+    near = [frame(0)] * 8 + [frame(None)] * 4 + [frame(10)] * 8
+    got = {}
+    for name, frames in (("far", far), ("near", near)):
+        path = write_video(tmp_path / f"{name}.mp4", frames)
+        got[name] = cap.run_capture(cap.CaptureOptions(video=path, out=str(tmp_path / "o.npz")))
+    assert got["far"].valid[:8].all() and not got["far"].valid[8:].any()
+    assert got["near"].valid[:8].all() and got["near"].valid[12:].all()
+    # after long enough (2 s) anybody is accepted again
+    last = np.array([0.0, 0.0, 100.0, 160.0])
+    assert not box_gate(np.array([320.0, 0, 480, 160]), last, 5, 25.0)
+    assert box_gate(np.array([320.0, 0, 480, 160]), last, 50, 25.0)

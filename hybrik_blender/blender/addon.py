@@ -156,8 +156,31 @@ def _set_job_props(wm, state=None, message=None, error=False):
         p.running = state.running
         p.factor = state.factor
         p.text = state.summary()
+    if message:
+        _report(f"HybrIK: {message}", error)
     if message is not None:
         p.message, p.is_error = message, error
+
+
+class HYBRIK_OT_report(bpy.types.Operator):
+    """Show a message in Blender's status bar and Info log (timers cannot report)"""
+    bl_idname = "hybrik.report"
+    bl_label = "HybrIK Message"
+    bl_options = {'INTERNAL'}
+
+    message: StringProperty()
+    error: BoolProperty(default=False)
+
+    def execute(self, context):
+        self.report({'ERROR'} if self.error else {'INFO'}, self.message)
+        return {'FINISHED'}
+
+
+def _report(message, error=False):
+    try:
+        bpy.ops.hybrik.report(message=message, error=error)
+    except RuntimeError:  # an ERROR report raises when there is no window (background)
+        pass
 
 
 def _redraw():
@@ -460,7 +483,8 @@ class HYBRIK_PT_import_options(bpy.types.Panel):
         sub.prop(s, "root_mode")
 
 
-CLASSES = (HYBRIK_AP_preferences, HYBRIK_PG_settings, HYBRIK_PG_job, HYBRIK_OT_capture,
+CLASSES = (HYBRIK_AP_preferences, HYBRIK_PG_settings, HYBRIK_PG_job, HYBRIK_OT_report,
+           HYBRIK_OT_capture,
            HYBRIK_OT_cancel, HYBRIK_OT_setup_worker, HYBRIK_OT_check_worker,
            HYBRIK_OT_import_result, HYBRIK_PT_main, HYBRIK_PT_import_options,
            *retarget_ops.CLASSES, *export.CLASSES)
