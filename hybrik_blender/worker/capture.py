@@ -263,8 +263,15 @@ def _keep_rows(prev, go_on, backend):
     return rows
 
 
-def run_capture(opts, progress=None, cancel=None):
-    """Run a capture; returns the Result written to opts.out."""
+def load_backend(opts):
+    """The backend that opts names, built once; pass it to run_capture to reuse
+    its model for several videos (the batch actors do)."""
+    return _load_backend(opts)
+
+
+def run_capture(opts, progress=None, cancel=None, backend=None):
+    """Run a capture; returns the Result written to opts.out. `backend` is a
+    prebuilt load_backend(opts) to reuse (default: a new one for this run)."""
     progress = progress or (lambda event: None)
     cancel = cancel or CancelToken()
     try:
@@ -272,7 +279,7 @@ def run_capture(opts, progress=None, cancel=None):
     except VideoError as exc:
         raise CaptureError(EXIT_VIDEO, str(exc)) from None
     info = source.info
-    backend = _load_backend(opts)
+    backend = backend if backend is not None else _load_backend(opts)
     prev, go_on = _previous(opts, info, backend)
     if go_on is None:
         progress({"event": "done", "frames": prev.num_frames, "valid": int(prev.valid.sum()),

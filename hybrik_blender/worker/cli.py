@@ -2,6 +2,7 @@
 
     python -m hybrik_blender.worker capture VIDEO --out take.npz [options]
     python -m hybrik_blender.worker check [--checkpoint F] [--smpl-model F]
+    python -m hybrik_blender.worker batch INPUT... --out-dir DIR [options]  (needs Ray)
 
 ``capture`` prints one JSON object per line on stdout: progress events
 ``{"event": "progress", "stage", "done", "total", "fps", "eta_s"}``, then a
@@ -18,6 +19,7 @@ Exit codes:
   6    the result cannot be written (disk full, permissions)
   7    the environment lacks something (torch, mediapipe, CUDA)
   8    out of GPU memory even at batch size 1
+  9    batch: some videos failed (manifest.jsonl in --out-dir says which and why)
 Motion clean-up (--clean, or any clean-up option) runs only on a complete
 capture; the raw per-frame values are otherwise written as the model gave them.
 
@@ -61,6 +63,36 @@ def _capture(args):
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
     return codes.EXIT_OK
+
+
+def _batch(args):
+    """Many videos on Ray (see batch.py): JSON lines on stdout, one progress
+    line on stderr; exit 0 when every video is done, 9 when some failed, in this
+    run or before (the manifest says which and why), another code when the
+    batch cannot run."""
+    from ..core.cleanup import cleanup_options_from_args
+    from . import batch
+    opts = batch.BatchOptions(
+        inputs=args.inputs, out_dir=args.out_dir, backend=args.backend,
+        checkpoint=args.checkpoint, smpl_model=args.smpl_model, device=args.device,
+        batch_size=max(1, args.batch_size), cleanup=cleanup_options_from_args(args),
+        ray_address=args.ray_address, num_cpus=args.num_cpus, workers=args.workers,
+        cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
+        max_retries=max(0, args.max_retries), retry_failed=args.retry_failed,
+        export=tuple(f.strip() for f in args.export.split(",") if f.strip()))
+    terminal = batch.TerminalLine(sys.stderr)
+
+    def show(event):
+        _emit(event)
+        terminal(event)
+    try:
+        summary = batch.run_batch(opts, progress=show)
+    except batch.BatchError as exc:
+        _emit({"event": "error", "code": exc.code, "message": str(exc)})
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    failed = summary["failed"] + summary["failed_before"]
+    return codes.EXIT_OK if failed == 0 else batch.EXIT_SOME_FAILED
 
 
 def _watch_parent(pid, token):
@@ -159,6 +191,37 @@ def main(argv=None):
         add_cleanup_arguments(c, default_on=False)
     except ImportError:
         pass
+    b = sub.add_parser("batch", help="many videos -> result files, on a Ray cluster "
+                                     "(pip install .[cluster])")
+    b.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="video file, folder of videos, or a text file listing them")
+    b.add_argument("--out-dir", required=True, help="folder for the results and manifest.jsonl")
+    b.add_argument("--backend", choices=("hybrik", "mediapipe"), default="mediapipe")
+    b.add_argument("--checkpoint", help="official HybrIK checkpoint (.pth), for --backend hybrik")
+    b.add_argument("--smpl-model", help="SMPL model (.pkl/.npz)")
+    b.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: cuda with --gpus-per-worker, else cpu")
+    b.add_argument("--batch-size", type=int, default=16)
+    b.add_argument("--ray-address", default="local",
+                   help="'local' (default: start a cluster on this machine), 'auto' (the "
+                        "cluster this machine belongs to) or ray://HEAD:10001")
+    b.add_argument("--gpus-per-worker", type=float, default=0.0,
+                   help="GPUs each model worker holds (0.5: two per GPU; default 0: CPU)")
+    b.add_argument("--cpus-per-worker", type=float, default=1.0)
+    b.add_argument("--workers", type=int, help="model workers (default: as many as the "
+                                               "cluster's CPUs or GPUs allow)")
+    b.add_argument("--num-cpus", type=int, help="CPUs of the local cluster (default: all)")
+    b.add_argument("--max-retries", type=int, default=2,
+                   help="times a video is retried after its worker died (default 2)")
+    b.add_argument("--retry-failed", action="store_true",
+                   help="also retry videos that failed as unreadable or without anybody")
+    b.add_argument("--export", default="", help="also write Blender files per video: blend, "
+                                                "fbx or blend,fbx (needs bpy here)")
+    try:
+        from ..core.cleanup import add_cleanup_arguments
+        add_cleanup_arguments(b, default_on=False)
+    except ImportError:
+        pass
     k = sub.add_parser("check", help="say what the environment has and lacks")
     k.add_argument("--checkpoint")
     k.add_argument("--smpl-model")
@@ -166,6 +229,8 @@ def main(argv=None):
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "batch":
+            return _batch(args)
         return _capture(args) if args.command == "capture" else _check(args)
     except Exception as exc:  # noqa: BLE001 - never a bare traceback for the user
         logging.getLogger(__name__).exception("internal error")
