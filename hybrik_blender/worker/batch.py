@@ -479,6 +479,7 @@ def _plan(opts, videos, previous):
     jobs, skipped, failed_before = [], [], []
     for video, key in videos:
         output = os.path.join(opts.out_dir, key + ".npz")
+        os.makedirs(os.path.dirname(output), exist_ok=True)
         state = _result_state(output)
         exports = _export_paths(opts.out_dir, key, opts.export)
         need_export = any(not os.path.exists(p) for p in exports.values())
@@ -501,15 +502,16 @@ def _plan(opts, videos, previous):
 def _export(opts, job):
     """Headless import of one result into .blend (and .fbx); returns
     (paths, error message or None)."""
-    key = os.path.splitext(os.path.basename(job.output))[0]
-    paths = _export_paths(opts.out_dir, key, opts.export)
+    stem = os.path.splitext(job.output)[0]
+    paths = {fmt: stem + "." + fmt for fmt in opts.export}
     if all(os.path.exists(p) for p in paths.values()):
         return paths, None
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=opts.out_dir) as tmp:
-        blend = os.path.join(tmp, key + ".blend")
+    name = os.path.basename(stem)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=os.path.dirname(stem)) as tmp:
+        blend = os.path.join(tmp, name + ".blend")
         cmd = [sys.executable, "-m", "hybrik_blender", "import", job.output, "-o", blend]
         if "fbx" in paths:
-            cmd += ["--fbx", os.path.join(tmp, key + ".fbx")]
+            cmd += ["--fbx", os.path.join(tmp, name + ".fbx")]
         if opts.smpl_model:
             cmd += ["--smpl-model", opts.smpl_model]
         elif opts.backend == "hybrik" and opts.checkpoint:
@@ -522,7 +524,7 @@ def _export(opts, job):
             lines = (proc.stderr or proc.stdout or "").strip().splitlines()
             return paths, f"import exited with {proc.returncode}: " + (lines[-1] if lines else "")
         for fmt, final in paths.items():  # rename into place: atomic, like the results
-            os.replace(os.path.join(tmp, key + "." + fmt), final)
+            os.replace(os.path.join(tmp, name + "." + fmt), final)
     return paths, None
 
 
@@ -536,7 +538,7 @@ def run_batch(opts, progress=None):
     except ImportError:
         raise BatchError(codes.EXIT_ENVIRONMENT, "batch capture needs Ray: pip install "
                                                  "'hybrik-blender[cluster]'") from None
-    from ray.exceptions import RayActorError
+    from ray.exceptions import ActorUnavailableError, RayActorError
     from ray.util.queue import Empty, Queue
 
     bad = [f for f in opts.export if f not in EXPORT_FORMATS]
@@ -564,6 +566,7 @@ def run_batch(opts, progress=None):
     lock = threading.Lock()
     counts = {"done": 0, "failed": 0}
     shutdown = False
+    actors, events = [], None
 
     def record(job, rec):
         rec = dict(rec, video=job.video, output=job.output, attempt=job.attempts,
@@ -620,7 +623,13 @@ def run_batch(opts, progress=None):
             index_of = {id(j): i for i, j in by_index.items()}
             idle = list(range(n))
             running = {}   # ObjectRef -> ("capture", actor, job) or ("ping", actor, None)
-            while pending or running:
+            restarting = {}  # actor -> when to ask again whether Ray has restarted it
+            while pending or running or (restarting and pending):
+                now = time.monotonic()
+                for a, due in list(restarting.items()):
+                    if due <= now:
+                        del restarting[a]
+                        running[actors[a].ping.remote()] = ("ping", a, None)
                 while pending and idle:
                     a = idle.pop(0)
                     job = pending.pop(0)
@@ -635,7 +644,10 @@ def run_batch(opts, progress=None):
                         rec = ray.get(ref)
                     except RayActorError as exc:
                         if kind == "ping":
-                            log.warning("worker %d is gone for good: %s", a, exc)
+                            if isinstance(exc, ActorUnavailableError):
+                                restarting[a] = time.monotonic() + 0.5
+                            else:
+                                log.warning("worker %d is gone for good: %s", a, exc)
                             continue
                         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else \
                             type(exc).__name__
@@ -654,7 +666,7 @@ def run_batch(opts, progress=None):
                             frames_here += rec.get("frames", 0)
                         finish(job, rec)
                     idle.append(a)
-                if not idle and not running and pending:
+                if not idle and not running and not restarting and pending:
                     for job in pending:
                         record(job, {"status": "failed", "error": {
                             "code": None, "reason": "worker_died",
@@ -678,6 +690,8 @@ def run_batch(opts, progress=None):
         for f in export_futures:
             f.result()
     finally:
+        for actor in actors + ([events.actor] if events else []):
+            ray.kill(actor)  # never leave workers behind on a shared cluster
         if exporter:
             exporter.shutdown(wait=True)
         manifest.close()

@@ -81,14 +81,21 @@ def _batch(args):
         max_retries=max(0, args.max_retries), retry_failed=args.retry_failed,
         export=tuple(f.strip() for f in args.export.split(",") if f.strip()))
     terminal = batch.TerminalLine(sys.stderr)
+    # stdout carries only the JSON lines: whatever else writes there (Ray's
+    # notices about dead workers, native libraries) goes to stderr instead
+    sys.stdout.flush()
+    json_out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
 
     def show(event):
-        _emit(event)
+        json_out.write(json.dumps(event) + "\n")
+        json_out.flush()
         terminal(event)
     try:
         summary = batch.run_batch(opts, progress=show)
     except batch.BatchError as exc:
-        _emit({"event": "error", "code": exc.code, "message": str(exc)})
+        show({"event": "error", "code": exc.code, "message": str(exc)})
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
     failed = summary["failed"] + summary["failed_before"]
