@@ -378,6 +378,9 @@ class Progress:
                                  frames_total=self.frames_total.get(v, 0))
                             for v, w in self.running.items()]}
 
+    def due(self):
+        return time.perf_counter() - self.last_emit >= self.interval
+
     def tick(self, force=False):
         now = time.perf_counter()
         if force or now - self.last_emit >= self.interval:
@@ -637,7 +640,8 @@ def run_batch(opts, progress=None):
                     ref = actors[a].capture.remote(index_of[id(job)], job.video, job.output)
                     running[ref] = ("capture", a, job)
                     prog.started(job.video)
-                ready, _ = ray.wait(list(running), num_returns=1, timeout=0.25)
+                ready, _ = ray.wait(list(running), num_returns=1,
+                                    timeout=min(0.5, opts.progress_interval))
                 for ref in ready:
                     kind, a, job = running.pop(ref)
                     try:
@@ -672,13 +676,11 @@ def run_batch(opts, progress=None):
                             "code": None, "reason": "worker_died",
                             "message": "no worker left to run it"}})
                     pending = []
-                while True:
+                if prog.due():  # the queue is read only when progress is shown
                     try:
                         items = events.get_nowait_batch(events.qsize()) if events.qsize() else []
                     except Empty:
                         items = []
-                    if not items:
-                        break
                     for ev in items:
                         job = by_index.get(ev.get("index"))
                         if job is None or job.video not in prog.running:
@@ -686,7 +688,7 @@ def run_batch(opts, progress=None):
                         prog.started(job.video, ev.get("host"), ev.get("pid"))
                         if ev.get("event") == "progress" and ev.get("stage") == "capture":
                             prog.frames(job.video, ev["done"], ev.get("total"))
-                prog.tick()
+                    prog.tick(force=True)
         for f in export_futures:
             f.result()
     finally:
