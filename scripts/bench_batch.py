@@ -19,6 +19,7 @@ Usage: python scripts/bench_batch.py [--videos 8] [--frames 450] [--size 320x240
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -120,6 +121,7 @@ def main():
     print(json.dumps({"sequential_s": round(t_seq, 2), "ray_s": round(t_ray, 2),
                       "ray_startup_s": round(t_first - t0, 2), "speedup": round(speedup, 2),
                       "same_results": same}))
+    shutil.rmtree(tmp, ignore_errors=True)
     return 0 if same else 1
 
 

@@ -94,6 +94,11 @@ def _batch(args):
         terminal(event)
     try:
         summary = batch.run_batch(opts, progress=show)
+    except KeyboardInterrupt:
+        show({"event": "error", "code": codes.EXIT_CANCELLED,
+              "message": "interrupted: run the same command again to go on"})
+        print("interrupted: run the same command again to go on", file=sys.stderr)
+        return codes.EXIT_CANCELLED
     except batch.BatchError as exc:
         show({"event": "error", "code": exc.code, "message": str(exc)})
         print(f"error: {exc}", file=sys.stderr)
