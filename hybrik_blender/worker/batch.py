@@ -59,7 +59,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 
 from . import exitcodes as codes
-from .video import IMAGE_EXTENSIONS
+from .video import IMAGE_EXTENSIONS, natural_key
 
 log = logging.getLogger(__name__)
 
@@ -116,15 +116,10 @@ class Job:
 
 # --- inputs -----------------------------------------------------------------
 
-def _natural_key(name):
-    import re
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
-
-
 def _expand_folder(folder):
     """Videos under a folder (recursively), or the folder itself when it is an
     image sequence (images and no videos)."""
-    names = sorted(os.listdir(folder), key=_natural_key)
+    names = sorted(os.listdir(folder), key=natural_key)
     found, has_images = [], False
     for n in names:
         p = os.path.join(folder, n)
@@ -512,7 +507,8 @@ def _export(opts, job):
     name = os.path.basename(stem)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=os.path.dirname(stem)) as tmp:
         blend = os.path.join(tmp, name + ".blend")
-        cmd = [sys.executable, "-m", "hybrik_blender", "import", job.output, "-o", blend]
+        cmd = [sys.executable, "-m", "hybrik_blender", "import", job.output, "-o", blend,
+               "--video", job.video]
         if "fbx" in paths:
             cmd += ["--fbx", os.path.join(tmp, name + ".fbx")]
         if opts.smpl_model:

@@ -36,13 +36,13 @@ class VideoInfo:
         return os.path.basename(os.path.normpath(self.path))
 
 
-def _natural_key(name):
+def natural_key(name):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
 def _image_files(folder):
     files = [f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS)]
-    return [os.path.join(folder, f) for f in sorted(files, key=_natural_key)]
+    return [os.path.join(folder, f) for f in sorted(files, key=natural_key)]
 
 
 class VideoSource:

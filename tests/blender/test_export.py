@@ -105,9 +105,10 @@ def test_fbx_round_trip(body_model, tmp_path, preset):
     take = make_take(body_model)
     ref = bone_world(take.rig, SAMPLED)
     ref_verts = world_vertices(take.mesh, SAMPLED[1])
+    before = {o.name for o in bpy.data.objects}
     path = export_fbx(tmp_path / "take.fbx", take.rig, preset)
-    # the scene is as it was
-    assert {o.name for o in bpy.data.objects} == {take.rig.name, take.mesh.name}
+    # the scene is as it was: no temporary copies left behind
+    assert {o.name for o in bpy.data.objects} == before
     assert take.rig.select_get() is False and bpy.context.scene.frame_end == NUM_FRAMES
 
     rig = reimported('FBX', path)
