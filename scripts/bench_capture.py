@@ -44,14 +44,8 @@ def make_clip(path, n, size):
 
 
 def make_checkpoint(path):
-    import torch
-    from hybrik_blender.worker.synthetic import synthetic_state
-    from tests.conftest import synthetic_arrays
-    from tests.helpers import hybrik_smpl_buffers
-    state = synthetic_state(os.path.join(DATA, "checkpoint_keys_res34_cam.json"), "res34_cam", 1)
-    state = {k: torch.from_numpy(v) for k, v in state.items()}
-    state.update(hybrik_smpl_buffers(synthetic_arrays(posedirs_scale=0)))
-    torch.save({"model": state}, path)
+    from tests.helpers import write_random_checkpoint
+    write_random_checkpoint(path)
 
 
 def run(args):

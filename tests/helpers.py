@@ -55,3 +55,19 @@ def hybrik_smpl_buffers(arrays):
         "smpl.parents": torch.tensor(PARENTS_29),
         "smpl.lbs_weights": f32(arrays["weights"]),
     }
+
+
+def write_random_checkpoint(path, arch="res34_cam", seed=1):
+    """A HybrIK checkpoint with deterministic random weights (the golden
+    recipe, from the key manifest) and the synthetic SMPL buffers."""
+    import os
+
+    import torch
+
+    from hybrik_blender.worker.synthetic import synthetic_state
+    from tests.conftest import DATA, synthetic_arrays
+    manifest = os.path.join(DATA, f"checkpoint_keys_{arch}.json")
+    state = {k: torch.from_numpy(v) for k, v in synthetic_state(manifest, arch, seed).items()}
+    state.update(hybrik_smpl_buffers(synthetic_arrays(posedirs_scale=0)))
+    torch.save({"model": state}, path)
+    return str(path)

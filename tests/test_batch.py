@@ -241,16 +241,8 @@ def test_worker_deaths_beyond_the_limit_fail_only_that_video(cluster, tmp_path):
 @pytest.fixture(scope="module")
 def checkpoint_path(tmp_path_factory):
     """A random-weight HybrIK checkpoint with the synthetic SMPL buffers."""
-    import torch
-    from hybrik_blender.worker.synthetic import synthetic_state
-    from tests.conftest import synthetic_arrays
-    from tests.helpers import hybrik_smpl_buffers
-    state = synthetic_state(os.path.join(DATA, "checkpoint_keys_res34_cam.json"), "res34_cam", 1)
-    state = {k: torch.from_numpy(v) for k, v in state.items()}
-    state.update(hybrik_smpl_buffers(synthetic_arrays(posedirs_scale=0)))
-    path = tmp_path_factory.mktemp("ck") / "hybrik_res34_random.pth"
-    torch.save({"model": state}, path)
-    return str(path)
+    from tests.helpers import write_random_checkpoint
+    return write_random_checkpoint(tmp_path_factory.mktemp("ck") / "hybrik_res34_random.pth")
 
 
 def test_hybrik_actor_loads_the_network_once(cluster, tmp_path, checkpoint_path):

@@ -1,4 +1,3 @@
-import io
 import os
 import pickle
 import sys
@@ -10,7 +9,7 @@ import pytest
 import torch
 
 from hybrik_blender.core import body_model as bm
-from tests.conftest import SYNTHETIC_MODEL, synthetic_arrays
+from tests.conftest import SYNTHETIC_MODEL
 from tests.helpers import hybrik_smpl_buffers
 
 

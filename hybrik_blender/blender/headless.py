@@ -67,13 +67,13 @@ class ProgressBar:
 def sample_video(worker_python):
     """The sample clip, looked up in the worker's environment (which is where
     the set-up installs it); a plain file lookup, nothing heavy is imported."""
-    from ..worker.samples import carphone_path
+    from ..core.samples import carphone_path
     path = carphone_path()
     if path or os.path.abspath(worker_python) == os.path.abspath(sys.executable):
         return path
     import subprocess
     from . import jobs
-    code = (f"from {jobs.PACKAGE_NAME}.worker.samples import carphone_path; "
+    code = (f"from {jobs.PACKAGE_NAME}.core.samples import carphone_path; "
             "print(carphone_path() or '')")
     try:
         out = subprocess.run([worker_python, "-c", code], env=jobs.worker_env(),

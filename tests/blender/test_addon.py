@@ -2,7 +2,6 @@ import subprocess
 import sys
 
 import bpy
-import numpy as np
 
 import hybrik_blender
 from hybrik_blender.core.result import save_result
