@@ -15,6 +15,7 @@ worker's own codes (see ``python -m hybrik_blender.worker --help``) when the
 capture fails; 130 after Ctrl-C (the frames done so far are still imported).
 """
 import argparse
+import os
 import sys
 
 
@@ -67,4 +68,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # bpy's own shutdown can crash (4.2 after a glTF export) or deadlock (4.5
+    # after loading a movie clip); all work is saved by now, so leave directly.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status or 0)

@@ -236,13 +236,6 @@ def export_glb(path, rig, frame_range=None, with_meshes=True):
     return path
 
 
-def needs_exit_guard():
-    """bpy 4.2 segfaults at interpreter exit after a glTF export (see
-    tests/blender/conftest.py); callers that exported GLB leave through
-    os._exit on those versions."""
-    return bpy.app.version < (4, 3, 0)
-
-
 # ---------------------------------------------------------------------------
 # operators
 

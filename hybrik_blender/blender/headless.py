@@ -125,7 +125,7 @@ def run_capture(args):
 
 def run_exports(args, rig):
     """The --fbx/--bvh/--glb exports of a take; 2 when one fails."""
-    from .export import ExportError, export_bvh, export_fbx, export_glb, needs_exit_guard
+    from .export import ExportError, export_bvh, export_fbx, export_glb
     jobs = [(getattr(args, "fbx", None), export_fbx,
              {"preset": str(getattr(args, "fbx_preset", "generic")).upper()}),
             (getattr(args, "bvh", None), export_bvh, {}),
@@ -140,9 +140,4 @@ def run_exports(args, rig):
         except (ExportError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             status = 2
-    if getattr(args, "glb", None) and needs_exit_guard():
-        # bpy 4.2 crashes at interpreter exit after a glTF export
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
     return status

@@ -1,8 +1,10 @@
 """Blender-side tests run in the real `bpy` module (no mocks).
 
-bpy 4.2.x segfaults at interpreter exit after a glTF export (rc 139) even when
-every test passed, so on 4.2 the process leaves through os._exit with pytest's
-own exit status once pytest has finished reporting.
+bpy's own shutdown is unreliable: 4.2.x segfaults at interpreter exit after
+a glTF export (rc 139), and 4.5.x can deadlock in a C++ global destructor
+(its delayed-close thread) once a movie clip was loaded. So once pytest has
+finished reporting, the process leaves through os._exit with pytest's own
+exit status, on every Blender version.
 """
 import os
 import sys
@@ -20,7 +22,7 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config):
-    if bpy.app.version < (4, 3, 0) and "status" in _exit:
+    if "status" in _exit:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(_exit["status"])
