@@ -19,6 +19,7 @@ from ..core.cleanup import CleanupOptions
 from ..core.result import ResultFormatError, load_result
 from . import export, jobs, retarget_ops
 from .animation import import_result
+from .panels import SidebarPanel, SubPanel
 
 ADDON_ID = __package__.rsplit(".", 1)[0]
 POLL_S = 0.25
@@ -431,12 +432,9 @@ def _wrap(text, width):
     return lines + ([line] if line else [])
 
 
-class HYBRIK_PT_main(bpy.types.Panel):
+class HYBRIK_PT_main(SidebarPanel, bpy.types.Panel):
     bl_label = "HybrIK Mocap"
     bl_idname = "HYBRIK_PT_main"
-    bl_space_type = 'VIEW_3D'
-    bl_region_type = 'UI'
-    bl_category = "HybrIK"
 
     def draw(self, context):
         layout = self.layout
@@ -458,14 +456,9 @@ class HYBRIK_PT_main(bpy.types.Panel):
         layout.operator(HYBRIK_OT_import_result.bl_idname, icon='IMPORT')
 
 
-class HYBRIK_PT_import_options(bpy.types.Panel):
+class HYBRIK_PT_import_options(SubPanel, bpy.types.Panel):
     bl_label = "Import Options"
     bl_idname = "HYBRIK_PT_import_options"
-    bl_space_type = 'VIEW_3D'
-    bl_region_type = 'UI'
-    bl_category = "HybrIK"
-    bl_parent_id = "HYBRIK_PT_main"
-    bl_options = {'DEFAULT_CLOSED'}
 
     def draw(self, context):
         s = context.scene.hybrik

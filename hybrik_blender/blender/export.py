@@ -26,6 +26,7 @@ import bpy
 import numpy as np
 
 from .keyframes import fcurves_of
+from .panels import SubPanel
 
 FBX_PRESETS = {
     'GENERIC': ("Generic", "Blender's default FBX axes and units"),
@@ -307,14 +308,9 @@ class HYBRIK_OT_export_glb(bpy.types.Operator, _ExportOperator):
         return self.run(context, export_glb, with_meshes=self.with_meshes)
 
 
-class HYBRIK_PT_export(bpy.types.Panel):
+class HYBRIK_PT_export(SubPanel, bpy.types.Panel):
     bl_label = "Export"
     bl_idname = "HYBRIK_PT_export"
-    bl_parent_id = "HYBRIK_PT_main"
-    bl_space_type = 'VIEW_3D'
-    bl_region_type = 'UI'
-    bl_category = "HybrIK"
-    bl_options = {'DEFAULT_CLOSED'}
 
     def draw(self, context):
         layout = self.layout

@@ -9,6 +9,7 @@ from bpy_extras.io_utils import ExportHelper, ImportHelper
 from ..core import retarget as rt
 from ..core.retarget import BoneMapError
 from ..core.skeleton import JOINT_NAMES
+from .panels import SubPanel
 from .retarget import PRESET_ITEMS, RetargetError, find_source_rig, resolve_bone_map, retarget
 
 
@@ -179,14 +180,9 @@ class HYBRIK_OT_retarget(bpy.types.Operator):
         return {'FINISHED'}
 
 
-class HYBRIK_PT_retarget(bpy.types.Panel):
+class HYBRIK_PT_retarget(SubPanel, bpy.types.Panel):
     bl_label = "Retarget"
     bl_idname = "HYBRIK_PT_retarget"
-    bl_parent_id = "HYBRIK_PT_main"
-    bl_space_type = 'VIEW_3D'
-    bl_region_type = 'UI'
-    bl_category = "HybrIK"
-    bl_options = {'DEFAULT_CLOSED'}
 
     def draw(self, context):
         layout = self.layout
