@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from hybrik_blender.core import cleanup, filters, ground, synthetic  # noqa: E402
+from hybrik_blender.core import cleanup, filters, ground, rotations, synthetic  # noqa: E402
 from hybrik_blender.core.body_model import load_body_model  # noqa: E402
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -57,12 +57,12 @@ def naive_smooth(rotmats, fps, strength=1.0):
     out = np.empty((n, joints, 3, 3))
     for t in range(n):
         for j in range(joints):
-            ref = filters.matrix_to_quat(rotmats[t, j])
+            ref = rotations.matrix_to_quaternion(rotmats[t, j])
             acc = np.zeros(4)
             for k, w in zip(range(t - radius, t + radius + 1), taps):
-                q = filters.matrix_to_quat(rotmats[min(max(k, 0), n - 1), j])
+                q = rotations.matrix_to_quaternion(rotmats[min(max(k, 0), n - 1), j])
                 acc += w * (q if q @ ref >= 0 else -q)
-            out[t, j] = filters.quat_to_matrix(acc / np.linalg.norm(acc))
+            out[t, j] = rotations.quaternion_to_matrix(acc / np.linalg.norm(acc))
     return out
 
 

@@ -92,10 +92,6 @@ def quat_exp(rotvec):
     return np.concatenate([np.cos(half)[..., None], rotvec * sinc[..., None]], -1)
 
 
-matrix_to_quat = matrix_to_quaternion
-quat_to_matrix = quaternion_to_matrix
-
-
 def _normalize(q):
     n = np.linalg.norm(q, axis=-1, keepdims=True)
     return q / np.where(n > 0, n, 1.0)
@@ -464,7 +460,7 @@ class OneEuroRotationFilter(OneEuroFilter):
 
     def step(self, rotmats, t):
         """(J, 3, 3) rotations at time t -> filtered (J, 3, 3) float64."""
-        return quat_to_matrix(self.step_quaternions(matrix_to_quat(rotmats), t))
+        return quaternion_to_matrix(self.step_quaternions(matrix_to_quaternion(rotmats), t))
 
 
 def _one_euro_params(strength, min_cutoff_hz, beta, base_beta):
@@ -489,11 +485,11 @@ def one_euro_rotations(rotmats, fps, strength=1.0, valid=None, time_s=None,
     t = np.arange(n) / float(fps) if time_s is None else np.asarray(time_s, np.float64)
     mc, b = _one_euro_params(float(strength), min_cutoff_hz, beta, ONE_EURO_BETA_ROT)
     filt = OneEuroRotationFilter(mc, b, d_cutoff_hz)
-    q = matrix_to_quat(rotmats)
+    q = matrix_to_quaternion(rotmats)
     out = q.copy()
     for i in np.flatnonzero(valid):
         out[i] = filt.step_quaternions(q[i], t[i])
-    res = quat_to_matrix(out).astype(rotmats.dtype)
+    res = quaternion_to_matrix(out).astype(rotmats.dtype)
     return _restore_invalid(res, rotmats, valid)
 
 

@@ -111,7 +111,6 @@ class HybrIKBackend:
     needs_crops = True
 
     def __init__(self, checkpoint, body_model, device, flip_test=False):
-        self.body_model = body_model
         import torch
         from .checkpoint import CheckpointError, load_hybrik
         if device == "auto":

@@ -4,13 +4,14 @@ It needs no checkpoint and no SMPL file. Steps, all batched over frames:
 
 1. The 33 world landmarks (metres, centred between the hips, axes aligned with
    the camera: x right, y down, z away) become 29 SMPL-style joint targets.
-   Spine, neck and collars are interpolated along the trunk at the rest
-   skeleton's own proportions. The SMPL foot joint (ball of the foot) lies on
-   the ankle-toe line, and the fingertip leaf extends wrist->knuckles.
+   Joints mediapipe does not see (spine, neck, collars, head, the ball of the
+   foot) are the rest skeleton's own offsets carried by frames built from
+   the trunk, shoulders, face and feet (see joint_targets); the fingertip
+   leaf extends wrist->knuckles.
 2. Bone lengths are measured: the median over the valid frames. With a body
    model, the 10 betas are fitted to them (Gauss-Newton on the linear joint
    regressor). Without one, the built-in average skeleton is scaled to the
-   observed size.
+   observed limb lengths (core.average_skeleton.fitted_average_skeleton).
 3. The analytical IK (worker.ik.hybrik_ik) solves the swings. Each bone's
    twist comes from a second landmark: the forearm from the hand (index vs
    pinky), the shin from heel->toe, the head from the nose, the trunk from the
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from ..core import body_model as bm
-from ..core.average_skeleton import average_rest_joints_29
+from ..core.average_skeleton import average_rest_joints_29, fitted_average_skeleton
 from ..core.skeleton import CHILDREN_29
 from . import ik
 
@@ -150,14 +151,6 @@ def fit_betas(model, lengths, iterations=15, prior=0.02, limit=3.0):
         a = jac.T @ jac + prior * np.eye(len(beta))
         beta = np.clip(beta - np.linalg.solve(a, jac.T @ resid + prior * beta), -limit, limit)
     return beta
-
-
-def scaled_average_skeleton(lengths):
-    """The built-in skeleton scaled so its limbs match the observed lengths."""
-    rest = average_rest_joints_29()
-    p, c = np.array(MEASURED_BONES).T
-    ref = np.linalg.norm(rest[c] - rest[p], axis=-1)
-    return rest * float(np.median(lengths / ref))
 
 
 def _signed_angle(axis, a, b):
@@ -287,7 +280,8 @@ def solve_clip(world, image_xy, visibility, valid, focal, principal, body_model=
         rest = bm.rest_joints_29(body_model, betas)
         out["betas"][valid] = betas
     else:
-        rest = scaled_average_skeleton(lengths)
+        # the same fit an armature-only import makes from the result's joints
+        rest = fitted_average_skeleton(targets)
     targets = joint_targets(world[valid], rest)
     rot = solve_rotations(targets, rest[None], world[valid])
     origin = root_positions(world[valid], image_xy[valid], visibility[valid], focal, principal)
