@@ -33,7 +33,7 @@ def _import_options(p):
                    default="generic", help="FBX axes and units (default: generic)")
     p.add_argument("--bvh", metavar="PATH", help="also export the take as BVH")
     p.add_argument("--glb", metavar="PATH", help="also export the take as binary glTF")
-    from .core.cleanup import add_cleanup_arguments
+    from .core.motion.cleanup import add_cleanup_arguments
     add_cleanup_arguments(p, default_on=True)
 
 

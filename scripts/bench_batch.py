@@ -70,7 +70,7 @@ def main():
     args = ap.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
 
-    from hybrik_blender.core.result import load_result
+    from hybrik_blender.core.formats.result import load_result
     from hybrik_blender.worker import batch
     from hybrik_blender.worker import capture as cap
 

@@ -66,10 +66,10 @@ def demo_way(video, checkpoint, frames, folder):
     """The official demo's loop: dump frames to PNG, then one crop at a time
     with the flip test."""
     import torch
-    from hybrik_blender.worker import preprocess
-    from hybrik_blender.worker.checkpoint import load_hybrik
-    from hybrik_blender.worker.tracking import PersonTracker
-    from hybrik_blender.worker.video import VideoSource
+    from hybrik_blender.worker.hybrik import preprocess
+    from hybrik_blender.worker.hybrik.checkpoint import load_hybrik
+    from hybrik_blender.worker.detect.tracking import PersonTracker
+    from hybrik_blender.worker.video.reader import VideoSource
     pipe = load_hybrik(checkpoint, device="cuda" if torch.cuda.is_available() else "cpu")
     src = VideoSource(video)
     t0 = time.perf_counter()

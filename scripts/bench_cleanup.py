@@ -1,6 +1,6 @@
-"""Benchmark of the motion clean-up (hybrik_blender.core.cleanup).
+"""Benchmark of the motion clean-up (hybrik_blender.core.motion.cleanup).
 
-Builds a synthetic walk (core/synthetic.py) of --frames frames with realistic
+Builds a synthetic walk (core/motion/synthetic.py) of --frames frames with realistic
 noise and prints frames per second (median of --runs runs) for:
 
 * smoothing alone: clean_take(smoothing="offline", shape="track",
@@ -29,8 +29,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from hybrik_blender.core import cleanup, filters, ground, rotations, synthetic  # noqa: E402
-from hybrik_blender.core.body_model import load_body_model  # noqa: E402
+from hybrik_blender.core.motion import cleanup, filters, ground, synthetic
+from hybrik_blender.core import rotations  # noqa: E402
+from hybrik_blender.core.body.model import load_body_model  # noqa: E402
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                              "tests", "data", "synthetic_smpl_neutral.npz")

@@ -24,10 +24,10 @@ import bpy  # noqa: E402
 from hybrik_blender.blender.animation import import_result  # noqa: E402
 from hybrik_blender.blender.character import (POSE_KEY_NAMES, SHAPE_KEY_NAMES,  # noqa: E402
                                               build_character)
-from hybrik_blender.core.body_model import body_model_from_arrays, rest_joints  # noqa: E402
+from hybrik_blender.core.body.model import body_model_from_arrays, rest_joints  # noqa: E402
 from hybrik_blender.core.blender_space import pose_channels  # noqa: E402
-from hybrik_blender.core.kinematics import pose_corrective_features  # noqa: E402
-from hybrik_blender.core.skeleton import JOINT_NAMES  # noqa: E402
+from hybrik_blender.core.body.kinematics import pose_corrective_features  # noqa: E402
+from hybrik_blender.core.body.skeleton import JOINT_NAMES  # noqa: E402
 from tests.conftest import synthetic_arrays  # noqa: E402
 from tests.helpers import make_result, random_motion  # noqa: E402
 

@@ -21,10 +21,10 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from hybrik_blender.core.body_model import body_model_from_arrays  # noqa: E402
-from hybrik_blender.worker import ik  # noqa: E402
-from hybrik_blender.worker.model import HybrIKPipeline  # noqa: E402
-from hybrik_blender.worker.nets import build_network  # noqa: E402
+from hybrik_blender.core.body.model import body_model_from_arrays  # noqa: E402
+from hybrik_blender.worker.hybrik import ik  # noqa: E402
+from hybrik_blender.worker.hybrik.model import HybrIKPipeline  # noqa: E402
+from hybrik_blender.worker.hybrik.nets import build_network  # noqa: E402
 from hybrik_blender.worker.synthetic import manifest_from_network, synthetic_state  # noqa: E402
 
 

@@ -21,7 +21,7 @@ import bpy  # noqa: E402
 
 from hybrik_blender.blender.animation import import_result  # noqa: E402
 from hybrik_blender.blender.retarget import resolve_bone_map, retarget  # noqa: E402
-from hybrik_blender.core.body_model import load_body_model  # noqa: E402
+from hybrik_blender.core.body.model import load_body_model  # noqa: E402
 from tests.blender.test_retarget import (MIXAMO, MIXAMO_WORLD, build_rig,  # noqa: E402
                                          humanoid_bones)
 from tests.conftest import SYNTHETIC_MODEL  # noqa: E402

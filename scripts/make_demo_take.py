@@ -7,7 +7,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from hybrik_blender.core.result import Result, save_result  # noqa: E402
+from hybrik_blender.core.formats.result import Result, save_result  # noqa: E402
 from hybrik_blender.core.rotations import axis_angle_to_matrix  # noqa: E402
 
 

@@ -36,5 +36,5 @@ def model_arrays():
 
 @pytest.fixture(scope="session")
 def body_model(model_arrays):
-    from hybrik_blender.core.body_model import body_model_from_arrays
+    from hybrik_blender.core.body.model import body_model_from_arrays
     return body_model_from_arrays(model_arrays, source="synthetic")

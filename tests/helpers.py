@@ -2,7 +2,7 @@
 import numpy as np
 
 from hybrik_blender.core import rotations
-from hybrik_blender.core.result import Result
+from hybrik_blender.core.formats.result import Result
 
 
 def random_motion(n, seed=0, spread=0.5):
@@ -40,7 +40,7 @@ def hybrik_smpl_buffers(arrays):
     """SMPL arrays laid out as the smpl.* buffers of an official HybrIK
     checkpoint (torch tensors)."""
     import torch
-    from hybrik_blender.core.skeleton import CHILDREN_29, PARENTS_29
+    from hybrik_blender.core.body.skeleton import CHILDREN_29, PARENTS_29
     f32 = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
     nv = len(arrays["v_template"])
     h36m = arrays.get("J_regressor_h36m", np.full((17, nv), 1.0 / nv))

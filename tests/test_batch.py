@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from hybrik_blender.core.result import load_result
+from hybrik_blender.core.formats.result import load_result
 from hybrik_blender.worker import batch
 from hybrik_blender.worker import capture as cap
 from tests.conftest import DATA, ROOT

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hybrik_blender.core import body_model as bm
+from hybrik_blender.core.body import model as bm
 from tests.conftest import SYNTHETIC_MODEL
 from tests.helpers import hybrik_smpl_buffers
 

@@ -1,14 +1,14 @@
 """Motion clean-up: smoothing, shape, floor, foot locking, root modes, measured
-on a synthetic walk with known ground truth (core/synthetic.py)."""
+on a synthetic walk with known ground truth (core/motion/synthetic.py)."""
 import dataclasses
 import os
 
 import numpy as np
 import pytest
 
-from hybrik_blender.core import cleanup, filters, footlock, ground, synthetic
+from hybrik_blender.core.motion import cleanup, filters, footlock, ground, synthetic
 from hybrik_blender.core.blender_space import CAMERA_TO_BLENDER, homogeneous
-from hybrik_blender.core.body_model import load_body_model
+from hybrik_blender.core.body.model import load_body_model
 from hybrik_blender.core.rotations import axis_angle_to_matrix, rotation_angle
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "synthetic_smpl_neutral.npz")

@@ -7,8 +7,8 @@ import torch
 
 from tests.conftest import DATA
 from tests.helpers import hybrik_smpl_buffers
-from hybrik_blender.core.body_model import load_body_model
-from hybrik_blender.worker import checkpoint as ck
+from hybrik_blender.core.body.model import load_body_model
+from hybrik_blender.worker.hybrik import checkpoint as ck
 from hybrik_blender.worker.synthetic import synthetic_state
 
 
@@ -43,7 +43,7 @@ def test_hrnet_detected():
 def test_missing_decsigma_is_tolerated(res34_state):
     old = {k: v for k, v in res34_state.items() if not k.startswith("decsigma.")}
     arch, net_state, _ = ck.split_state(old)
-    from hybrik_blender.worker.model import build_pipeline
+    from hybrik_blender.worker.hybrik.model import build_pipeline
     from tests.test_hybrik_golden import golden_body_model
     pipe = build_pipeline(arch, net_state, golden_body_model())
     assert pipe.net.decsigma is None

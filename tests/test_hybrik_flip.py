@@ -1,7 +1,7 @@
 """Flip test: the intended one-bin shift, pair swaps and head merging."""
 import torch
 
-from hybrik_blender.worker import decode
+from hybrik_blender.worker.hybrik import decode
 
 
 def test_flip_heatmap_shift_is_an_explicit_copy():
@@ -45,7 +45,7 @@ def test_pipeline_flip_test_runs_for_both_heads():
     import numpy as np
     from tests.conftest import DATA
     from tests.test_hybrik_golden import golden, golden_body_model
-    from hybrik_blender.worker.model import build_pipeline
+    from hybrik_blender.worker.hybrik.model import build_pipeline
     from hybrik_blender.worker.synthetic import synthetic_state
     g = golden("res34_cam")
     state = synthetic_state(os.path.join(DATA, "checkpoint_keys_res34_cam.json"), "res34_cam", 1)

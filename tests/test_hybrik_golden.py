@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tests.conftest import DATA, SYNTHETIC_MODEL
-from hybrik_blender.core.body_model import body_model_from_arrays
-from hybrik_blender.worker import preprocess
-from hybrik_blender.worker.model import build_pipeline
+from hybrik_blender.core.body.model import body_model_from_arrays
+from hybrik_blender.worker.hybrik import preprocess
+from hybrik_blender.worker.hybrik.model import build_pipeline
 from hybrik_blender.worker.synthetic import synthetic_state
 
 ARCHS = ("res34_cam", "hrnet48_cam")

@@ -7,7 +7,7 @@ import torch
 
 from tests.conftest import DATA
 from tests.test_hybrik_golden import golden_body_model
-from hybrik_blender.worker import ik
+from hybrik_blender.worker.hybrik import ik
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from hybrik_blender.core import rotations
-from hybrik_blender.core.body_model import rest_joints_29
-from hybrik_blender.core.kinematics import forward_kinematics
-from hybrik_blender.core.skeleton import CHILDREN_29, PARENTS_29
-from hybrik_blender.worker import ik
+from hybrik_blender.core.body.model import rest_joints_29
+from hybrik_blender.core.body.kinematics import forward_kinematics
+from hybrik_blender.core.body.skeleton import CHILDREN_29, PARENTS_29
+from hybrik_blender.worker.hybrik import ik
 
 
 def random_poses(n, seed):

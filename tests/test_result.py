@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from hybrik_blender.core.result import (FORMAT_VERSION, ResultFormatError, clip_betas,
+from hybrik_blender.core.formats.result import (FORMAT_VERSION, ResultFormatError, clip_betas,
                                         load_result, save_result)
 from tests.helpers import make_result, random_motion
 

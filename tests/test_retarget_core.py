@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from hybrik_blender.core import retarget as rt
+from hybrik_blender.core.retarget import solve as rt
 from hybrik_blender.core.blender_space import homogeneous
 from hybrik_blender.core.rotations import axis_angle_to_matrix, rotation_angle
-from hybrik_blender.core.skeleton import JOINT_NAMES, PARENTS
+from hybrik_blender.core.body.skeleton import JOINT_NAMES, PARENTS
 
 MIXAMO_BONES = ["Hips", "Spine", "Spine1", "Spine2", "Neck", "Head", "HeadTop_End"] + [
     f"{s}{b}" for s in ("Left", "Right") for b in

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from hybrik_blender.core.result import load_result
+from hybrik_blender.core.formats.result import load_result
 from hybrik_blender.worker import capture as cap
-from hybrik_blender.worker.video import VideoError, VideoSource
+from hybrik_blender.worker.video.reader import VideoError, VideoSource
 from tests.conftest import DATA, ROOT, synthetic_arrays
 
 PHOTO = os.path.join(DATA, "astronaut.png")
@@ -315,7 +315,7 @@ def test_real_video_with_both_backends(tmp_path, checkpoint):
 def test_full_disk_is_reported_and_leaves_no_temporary(tmp_path, clip, monkeypatch):
     import errno
 
-    import hybrik_blender.core.result as result_module
+    import hybrik_blender.core.formats.result as result_module
 
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -332,7 +332,7 @@ def test_gpu_out_of_memory_halves_the_batch(tmp_path, clip, checkpoint, monkeypa
     ref = cap.run_capture(cap.CaptureOptions(video=clip, out=str(tmp_path / "a.npz"),
                                              backend="hybrik", checkpoint=checkpoint, end=8,
                                              batch_size=8))
-    from hybrik_blender.worker.model import HybrIKPipeline
+    from hybrik_blender.worker.hybrik.model import HybrIKPipeline
     original = HybrIKPipeline.__call__
     sizes = []
 
@@ -350,7 +350,7 @@ def test_gpu_out_of_memory_halves_the_batch(tmp_path, clip, checkpoint, monkeypa
 
 
 def test_clean_flag_writes_a_grounded_result(tmp_path, clip):
-    from hybrik_blender.core.cleanup import CleanupOptions
+    from hybrik_blender.core.motion.cleanup import CleanupOptions
     res = cap.run_capture(cap.CaptureOptions(video=clip, out=str(tmp_path / "c.npz"), end=20,
                                              cleanup=CleanupOptions()))
     back = load_result(tmp_path / "c.npz")
@@ -366,7 +366,7 @@ def test_clean_flag_writes_a_grounded_result(tmp_path, clip):
 def test_cleanup_flags_parse():
     import argparse
 
-    from hybrik_blender.core.cleanup import add_cleanup_arguments, cleanup_options_from_args
+    from hybrik_blender.core.motion.cleanup import add_cleanup_arguments, cleanup_options_from_args
     worker = argparse.ArgumentParser()
     add_cleanup_arguments(worker, default_on=False)
     assert cleanup_options_from_args(worker.parse_args([])) is None
@@ -395,7 +395,7 @@ def test_tracker_does_not_jump_to_someone_else(tmp_path):
     """The person leaves on the left; a moment later somebody appears far to
     the right. That is not the same person, so those frames stay invalid,
     while a reappearance near the last place is picked up again."""
-    from hybrik_blender.worker.tracking import box_gate
+    from hybrik_blender.worker.detect.tracking import box_gate
     img = cv2.resize(cv2.imread(PHOTO), (160, 160))
 
     def frame(x):

@@ -14,9 +14,9 @@ import bpy
 from bpy.props import (BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
                        StringProperty)
 
-from ..core.body_model import BodyModelError, load_body_model
-from ..core.cleanup import CleanupOptions
-from ..core.result import ResultFormatError, load_result
+from ..core.body.model import BodyModelError, load_body_model
+from ..core.motion.cleanup import CleanupOptions
+from ..core.formats.result import ResultFormatError, load_result
 from . import export, jobs, retarget_ops
 from .animation import import_result
 from .panels import SidebarPanel, SubPanel

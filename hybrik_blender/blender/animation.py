@@ -5,13 +5,13 @@ import os
 import bpy
 import numpy as np
 
-from ..core import body_model as bm
-from ..core.average_skeleton import fitted_average_skeleton
+from ..core.body import model as bm
+from ..core.body.average import fitted_average_skeleton
 from ..core.blender_space import pose_channels
-from ..core.cleanup import clean_take
-from ..core.kinematics import pose_corrective_features
-from ..core.result import ResultFormatError, clip_betas
-from ..core.skeleton import JOINT_NAMES
+from ..core.motion.cleanup import clean_take
+from ..core.body.kinematics import pose_corrective_features
+from ..core.formats.result import ResultFormatError, clip_betas
+from ..core.body.skeleton import JOINT_NAMES
 from .character import (POSE_KEY_NAMES, SHAPE_KEY_NAMES, build_armature, build_character,
                         rest_matrices)
 from .camera import build_camera

@@ -6,9 +6,9 @@ core/blender_space.py for the conventions and the bone maths).
 import bpy
 import numpy as np
 
-from ..core import body_model as bm
+from ..core.body import model as bm
 from ..core.blender_space import SMPL_TO_BLENDER, rest_bones
-from ..core.skeleton import JOINT_NAMES, NUM_BETAS, NUM_POSE_CORRECTIVES, PARENTS
+from ..core.body.skeleton import JOINT_NAMES, NUM_BETAS, NUM_POSE_CORRECTIVES, PARENTS
 
 SHAPE_KEY_NAMES = tuple(f"Shape{i:03d}" for i in range(NUM_BETAS))
 POSE_KEY_NAMES = tuple(f"Pose{i:03d}" for i in range(NUM_POSE_CORRECTIVES))

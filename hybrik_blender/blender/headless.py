@@ -5,9 +5,9 @@ import time
 
 import bpy
 
-from ..core.body_model import BodyModelError, load_body_model
-from ..core.cleanup import cleanup_options_from_args
-from ..core.result import ResultFormatError, load_result
+from ..core.body.model import BodyModelError, load_body_model
+from ..core.motion.cleanup import cleanup_options_from_args
+from ..core.formats.result import ResultFormatError, load_result
 from .animation import import_result
 
 

@@ -1,6 +1,6 @@
 """Retarget a hybrik-blender take onto another humanoid armature.
 
-The maths is in core/retarget.py; this module reads the armatures and the
+The maths is in core/retarget/solve.py; this module reads the armatures and the
 source's keys, and writes the result as a new action in bulk (ActionWriter).
 The target rig itself is never edited: no rest pose, roll, constraint or
 object transform changes.
@@ -15,10 +15,10 @@ import dataclasses
 
 import numpy as np
 
-from ..core import retarget as rt
-from ..core.retarget import BoneMapError
+from ..core.retarget import solve as rt
+from ..core.retarget.solve import BoneMapError
 from ..core.rotations import quaternion_to_matrix
-from ..core.skeleton import JOINT_NAMES
+from ..core.body.skeleton import JOINT_NAMES
 from .keyframes import ActionWriter, fcurves_of
 
 PRESET_ITEMS = [('AUTO', "Auto-detect", "Pick the preset from the target's bone names")] + [

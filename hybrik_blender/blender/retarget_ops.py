@@ -6,9 +6,9 @@ from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, PointerPr
                        StringProperty)
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
-from ..core import retarget as rt
-from ..core.retarget import BoneMapError
-from ..core.skeleton import JOINT_NAMES
+from ..core.retarget import solve as rt
+from ..core.retarget.solve import BoneMapError
+from ..core.body.skeleton import JOINT_NAMES
 from .panels import SubPanel
 from .retarget import PRESET_ITEMS, RetargetError, find_source_rig, resolve_bone_map, retarget
 

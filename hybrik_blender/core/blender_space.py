@@ -33,9 +33,9 @@ it moves the bone so that the skin is still exact.
 """
 import numpy as np
 
-from .kinematics import forward_kinematics, skinning_transforms
+from .body.kinematics import forward_kinematics, skinning_transforms
 from .rotations import make_quaternions_continuous, matrix_to_quaternion
-from .skeleton import CHILDREN_29, NUM_JOINTS, PARENTS
+from .body.skeleton import CHILDREN_29, NUM_JOINTS, PARENTS
 
 SMPL_TO_BLENDER = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 CAMERA_TO_BLENDER = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])

@@ -1,12 +1,15 @@
-"""Torch side of hybrik-blender: the HybrIK networks, decoding and the hybrid IK.
+"""Torch side of hybrik-blender: video, detection, networks, IK, capture.
 
-Never imported by Blender code. Import the submodules you need:
+Never imported by Blender code. Runs in its own Python process
+(``python -m hybrik_blender.worker``). Layout:
 
-* :mod:`.nets` - ResNet-34 and HRNet-W48 HybrIK architectures;
-* :mod:`.checkpoint` - loading official checkpoints;
-* :mod:`.preprocess` - person box to normalised 256x256 crop;
-* :mod:`.decode` - heatmaps to uvd, camera model, flip test;
-* :mod:`.ik` - hybrid analytical IK (and the naive solver), FK and skinning;
-* :mod:`.model` - the whole pipeline, crops to SMPL parameters;
-* :mod:`.synthetic` - the deterministic weight recipe used by tests and benchmarks.
+* :mod:`.video` - streamed decoding of video files and image folders;
+* :mod:`.detect` - finding and tracking people;
+* :mod:`.landmarks` - the mediapipe backend: landmarks to SMPL;
+* :mod:`.hybrik` - the HybrIK networks, checkpoints, crops, decoding and the
+  hybrid IK;
+* :mod:`.capture` - one video to one result file; :mod:`.batch` - many
+  videos on Ray; :mod:`.cli` - the command line and its exit codes;
+* :mod:`.synthetic` - the deterministic weight recipe used by tests and
+  benchmarks.
 """

@@ -59,7 +59,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 
 from . import exitcodes as codes
-from .video import IMAGE_EXTENSIONS, natural_key
+from .video.reader import IMAGE_EXTENSIONS, natural_key
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +314,7 @@ class CaptureActor:
                        duration_s=round(res.num_frames / float(res.fps), 3))
         if rec["status"] == "failed":
             try:
-                from .video import VideoSource
+                from .video.reader import VideoSource
                 info = VideoSource(video).info
                 rec.update(frames=info.frame_count, fps=round(info.fps, 3),
                            duration_s=round(info.frame_count / info.fps, 3))

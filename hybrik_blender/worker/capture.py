@@ -18,11 +18,11 @@ import time
 
 import numpy as np
 
-from ..core.body_model import load_body_model
-from ..core.result import Result, ResultFormatError, load_result, save_result
-from . import mediapipe_backend as mpb
-from .tracking import CHUNK, PersonTracker
-from .video import VideoError, VideoSource
+from ..core.body.model import load_body_model
+from ..core.formats.result import Result, ResultFormatError, load_result, save_result
+from .landmarks import body as mpb
+from .detect.tracking import CHUNK, PersonTracker
+from .video.reader import VideoError, VideoSource
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class HybrIKBackend:
 
     def __init__(self, checkpoint, body_model, device, flip_test=False):
         import torch
-        from .checkpoint import CheckpointError, load_hybrik
+        from .hybrik.checkpoint import CheckpointError, load_hybrik
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cuda" and not torch.cuda.is_available():
@@ -146,7 +146,7 @@ class HybrIKBackend:
             return {k: np.concatenate([a[k], b[k]]) for k in a}
 
     def process(self, items):
-        from . import preprocess
+        from .hybrik import preprocess
         live = [it for it in items if it["det"] is not None]
         rows = [None] * len(items)
         if live:
@@ -203,7 +203,7 @@ def _load_backend(opts):
 
 
 def _producer(source, tracker, backend, first, end, batch_size, q, stop):
-    from . import preprocess
+    from .hybrik import preprocess
     try:
         batch = []
         for index, t, rgb in source.frames(first, end):
@@ -358,7 +358,7 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
         principal_point=principal, source=info.name, backend=backend.name,
         model=backend.model_name, complete=not cancelled, extras=extras, **fields)
     if opts.cleanup is not None and not cancelled:
-        from ..core.cleanup import clean_take
+        from ..core.motion.cleanup import clean_take
         progress({"event": "progress", "stage": "cleanup", "done": 0, "total": 1})
         result, matrix = clean_take(result, backend.body_model, opts.cleanup)
         result.camera_to_world = matrix

@@ -44,7 +44,7 @@ def _emit(event):
 
 
 def _capture(args):
-    from ..core.cleanup import cleanup_options_from_args
+    from ..core.motion.cleanup import cleanup_options_from_args
     from . import capture as cap
     opts = cap.CaptureOptions(
         video=args.video, out=args.out, backend=args.backend, checkpoint=args.checkpoint,
@@ -70,7 +70,7 @@ def _batch(args):
     line on stderr; exit 0 when every video is done, 9 when some failed, in this
     run or before (the manifest says which and why), another code when the
     batch cannot run."""
-    from ..core.cleanup import cleanup_options_from_args
+    from ..core.motion.cleanup import cleanup_options_from_args
     from . import batch
     opts = batch.BatchOptions(
         inputs=args.inputs, out_dir=args.out_dir, backend=args.backend,
@@ -149,7 +149,7 @@ def check_environment(checkpoint=None, smpl_model=None):
         lines.append((False, "mediapipe: missing (needed for tracking and the default backend)"))
     if checkpoint:
         try:
-            from .checkpoint import read_checkpoint
+            from .hybrik.checkpoint import read_checkpoint
             arch, _, smpl = read_checkpoint(checkpoint)
             lines.append((True, f"checkpoint {os.path.basename(checkpoint)}: {arch}"
                                 + (", with embedded SMPL" if smpl else "")))
@@ -159,7 +159,7 @@ def check_environment(checkpoint=None, smpl_model=None):
         lines.append((True, "checkpoint: none set (only the mediapipe backend is available)"))
     if smpl_model:
         try:
-            from ..core.body_model import load_body_model
+            from ..core.body.model import load_body_model
             load_body_model(smpl_model)
             lines.append((True, f"body model {os.path.basename(smpl_model)}: OK"))
         except ValueError as exc:
@@ -199,7 +199,7 @@ def main(argv=None):
     c.add_argument("--parent-pid", type=int, help="stop when this process ends (the add-on "
                                                   "passes Blender's)")
     try:  # the clean-up flags need numpy; `check` must run without it
-        from ..core.cleanup import add_cleanup_arguments
+        from ..core.motion.cleanup import add_cleanup_arguments
         add_cleanup_arguments(c, default_on=False)
     except ImportError:
         pass
@@ -230,7 +230,7 @@ def main(argv=None):
     b.add_argument("--export", default="", help="also write Blender files per video: blend, "
                                                 "fbx or blend,fbx (needs bpy here)")
     try:
-        from ..core.cleanup import add_cleanup_arguments
+        from ..core.motion.cleanup import add_cleanup_arguments
         add_cleanup_arguments(b, default_on=False)
     except ImportError:
         pass

@@ -4,7 +4,7 @@ import sys
 import bpy
 
 import hybrik_blender
-from hybrik_blender.core.result import save_result
+from hybrik_blender.core.formats.result import save_result
 from tests.conftest import ROOT, SYNTHETIC_MODEL
 from tests.helpers import make_result, random_motion
 

@@ -14,8 +14,8 @@ import pytest
 
 import build_addon
 from hybrik_blender.core.blender_space import CAMERA_TO_BLENDER, SMPL_TO_BLENDER
-from hybrik_blender.core.result import load_result
-from hybrik_blender.core.skeleton import JOINT_NAMES, PARENTS
+from hybrik_blender.core.formats.result import load_result
+from hybrik_blender.core.body.skeleton import JOINT_NAMES, PARENTS
 from tests.conftest import DATA, ROOT, SYNTHETIC_MODEL
 
 EXT_MODULE = "bl_ext.user_default.hybrik_blender"
@@ -79,7 +79,7 @@ def test_extension_zip_installs_and_registers_twice(empty_scene, tmp_path):
     path = build_addon.build(str(tmp_path))
     names = zipfile.ZipFile(path).namelist()
     assert "blender_manifest.toml" in names and "__init__.py" in names
-    assert "worker/requirements.txt" in names and "core/body_model.py" in names
+    assert "worker/requirements.txt" in names and "core/body/model.py" in names
     assert not any(n.startswith(("tests/", ".venv")) or "__pycache__" in n or n.endswith(".pyc")
                    for n in names)
     assert bpy.ops.extensions.package_install_files(

@@ -8,10 +8,10 @@ from hybrik_blender.blender.character import (POSE_KEY_NAMES, SHAPE_KEY_NAMES,
                                               build_character)
 from hybrik_blender.blender.keyframes import fcurves_of
 from hybrik_blender.core.blender_space import CAMERA_TO_BLENDER
-from hybrik_blender.core.body_model import rest_joints
-from hybrik_blender.core.result import ResultFormatError
+from hybrik_blender.core.body.model import rest_joints
+from hybrik_blender.core.formats.result import ResultFormatError
 from hybrik_blender.core.rotations import matrix_to_axis_angle
-from hybrik_blender.core.skeleton import JOINT_NAMES, PARENTS
+from hybrik_blender.core.body.skeleton import JOINT_NAMES, PARENTS
 from tests.helpers import make_result, random_motion
 
 TOLERANCE_M = 1e-4  # 0.1 mm
@@ -153,9 +153,9 @@ def test_gltf_export_of_the_character(empty_scene, body_model, tmp_path):
 def test_cleanup_on_import_stands_the_character_on_the_floor(empty_scene, body_model):
     """A noisy synthetic walk seen by a tilted camera: with the default
     clean-up the evaluated mesh stands on z = 0 and never sinks below it."""
-    from hybrik_blender.core.cleanup import CleanupOptions
-    from hybrik_blender.core.ground import Skeleton
-    from hybrik_blender.core.synthetic import add_noise, walk_cycle
+    from hybrik_blender.core.motion.cleanup import CleanupOptions
+    from hybrik_blender.core.motion.ground import Skeleton
+    from hybrik_blender.core.motion.synthetic import add_noise, walk_cycle
     take = walk_cycle(body_model, num_frames=40)
     noisy = add_noise(take.result, Skeleton.from_model(body_model, np.zeros(10)), seed=1)
     raw = import_result(noisy, body_model, pose_correctives=False)
@@ -182,7 +182,7 @@ def test_camera_overlays_the_person_and_shows_the_video(empty_scene, body_model,
     wr.release()
     res = make_result(random_motion(6, seed=2), image_size=(640, 360),
                       focal_length=(700.0, 700.0), principal_point=(300.0, 200.0))
-    from hybrik_blender.core.cleanup import CleanupOptions
+    from hybrik_blender.core.motion.cleanup import CleanupOptions
     for cleanup in (None, CleanupOptions()):
         bpy.ops.wm.read_factory_settings(use_empty=True)
         take = import_result(res, body_model, pose_correctives=False, video_path=str(video),
@@ -194,8 +194,8 @@ def test_camera_overlays_the_person_and_shows_the_video(empty_scene, body_model,
         bg = cam.data.background_images[0]
         assert bg.source == 'MOVIE_CLIP' and bg.clip.size[:] == (640, 360)
         assert bg.clip.frame_duration == 6 and cam.data.show_background_images
-        from hybrik_blender.core.cleanup import clean_take
-        from hybrik_blender.core.kinematics import forward_kinematics
+        from hybrik_blender.core.motion.cleanup import clean_take
+        from hybrik_blender.core.body.kinematics import forward_kinematics
         # the cleaned motion stays in camera coordinates; only the world placement changes
         src = res if cleanup is None else clean_take(res, body_model, cleanup)[0]
         rest = rest_joints(body_model, src.betas[0])

@@ -13,7 +13,7 @@ from hybrik_blender.blender.animation import import_result
 from hybrik_blender.blender.export import ExportError, export_bvh, export_fbx, export_glb
 from hybrik_blender.blender.keyframes import ActionWriter
 from hybrik_blender.blender.retarget import retarget
-from hybrik_blender.core.result import save_result
+from hybrik_blender.core.formats.result import save_result
 from tests.conftest import ROOT, SYNTHETIC_MODEL
 from tests.blender.test_retarget import MIXAMO, MIXAMO_WORLD, build_rig, humanoid_bones
 from tests.helpers import make_result, random_motion

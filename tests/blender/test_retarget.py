@@ -11,8 +11,8 @@ from mathutils import Matrix
 from hybrik_blender.blender.animation import import_result
 from hybrik_blender.blender.keyframes import fcurves_of
 from hybrik_blender.blender.retarget import RetargetError, retarget
-from hybrik_blender.core.retarget import angle_between, bone_directions
-from hybrik_blender.core.skeleton import JOINT_NAMES
+from hybrik_blender.core.retarget.solve import angle_between, bone_directions
+from hybrik_blender.core.body.skeleton import JOINT_NAMES
 from tests.helpers import make_result, random_motion
 
 MAX_ANGLE_DEG = 1.0
@@ -277,7 +277,7 @@ def test_retarget_refuses_bad_input(source_take):
 def test_euler_convention_matches_blender():
     from mathutils import Euler
 
-    from hybrik_blender.core.retarget import EULER_ORDERS, euler_to_matrix, matrix_to_euler
+    from hybrik_blender.core.retarget.solve import EULER_ORDERS, euler_to_matrix, matrix_to_euler
     rng = np.random.default_rng(0)
     for order in EULER_ORDERS:
         for angles in rng.uniform(-1.4, 1.4, (5, 3)):

@@ -9,7 +9,7 @@ from bpy.props import PointerProperty, StringProperty
 import hybrik_blender
 from hybrik_blender.blender.animation import import_result
 from hybrik_blender.blender.retarget import resolve_bone_map, retarget, vrm_human_bones
-from hybrik_blender.core.retarget import VRM_HUMAN_BONES
+from hybrik_blender.core.retarget.solve import VRM_HUMAN_BONES
 from tests.blender.test_retarget import (MIXAMO, PLAIN2, PLAIN2_MAP, assert_directions_follow,
                                          build_rig, humanoid_bones)
 from tests.helpers import make_result, random_motion

@@ -32,15 +32,15 @@ import dataclasses
 
 import numpy as np
 
-from .average_skeleton import fitted_average_skeleton
-from .blender_space import CAMERA_TO_BLENDER, homogeneous
+from ..body.average import fitted_average_skeleton
+from ..blender_space import CAMERA_TO_BLENDER, homogeneous
 from .filters import (one_euro_rotations, one_euro_translation, smooth_rotations,
                       smooth_translation)
 from .footlock import lock_feet
-from .body_model import rest_joints_29
+from ..body.model import rest_joints_29
 from .ground import Skeleton, estimate_floor, posed_skeleton, transform_points
-from .kinematics import forward_kinematics
-from .skeleton import LEAF_PARENTS, PARENTS
+from ..body.kinematics import forward_kinematics
+from ..body.skeleton import LEAF_PARENTS, PARENTS
 
 SMOOTHING_MODES = ("off", "offline", "one_euro")
 SMOOTHING_METHODS = ("gaussian", "butterworth")

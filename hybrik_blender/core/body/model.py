@@ -24,7 +24,7 @@ import zipfile
 
 import numpy as np
 
-from . import safe_pickle
+from ..formats import safe_pickle
 from .skeleton import (LEAF_VERTEX_IDS, NUM_BETAS, NUM_JOINTS, NUM_POSE_CORRECTIVES,
                        PARENTS, SMPL_NUM_VERTICES)
 

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import torch
 
-from ..core.body_model import _CHECKPOINT_KEYS, body_model_from_arrays
+from ...core.body.model import _CHECKPOINT_KEYS, body_model_from_arrays
 from .nets import build_network
 
 
@@ -109,7 +109,7 @@ def load_hybrik(path, body_model=None, device="cpu", **kw):
     """Checkpoint file -> ready :class:`.model.HybrIKPipeline`.
 
     ``body_model``: a core BodyModel (e.g. from the user's SMPL file via
-    :func:`hybrik_blender.core.body_model.load_body_model`); by default the
+    :func:`hybrik_blender.core.body.model.load_body_model`); by default the
     checkpoint's embedded SMPL buffers."""
     from .model import HybrIKPipeline
     arch, net_state, smpl = read_checkpoint(path)

@@ -29,10 +29,10 @@ It needs no checkpoint and no SMPL file. Steps, all batched over frames:
 import numpy as np
 import torch
 
-from ..core import body_model as bm
-from ..core.average_skeleton import average_rest_joints_29, fitted_average_skeleton
-from ..core.skeleton import CHILDREN_29
-from . import ik
+from ...core.body import model as bm
+from ...core.body.average import average_rest_joints_29, fitted_average_skeleton
+from ...core.body.skeleton import CHILDREN_29
+from ..hybrik import ik
 
 DEFAULT_FOV_DEG = 65.0
 

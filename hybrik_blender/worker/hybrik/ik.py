@@ -26,7 +26,7 @@ with a few batched tensor operations.
 import numpy as np
 import torch
 
-from ..core.skeleton import CHILDREN_29, LEAF_VERTEX_IDS, PARENTS_29
+from ...core.body.skeleton import CHILDREN_29, LEAF_VERTEX_IDS, PARENTS_29
 
 # The IK's child for each joint: the reference forces spine1 for the pelvis
 # and the neck for spine3 (the collars are solved relative to it).
@@ -264,7 +264,7 @@ _LEVELS_FK = _fk_levels()
 
 
 class TorchBodyModel:
-    """The core :class:`~hybrik_blender.core.body_model.BodyModel` as torch
+    """The core :class:`~hybrik_blender.core.body.model.BodyModel` as torch
     tensors for batched rest joints and skinning."""
 
     def __init__(self, model, dtype=torch.float32, device="cpu"):

@@ -2,8 +2,8 @@
 
 Typical use (the capture worker)::
 
-    from hybrik_blender.worker.checkpoint import load_hybrik
-    from hybrik_blender.worker import preprocess
+    from hybrik_blender.worker.hybrik.checkpoint import load_hybrik
+    from hybrik_blender.worker.hybrik import preprocess
 
     pipe = load_hybrik("hybrik_hrnet48_w3dpw.pth", device="cpu")
     crop, box, _ = preprocess.crop_person(frame_rgb, tight_box)
@@ -26,7 +26,7 @@ class HybrIKPipeline:
     """Network + decoding + camera + hybrid IK, batched over crops.
 
     ``net``: a network from :mod:`.nets` (its state loaded); ``body``: a
-    :class:`~hybrik_blender.core.body_model.BodyModel` (or a
+    :class:`~hybrik_blender.core.body.model.BodyModel` (or a
     :class:`.ik.TorchBodyModel`). ``amp``: autocast the network in float16 on
     CUDA (decoding and IK always run in float32). ``chunk``: crops per
     network call (the IK always runs on the whole batch)."""
@@ -127,7 +127,7 @@ class HybrIKPipeline:
         return out["maxvals"].mean(-1).clamp(0, 1)
 
     def frame_arrays(self, out):
-        """numpy per-frame fields of :class:`hybrik_blender.core.result.Result`
+        """numpy per-frame fields of :class:`hybrik_blender.core.formats.result.Result`
         (rotmats, betas, root_translation, joints29, confidence) from one
         call's output; add frame_index, time_s, bbox, valid and the clip
         fields to build the Result."""

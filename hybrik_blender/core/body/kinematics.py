@@ -5,7 +5,7 @@ Same maths as smplx's ``lbs.py`` in numpy: rotations are parent-relative
 """
 import numpy as np
 
-from .body_model import rest_joints, shaped_vertices
+from .model import rest_joints, shaped_vertices
 from .skeleton import PARENTS
 
 

@@ -39,9 +39,9 @@ import dataclasses
 
 import numpy as np
 
-from .blender_space import homogeneous, rigid_inverse
-from .body_model import leaf_joints, rest_joints, shaped_vertices
-from .skeleton import LEAF_PARENTS, PARENTS
+from ..blender_space import homogeneous, rigid_inverse
+from ..body.model import leaf_joints, rest_joints, shaped_vertices
+from ..body.skeleton import LEAF_PARENTS, PARENTS
 
 LEFT_ANKLE, RIGHT_ANKLE, LEFT_FOOT, RIGHT_FOOT = 7, 8, 10, 11
 # Sole points: (joint they move with, foot index 0 = left / 1 = right)

@@ -6,7 +6,7 @@ width from its centre, d root-relative depth in units of ``DEPTH_FACTOR``
 """
 import torch
 
-from ..core.skeleton import FLIP_PAIRS
+from ...core.body.skeleton import FLIP_PAIRS
 
 NUM_JOINTS = 29
 DEPTH_DIM = 64

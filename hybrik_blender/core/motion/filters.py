@@ -41,7 +41,7 @@ import math
 
 import numpy as np
 
-from .rotations import (matrix_to_quaternion, quaternion_from_matrix_entries,
+from ..rotations import (matrix_to_quaternion, quaternion_from_matrix_entries,
                         quaternion_to_matrix)
 
 ROTATION_BASE_CUTOFF_HZ = 4.0

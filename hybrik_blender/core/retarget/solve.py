@@ -36,8 +36,8 @@ import json
 
 import numpy as np
 
-from .rotations import make_quaternions_continuous, matrix_to_quaternion, orthonormalize
-from .skeleton import JOINT_NAMES
+from ..rotations import make_quaternions_continuous, matrix_to_quaternion, orthonormalize
+from ..body.skeleton import JOINT_NAMES
 
 MAP_FORMAT = "hybrik-blender.bone-map"
 MAP_VERSION = 1
@@ -310,7 +310,7 @@ def _rows_times(x, m):
 
 def basis_from_channels(quats, locs=None):
     """(N, B, 4) quaternions and (N, B, 3) locations -> (N, B, 4, 4)."""
-    from .rotations import quaternion_to_matrix
+    from ..rotations import quaternion_to_matrix
     out = np.zeros(np.shape(quats)[:-1] + (4, 4))
     out[..., :3, :3] = quaternion_to_matrix(quats)
     if locs is not None:
@@ -332,7 +332,7 @@ def swing(a, b):
         perp = np.cross(a, helper)
         perp /= np.linalg.norm(perp, axis=-1, keepdims=True)
         v = np.where(anti[..., None], perp, v)
-    from .rotations import skew
+    from ..rotations import skew
     k = skew(v)
     scale = np.where(anti, 0.0, 1.0 / np.maximum(1.0 + c, 1e-12))[..., None, None]
     half_turn = 2.0 * v[..., :, None] * v[..., None, :] - np.eye(3)

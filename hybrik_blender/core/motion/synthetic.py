@@ -24,13 +24,13 @@ import dataclasses
 
 import numpy as np
 
-from .blender_space import SMPL_TO_BLENDER, homogeneous
+from ..blender_space import SMPL_TO_BLENDER, homogeneous
 from .footlock import FOOT_JOINTS_29, apply_leg_ik
 from .ground import Skeleton, posed_skeleton, transform_points
-from .kinematics import forward_kinematics
-from .result import Result
-from .rotations import axis_angle_to_matrix
-from .skeleton import NUM_BETAS, PARENTS
+from ..body.kinematics import forward_kinematics
+from ..formats.result import Result
+from ..rotations import axis_angle_to_matrix
+from ..body.skeleton import NUM_BETAS, PARENTS
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
