@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from hybrik_blender.core.formats.result import (FORMAT_VERSION, ResultFormatError, clip_betas,
-                                        load_result, save_result)
+from hybrik_blender.core.formats.result import (FORMAT_VERSION, CameraTrack, ResultFormatError,
+                                                clip_betas, load_result, load_tracks,
+                                                save_result)
 from tests.helpers import make_result, random_motion
 
 
@@ -94,3 +95,70 @@ def test_backend_extras_round_trip_and_are_checked(tmp_path):
     arrays["x_mp_world"] = arrays["x_mp_world"][:3]
     with pytest.raises(ResultFormatError, match="x_mp_world.*4 rows"):
         load_result(_write(tmp_path / "b.npz", arrays))
+
+
+def _take(n, track_id, **kw):
+    res = make_result(random_motion(n), **kw)
+    res.track_id = track_id
+    return res
+
+
+def test_several_tracks_round_trip_and_pick(tmp_path):
+    a, b = _take(5, 3), _take(8, 1)
+    b.valid[:2] = False
+    save_result(tmp_path / "m.npz", [a, b])
+    takes = load_tracks(tmp_path / "m.npz")
+    assert [t.track_id for t in takes] == [1, 3]
+    assert np.array_equal(takes[1].rotmats, a.rotmats) and takes[0].num_frames == 8
+    assert load_result(tmp_path / "m.npz").track_id == 1  # the most valid frames: 6 vs 5
+    assert load_result(tmp_path / "m.npz", track=1).num_frames == 8
+    with pytest.raises(ResultFormatError, match="no person 7"):
+        load_result(tmp_path / "m.npz", track=7)
+
+
+def test_version_1_file_loads_as_track_0(tmp_path, result):
+    arrays = result.to_arrays()
+    for key in ("track", "track_ids", "body_model"):
+        arrays.pop(key)
+    arrays["version"] = np.array(1, np.int64)
+    back = load_result(_write(tmp_path / "v1.npz", arrays))
+    assert back.track_id == 0 and back.body_model == "smpl" and back.camera is None
+
+
+def test_optional_fields_and_camera_round_trip(tmp_path):
+    res = _take(6, 0)
+    res.hand_rotmats = np.tile(np.eye(3, dtype=np.float32), (6, 30, 1, 1))
+    res.hand_confidence = np.full((6, 30), 0.5, np.float32)
+    res.joint_confidence = np.ones((6, 24), np.float32)
+    res.expression = np.zeros((6, 10), np.float32)
+    res.body_model = "smplx"
+    res.warnings = ("the video ended at frame 4 of 9",)
+    res.camera = CameraTrack(np.arange(6), np.tile(np.eye(3), (6, 1, 1)), np.full(6, 500.0),
+                             "moving")
+    save_result(tmp_path / "o.npz", res)
+    back = load_result(tmp_path / "o.npz")
+    assert back.body_model == "smplx" and back.camera.mode == "moving"
+    assert np.array_equal(back.hand_confidence, res.hand_confidence)
+    assert back.warnings == res.warnings and back.jaw_rotmat is None
+    rot, foc = back.camera.at([0, 3, 99])
+    assert rot.shape == (3, 3, 3) and np.all(foc == 500.0)
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda a: a.update(root_translation=a["root_translation"].astype(np.float64) * 1e300),
+     "NaN|beyond"),
+    (lambda a: a.update(frame_index=a["frame_index"] + 2 ** 62), "frame_index"),
+    (lambda a: a.update(fps=np.array(1e300)), "fps"),
+    (lambda a: a.update(image_size=np.array([2 ** 62, 480])), "image size"),
+    (lambda a: a.update(betas=a["betas"].astype(np.float64) + 1e300), "NaN|beyond"),
+    (lambda a: a.update(track=a["track"][::-1] + np.arange(12)[::-1]), "grouped"),
+    (lambda a: a.update(track_ids=np.array([5])), "track_ids"),
+    (lambda a: a.update(hand_rotmats=np.zeros((12, 30, 3, 3), np.float32)), "rotation"),
+    (lambda a: a.update(camera_frame_index=np.arange(3)), "camera track needs"),
+    (lambda a: a.update(body_model=np.array("mano")), "body_model"),
+])
+def test_reader_refuses_bad_v2_content(tmp_path, result, mutate, message):
+    arrays = result.to_arrays()
+    mutate(arrays)
+    with pytest.raises(ResultFormatError, match=message):
+        load_result(_write(tmp_path / "bad.npz", arrays))
