@@ -35,3 +35,23 @@ SMPL_NUM_VERTICES = 6890
 # Left/right joint pairs (24-joint indices), for mirroring.
 FLIP_PAIRS = ((1, 2), (4, 5), (7, 8), (10, 11), (13, 14), (16, 17), (18, 19),
               (20, 21), (22, 23))
+
+# --- SMPL-X ----------------------------------------------------------------
+# The 55 SMPL-X joints: the 22 body joints of SMPL (0-21, same meaning), jaw,
+# eyes, then 15 finger joints per hand. Bone and shape-key names of the SMPL-X
+# character follow these names (eyes without smplx's "_smplhf" suffix).
+FINGERS = ("index", "middle", "pinky", "ring", "thumb")
+HAND_JOINT_NAMES = tuple(f"{side}_{finger}{k}" for side in ("left", "right")
+                         for finger in FINGERS for k in (1, 2, 3))
+SMPLX_JOINT_NAMES = JOINT_NAMES[:22] + ("jaw", "left_eye", "right_eye") + HAND_JOINT_NAMES
+SMPLX_NUM_JOINTS = 55
+SMPLX_PARENTS = np.array([-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17,
+                          18, 19, 15, 15, 15,
+                          20, 25, 26, 20, 28, 29, 20, 31, 32, 20, 34, 35, 20, 37, 38,
+                          21, 40, 41, 21, 43, 44, 21, 46, 47, 21, 49, 50, 21, 52, 53],
+                         dtype=np.int64)
+SMPLX_JAW, SMPLX_LEFT_EYE, SMPLX_RIGHT_EYE = 22, 23, 24
+SMPLX_HAND_SLICE = slice(25, 55)  # rows of the result's hand_rotmats, in order
+SMPLX_NUM_VERTICES = 10475
+SMPLX_NUM_POSE_CORRECTIVES = 9 * (SMPLX_NUM_JOINTS - 1)  # 486
+NUM_EXPRESSION = 10
