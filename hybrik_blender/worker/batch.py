@@ -91,6 +91,7 @@ class BatchOptions:
     backend: str = "mediapipe"
     checkpoint: str = None
     smpl_model: str = None
+    kid_template: str = None
     device: str = "auto"
     batch_size: int = 16
     cleanup: object = None
@@ -556,7 +557,8 @@ def run_batch(opts, progress=None):
     t0 = time.perf_counter()
     frames_here = 0
     worker_opts = {"backend": opts.backend, "checkpoint": opts.checkpoint,
-                   "smpl_model": opts.smpl_model, "batch_size": opts.batch_size,
+                   "smpl_model": opts.smpl_model, "kid_template": opts.kid_template,
+                   "batch_size": opts.batch_size,
                    "cleanup": opts.cleanup,
                    "device": ("cuda" if opts.gpus_per_worker > 0
                               else "cpu" if opts.device == "auto" else opts.device)}

@@ -63,6 +63,7 @@ class CaptureOptions:
     backend: str = "mediapipe"
     checkpoint: str = None
     smpl_model: str = None
+    kid_template: str = None   # HybrIK-X: smplx_kid_template.npy (see load_pipeline)
     device: str = "auto"
     batch_size: int = 16
     start: int = 0
@@ -106,13 +107,19 @@ class MediapipeBackend:
 
 
 class HybrIKBackend:
-    """Batched crops -> HybrIK network -> IK, on CUDA when present."""
+    """Batched crops -> HybrIK or HybrIK-X network -> IK, on CUDA when present.
+
+    ``model_path``: the body model file (SMPL, or SMPL-X for a HybrIK-X
+    checkpoint; default: the one the checkpoint embeds)."""
     name = "hybrik"
     needs_crops = True
+    # per-frame fields of an SMPL-X take, passed through to the result
+    SMPLX_FIELDS = ("kid", "expression", "hand_rotmats", "jaw_rotmat", "eye_rotmats",
+                    "joint_confidence", "hand_confidence")
 
-    def __init__(self, checkpoint, body_model, device, flip_test=False):
+    def __init__(self, checkpoint, model_path, device, flip_test=False, kid_template=None):
         import torch
-        from .hybrik.checkpoint import CheckpointError, load_hybrik
+        from .hybrik.checkpoint import CheckpointError, load_pipeline
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cuda" and not torch.cuda.is_available():
@@ -121,12 +128,15 @@ class HybrIKBackend:
         if not checkpoint:
             raise CaptureError(EXIT_USAGE, "the hybrik backend needs --checkpoint")
         try:
-            self.pipe = load_hybrik(checkpoint, body_model=body_model, device=device)
+            self.pipe = load_pipeline(checkpoint, model_path, kid_template, device=device)
         except CheckpointError as exc:
             raise CaptureError(EXIT_MODEL, str(exc)) from None
         except ValueError as exc:  # body model problems
             raise CaptureError(EXIT_MODEL, str(exc)) from None
-        self.body_model = self.pipe.body.model
+        self.smplx = getattr(self.pipe, "body_model", "smpl") == "smplx"
+        # the clean-up's skeleton needs an SMPL model; SMPL-X takes use the
+        # average skeleton fitted to their joints29
+        self.body_model = None if self.smplx else self.pipe.body.model
         self.torch = torch
         self.flip_test = flip_test
         self.model_name = f"{os.path.basename(checkpoint)} ({self.pipe.arch})"
@@ -162,9 +172,13 @@ class HybrIKBackend:
                     k += 1
         for i in range(len(items)):
             if rows[i] is None:
-                rows[i] = {"rotmats": np.tile(np.eye(3), (24, 1, 1)), "betas": np.zeros(10),
-                           "root_translation": np.zeros(3), "joints29": np.zeros((29, 3)),
-                           "confidence": 0.0, "square_box": np.array([0.0, 0.0, 256.0, 256.0])}
+                if self.smplx:
+                    rows[i] = self.pipe.placeholder_row()
+                else:
+                    rows[i] = {"rotmats": np.tile(np.eye(3), (24, 1, 1)), "betas": np.zeros(10),
+                               "root_translation": np.zeros(3), "joints29": np.zeros((29, 3)),
+                               "confidence": 0.0}
+                rows[i]["square_box"] = np.array([0.0, 0.0, 256.0, 256.0])
         return rows
 
     def finish(self, cols, valid, focal, principal):
@@ -177,13 +191,24 @@ class HybrIKBackend:
         k = focal[0] * 256.0 / (1000.0 * np.maximum(box_w, 1e-6))
         root = cols["root_translation"] * k[:, None]
         joints = cols["joints29"] - cols["root_translation"][:, None] + root[:, None]
-        return {"rotmats": cols["rotmats"], "betas": cols["betas"], "root_translation": root,
-                "joints29": joints, "confidence": cols["confidence"]}, {}
+        fields = {"rotmats": cols["rotmats"], "betas": cols["betas"], "root_translation": root,
+                  "joints29": joints, "confidence": cols["confidence"]}
+        if self.smplx:
+            fields.update({k: cols[k] for k in self.SMPLX_FIELDS}, body_model="smplx")
+        return fields, {}
 
 
 # --- the run ----------------------------------------------------------------
 
 def _load_backend(opts):
+    if opts.backend == "hybrik":
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise CaptureError(EXIT_ENVIRONMENT, "torch is not installed in the worker "
+                                                 "environment") from None
+        return HybrIKBackend(opts.checkpoint, opts.smpl_model, opts.device, opts.flip_test,
+                             kid_template=opts.kid_template)
     body = None
     if opts.smpl_model:
         try:
@@ -192,13 +217,6 @@ def _load_backend(opts):
             raise CaptureError(EXIT_MODEL, str(exc)) from None
     if opts.backend == "mediapipe":
         return MediapipeBackend(body)
-    if opts.backend == "hybrik":
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            raise CaptureError(EXIT_ENVIRONMENT, "torch is not installed in the worker "
-                                                 "environment") from None
-        return HybrIKBackend(opts.checkpoint, body, opts.device, opts.flip_test)
     raise CaptureError(EXIT_USAGE, f"unknown backend '{opts.backend}'")
 
 
@@ -234,9 +252,11 @@ def _previous(opts, info, backend):
         prev = load_result(opts.out)
     except ResultFormatError as exc:
         raise CaptureError(EXIT_USAGE, f"cannot resume: {exc}") from None
-    if prev.source != info.name or prev.backend != backend.name:
+    body = "smplx" if getattr(backend, "smplx", False) else "smpl"
+    if prev.source != info.name or prev.backend != backend.name or prev.body_model != body:
         raise CaptureError(EXIT_USAGE, f"cannot resume: {opts.out} was made from "
-                                       f"'{prev.source}' with {prev.backend}")
+                                       f"'{prev.source}' with {prev.backend} "
+                                       f"({prev.body_model})")
     if prev.complete:
         return prev, None
     last = int(prev.frame_index[-1]) if prev.num_frames else opts.start - 1
@@ -257,7 +277,8 @@ def _keep_rows(prev, go_on, backend):
             raw = prev.extras["raw_root"][i]
             row.update(rotmats=prev.rotmats[i], betas=prev.betas[i], root_translation=raw,
                        joints29=prev.joints29[i] - prev.root_translation[i] + raw,
-                       square_box=prev.extras["square_box"][i])
+                       square_box=prev.extras["square_box"][i],
+                       **{k: v[i] for k, v in prev.optional_rows().items()})
         rows.append(row)
     return rows
 

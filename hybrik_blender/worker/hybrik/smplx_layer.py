@@ -1,0 +1,531 @@
+"""The SMPL-X body model as HybrIK-X uses it: loading, and a batched torch
+layer (shape, IK, skinning, the 127 output joints).
+
+Where the model comes from (:func:`load_smplx_model`):
+
+* an official ``SMPLX_NEUTRAL.npz`` (read with ``allow_pickle=False``, only
+  the arrays needed, each one's size checked in its header before it is
+  read) or ``.pkl`` (through the restricted unpickler), plus the children's
+  template ``smplx_kid_template.npy`` of HybrIK-X's ``model_files``;
+* the ``smplx_layer.*`` buffers every official HybrIK-X checkpoint embeds
+  (:func:`smplx_model_from_state`): the whole layer, the children's direction
+  included, so nothing else is needed.
+
+As in the official layer, the shape space has 11 directions: the 10 betas
+and, as the 11th, the children's template centred on its own vertex mean
+minus ``v_template``; the 10 expression directions are components 10-19 of
+a 20-component file (300-309 of a 400-component one). Every array is
+rounded to float32 on loading, also for a float64 layer, exactly as the
+official layer does (the landmark barycentric weights excepted, which it
+reads at the layer's precision); the children's direction is formed in
+float64 first.
+
+The torch layer (:class:`TorchSMPLX`) reproduces the official
+``SMPLXLayer.hybrik``: rest points from the shaped mesh (expression
+included), the IK of :mod:`.ikx`, forward kinematics, pose correctives and
+linear blend skinning, and the 127 output joints (the 55 joints, 21 mesh
+vertices, 51 face landmarks), everything centred on the root joint.
+
+The body-model loader of ``core/body`` (being written for SMPL-X) will take
+over the file reading; the arrays and checks here follow the official
+layout so the switch is local.
+"""
+import dataclasses
+import os
+import zipfile
+
+import numpy as np
+import torch
+
+from ...core.body.skeleton import SMPLX_NUM_VERTICES, SMPLX_PARENTS
+from . import ikx
+
+NUM_BETAS = 10             # HybrIK-X predicts 10 betas + the children's coefficient
+NUM_EXPRESSION = 10
+NUM_FACES = 20908
+NUM_LANDMARKS = 51
+MOUTH_BOTTOM_FACE = 19731  # HybrIK-X takes the mouth bottom as a corner of this face
+MOUTH_BOTTOM_VERTEX = 8947
+# the 16 leaves after the 55 joints (HybrIK-X's LEAF_INDICES order)
+LEAF_NAMES = ("left_big_toe", "right_big_toe", "mouth_bottom", "left_pupil", "right_pupil",
+              "left_index_tip", "left_middle_tip", "left_pinky_tip", "left_ring_tip",
+              "left_thumb_tip", "right_index_tip", "right_middle_tip", "right_pinky_tip",
+              "right_ring_tip", "right_thumb_tip", "mouth_top")
+LEAF_INDICES = np.array([5770, 8463, 8947, 9448, 9929, 4933, 5058, 5286, 5169, 5361,
+                         7669, 7794, 8022, 7905, 8079, 8990], dtype=np.int64)
+# the 21 vertices smplx appends to the 55 joints (smplx's vertex_ids['smplx'])
+EXTRA_VERTEX_NAMES = ("nose", "right_eye", "left_eye", "right_ear", "left_ear",
+                      "left_big_toe", "left_small_toe", "left_heel", "right_big_toe",
+                      "right_small_toe", "right_heel", "left_thumb_tip", "left_index_tip",
+                      "left_middle_tip", "left_ring_tip", "left_pinky_tip", "right_thumb_tip",
+                      "right_index_tip", "right_middle_tip", "right_ring_tip", "right_pinky_tip")
+EXTRA_VERTICES = np.array([9120, 9929, 9448, 616, 6, 5770, 5780, 8846, 8463, 8474, 8635,
+                           5361, 4933, 5058, 5169, 5286, 8079, 7669, 7794, 7905, 8022],
+                          dtype=np.int64)
+NUM_OUTPUT_JOINTS = 55 + len(EXTRA_VERTICES) + NUM_LANDMARKS   # 127
+KID_TEMPLATE_NAME = "smplx_kid_template.npy"
+MAX_FILE_BYTES = 2 << 30
+
+
+class SMPLXModelError(ValueError):
+    """The file is not a usable SMPL-X model (or children's template); the
+    message says why."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SMPLXModel:
+    """HybrIK-X's SMPL-X layer as numpy arrays (official shapes)."""
+    v_template: np.ndarray      # (V, 3)
+    shapedirs: np.ndarray       # (V, 3, 11): 10 betas + the children's direction
+    expr_dirs: np.ndarray       # (V, 3, 10)
+    posedirs: np.ndarray        # (486, V * 3), HybrIK's layout
+    J_regressor: np.ndarray     # (55, V)
+    weights: np.ndarray         # (V, 55)
+    faces: np.ndarray           # (F, 3) int64
+    lmk_faces_idx: np.ndarray   # (51,) int64
+    lmk_bary_coords: np.ndarray  # (51, 3)
+    source: str = ""
+
+    @property
+    def num_vertices(self):
+        return self.v_template.shape[0]
+
+    def rest_points(self, betas=None, expression=None):
+        """(71, 3) rest joints and leaves of a shape (float64, numpy)."""
+        v = self.v_template.astype(np.float64)
+        if betas is not None:
+            v = v + self.shapedirs @ np.asarray(betas, np.float64)
+        if expression is not None:
+            v = v + self.expr_dirs @ np.asarray(expression, np.float64)
+        return np.concatenate([self.J_regressor @ v, v[LEAF_INDICES]])
+
+
+# --- loading -----------------------------------------------------------------
+
+def _npy_header(fh):
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(fh)
+    return np.lib.format.read_array_header_2_0(fh)
+
+
+def _read_npz(path, name, wanted, optional=()):
+    """The arrays ``wanted`` (key -> check(shape, dtype) or None) of an .npz,
+    each header checked before its data is read; keys holding Python objects
+    are refused."""
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = {n[:-4]: n for n in zf.namelist() if n.endswith(".npy")}
+            for key in (*wanted, *optional):
+                if key not in members:
+                    if key in optional:
+                        continue
+                    found = ", ".join(sorted(members)[:12])
+                    raise SMPLXModelError(f"{name}: missing '{key}' (found: {found}); is this "
+                                          "an SMPL-X model file?")
+                with zf.open(members[key]) as fh:
+                    shape, _, dtype = _npy_header(fh)
+                if dtype.hasobject:
+                    raise SMPLXModelError(f"{name}: '{key}' holds Python objects, which are "
+                                          "not loaded for safety")
+                check = wanted.get(key)
+                if check is not None:
+                    check(key, shape, dtype)
+                if int(np.prod(shape)) * dtype.itemsize > MAX_FILE_BYTES:
+                    raise SMPLXModelError(f"{name}: '{key}' is implausibly large {shape}")
+            with np.load(path, allow_pickle=False) as d:
+                for key in (*wanted, *optional):
+                    if key in members:
+                        out[key] = d[key]
+    except zipfile.BadZipFile:
+        raise SMPLXModelError(f"{name}: damaged or truncated archive") from None
+    except OSError as exc:
+        raise SMPLXModelError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        if isinstance(exc, SMPLXModelError):
+            raise
+        raise SMPLXModelError(f"{name}: not a readable .npz ({exc})") from None
+    return out
+
+
+def _shape_check(name, expect):
+    """A header check: ``expect`` maps key -> shape with None for 'any'."""
+    def check(key, shape, dtype):
+        want = expect[key]
+        if dtype.kind not in "fiu":
+            raise SMPLXModelError(f"{name}: '{key}' is not numeric ({dtype})")
+        if len(shape) != len(want) or any(w is not None and s != w for s, w in zip(shape, want)):
+            shown = tuple("*" if w is None else w for w in want)
+            raise SMPLXModelError(f"{name}: '{key}' has shape {tuple(shape)}, expected {shown}")
+    return check
+
+
+def _model_expectations():
+    nv = SMPLX_NUM_VERTICES
+    return {"v_template": (nv, 3), "shapedirs": (nv, 3, None), "posedirs": (nv, 3, 486),
+            "J_regressor": (55, nv), "weights": (nv, 55), "f": (None, 3),
+            "kintree_table": (2, 55), "lmk_faces_idx": (NUM_LANDMARKS,),
+            "lmk_bary_coords": (NUM_LANDMARKS, 3)}
+
+
+def read_kid_template(path):
+    """The children's template (10475, 3) from an .npy, float64."""
+    path = os.fspath(path)
+    name = os.path.basename(path)
+    try:
+        with open(path, "rb") as fh:
+            shape, _, dtype = _npy_header(fh)
+            if dtype.hasobject or dtype.kind != "f" or tuple(shape) != (SMPLX_NUM_VERTICES, 3):
+                raise SMPLXModelError(f"{name}: children's template has shape {tuple(shape)} "
+                                      f"{dtype}, expected ({SMPLX_NUM_VERTICES}, 3) floats")
+        arr = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise SMPLXModelError(f"{name}: children's template not found") from None
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, SMPLXModelError):
+            raise
+        raise SMPLXModelError(f"{name}: not a readable .npy children's template ({exc})") from None
+    arr = np.asarray(arr, np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise SMPLXModelError(f"{name}: children's template contains NaN or infinite values")
+    return arr
+
+
+def find_kid_template(model_path):
+    """HybrIK-X's layout keeps ``smplx_kid_template.npy`` in ``model_files/``
+    with the model in ``model_files/smplx/``: look next to the model file,
+    then one folder up. None when absent."""
+    folder = os.path.dirname(os.path.abspath(os.fspath(model_path)))
+    for d in (folder, os.path.dirname(folder)):
+        cand = os.path.join(d, KID_TEMPLATE_NAME)
+        if os.path.isfile(cand):
+            return cand
+    return None
+
+
+def kid_direction(kid_template, v_template):
+    """The 11th shape direction (V, 3): the children's template centred on its
+    vertex mean, minus the template (float64, as the official layer)."""
+    kid = np.asarray(kid_template, np.float64)
+    return (kid - kid.mean(0)) - np.asarray(v_template, np.float64)
+
+
+def _pickle_arrays(path, name):
+    from ...core.formats import safe_pickle
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise SMPLXModelError(f"{name}: implausibly large file")
+    try:
+        obj = safe_pickle.load_smpl_pickle(data)
+    except safe_pickle.UnsafePickleError as exc:
+        raise SMPLXModelError(f"{name} was refused: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any decoding failure is a bad file
+        raise SMPLXModelError(f"{name}: not a readable SMPL-X pickle "
+                              f"({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, dict):
+        raise SMPLXModelError(f"{name} holds a {type(obj).__name__}, not an SMPL-X model dict")
+    out = {}
+    for key in _model_expectations():
+        if key in obj:
+            try:
+                out[key] = np.asarray(safe_pickle.plain_value(obj[key]))
+            except ValueError as exc:
+                raise SMPLXModelError(f"{name}: key '{key}': {exc}") from None
+    return out
+
+
+def smplx_model_from_arrays(arrays, kid_template, source=""):
+    """Validate the arrays of an official SMPL-X file (its key names) and
+    build the HybrIK-X layer with the children's template (V, 3)."""
+    name = source or "SMPL-X model"
+    expect = _model_expectations()
+    check = _shape_check(name, expect)
+    arr = {}
+    for key in expect:
+        if key not in arrays:
+            raise SMPLXModelError(f"{name}: missing '{key}'; is this an SMPL-X model file?")
+        a = np.asarray(arrays[key])
+        check(key, a.shape, a.dtype)
+        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+            raise SMPLXModelError(f"{name}: '{key}' contains NaN or infinite values")
+        arr[key] = a
+    parents = arr["kintree_table"][0].astype(np.int64)
+    parents[0] = -1
+    if not np.array_equal(parents, SMPLX_PARENTS):
+        raise SMPLXModelError(f"{name}: the kinematic tree is not SMPL-X's")
+    faces = arr["f"].astype(np.int64)
+    nv = SMPLX_NUM_VERTICES
+    if faces.min() < 0 or faces.max() >= nv:
+        raise SMPLXModelError(f"{name}: face indices outside 0..{nv - 1}")
+    if len(faces) <= MOUTH_BOTTOM_FACE or faces[MOUTH_BOTTOM_FACE, 2] != MOUTH_BOTTOM_VERTEX:
+        raise SMPLXModelError(f"{name}: not the SMPL-X topology (face {MOUTH_BOTTOM_FACE} "
+                              f"must end at the mouth-bottom vertex {MOUTH_BOTTOM_VERTEX})")
+    lmk = arr["lmk_faces_idx"].astype(np.int64)
+    if lmk.min() < 0 or lmk.max() >= len(faces):
+        raise SMPLXModelError(f"{name}: landmark face indices outside the mesh")
+    sd = arr["shapedirs"]
+    nc = sd.shape[2]
+    if nc >= 400:        # 300 shape + 100 expression components
+        expr = sd[:, :, 300:300 + NUM_EXPRESSION]
+    elif nc == 20:       # 10 + 10
+        expr = sd[:, :, 10:20]
+    else:
+        raise SMPLXModelError(f"{name}: {nc} shape components; HybrIK-X reads SMPL-X files "
+                              "with 10 shape + 10 expression (20) or 300 + 100 (400)")
+    kid = np.asarray(kid_template, np.float64)
+    if kid.shape != (nv, 3):
+        raise SMPLXModelError(f"{name}: children's template has shape {kid.shape}")
+    v_template = arr["v_template"].astype(np.float64)
+    shapedirs = np.concatenate([sd[:, :, :NUM_BETAS].astype(np.float64),
+                                kid_direction(kid, v_template)[:, :, None]], axis=2)
+    return SMPLXModel(
+        v_template=v_template, shapedirs=shapedirs, expr_dirs=expr.astype(np.float64),
+        posedirs=arr["posedirs"].astype(np.float64).reshape(nv * 3, -1).T,
+        J_regressor=arr["J_regressor"].astype(np.float64),
+        weights=arr["weights"].astype(np.float64), faces=faces, lmk_faces_idx=lmk,
+        lmk_bary_coords=arr["lmk_bary_coords"].astype(np.float64), source=name)
+
+
+def load_smplx_model(path, kid_template=None):
+    """An official SMPL-X model file (.npz or .pkl) and the children's template
+    (a path or a (10475, 3) array; default: found by :func:`find_kid_template`)
+    -> SMPLXModel."""
+    path = os.fspath(path)
+    name = os.path.basename(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise SMPLXModelError(f"cannot read SMPL-X model '{name}': {exc.strerror}") from None
+    if kid_template is None:
+        kid_template = find_kid_template(path)
+        if kid_template is None:
+            raise SMPLXModelError(
+                f"{name}: HybrIK-X also needs the children's template "
+                f"'{KID_TEMPLATE_NAME}' (from HybrIK's model_files); put it next to the model "
+                "or give --kid-template")
+    kid = (read_kid_template(kid_template) if isinstance(kid_template, (str, os.PathLike))
+           else np.asarray(kid_template, np.float64))
+    expect = _model_expectations()
+    if head.startswith(b"PK"):
+        arrays = _read_npz(path, name, {k: _shape_check(name, expect) for k in expect})
+    elif head[:1] in (b"\x80", b"(", b"}"):
+        arrays = _pickle_arrays(path, name)
+    else:
+        raise SMPLXModelError(f"'{name}' is not an SMPL-X model (.npz or .pkl)")
+    return smplx_model_from_arrays(arrays, kid, source=name)
+
+
+_STATE_KEYS = {"v_template": (SMPLX_NUM_VERTICES, 3), "shapedirs": (SMPLX_NUM_VERTICES, 3, 11),
+               "expr_dirs": (SMPLX_NUM_VERTICES, 3, 10),
+               "posedirs": (486, SMPLX_NUM_VERTICES * 3), "J_regressor": (55, SMPLX_NUM_VERTICES),
+               "lbs_weights": (SMPLX_NUM_VERTICES, 55), "faces_tensor": (None, 3),
+               "lmk_faces_idx": (NUM_LANDMARKS,), "lmk_bary_coords": (NUM_LANDMARKS, 3)}
+
+
+def has_smplx_state(state):
+    return all(f"smplx_layer.{k}" in state for k in _STATE_KEYS)
+
+
+def kid_template_from_state(state):
+    """The centred children's template that an official checkpoint's
+    embedded layer was built from: its 11th shape direction plus its
+    template (the float32 values, widened)."""
+    def a(key):
+        v = state[f"smplx_layer.{key}"]
+        return (v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v)).astype(
+            np.float64)
+    sd, vt = a("shapedirs"), a("v_template")
+    if sd.shape != (SMPLX_NUM_VERTICES, 3, 11) or vt.shape != (SMPLX_NUM_VERTICES, 3):
+        raise SMPLXModelError("the checkpoint's embedded SMPL-X layer has no children's direction")
+    return sd[:, :, 10] + vt
+
+
+def smplx_model_from_state(state, source="checkpoint"):
+    """The ``smplx_layer.*`` buffers of an official HybrIK-X checkpoint (torch
+    tensors or arrays) -> SMPLXModel."""
+    name = source
+    arr = {}
+    for key, want in _STATE_KEYS.items():
+        full = f"smplx_layer.{key}"
+        if full not in state:
+            raise SMPLXModelError(f"{name}: has no embedded SMPL-X layer ('{full}' missing); "
+                                  "give an SMPL-X model file")
+        v = state[full]
+        a = v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v)
+        if a.ndim != len(want) or any(w is not None and s != w for s, w in zip(a.shape, want)):
+            raise SMPLXModelError(f"{name}: '{full}' has shape {a.shape}")
+        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+            raise SMPLXModelError(f"{name}: '{full}' contains NaN or infinite values")
+        arr[key] = a
+    parents = state.get("smplx_layer.parents")
+    if parents is not None:
+        p = (parents.cpu().numpy() if torch.is_tensor(parents) else np.asarray(parents))
+        if p.shape != (55,) or not np.array_equal(p.astype(np.int64)[1:], SMPLX_PARENTS[1:]):
+            raise SMPLXModelError(f"{name}: the embedded kinematic tree is not SMPL-X's")
+    faces = arr["faces_tensor"].astype(np.int64)
+    if (len(faces) <= MOUTH_BOTTOM_FACE or faces[MOUTH_BOTTOM_FACE, 2] != MOUTH_BOTTOM_VERTEX
+            or faces.min() < 0 or faces.max() >= SMPLX_NUM_VERTICES):
+        raise SMPLXModelError(f"{name}: the embedded mesh is not the SMPL-X topology")
+    lmk = arr["lmk_faces_idx"].astype(np.int64)
+    if lmk.min() < 0 or lmk.max() >= len(faces):
+        raise SMPLXModelError(f"{name}: embedded landmark face indices outside the mesh")
+    return SMPLXModel(v_template=arr["v_template"], shapedirs=arr["shapedirs"],
+                      expr_dirs=arr["expr_dirs"], posedirs=arr["posedirs"],
+                      J_regressor=arr["J_regressor"], weights=arr["lbs_weights"], faces=faces,
+                      lmk_faces_idx=lmk, lmk_bary_coords=arr["lmk_bary_coords"], source=name)
+
+
+def layer_state(model):
+    """The model as the ``smplx_layer.*`` buffers of an official checkpoint
+    (float32 tensors; the buffers HybrIK-X's loader reads)."""
+    f32 = lambda a: torch.tensor(np.asarray(a, np.float32))  # noqa: E731
+    return {
+        "smplx_layer.v_template": f32(model.v_template),
+        "smplx_layer.shapedirs": f32(model.shapedirs),
+        "smplx_layer.expr_dirs": f32(model.expr_dirs),
+        "smplx_layer.posedirs": f32(model.posedirs),
+        "smplx_layer.J_regressor": f32(model.J_regressor),
+        "smplx_layer.lbs_weights": f32(model.weights),
+        "smplx_layer.faces_tensor": torch.tensor(model.faces, dtype=torch.int64),
+        "smplx_layer.lmk_faces_idx": torch.tensor(model.lmk_faces_idx, dtype=torch.int64),
+        "smplx_layer.lmk_bary_coords": f32(model.lmk_bary_coords),
+        "smplx_layer.parents": torch.tensor(SMPLX_PARENTS),
+        "smplx_layer.extended_parents": torch.tensor(ikx.PARENTS71),
+        "smplx_layer.children_map": torch.tensor(ikx.CHILDREN71),
+    }
+
+
+# --- the torch layer -----------------------------------------------------------
+
+def _fk_levels():
+    depth = np.zeros(55, np.int64)
+    for i in range(1, 55):
+        depth[i] = depth[SMPLX_PARENTS[i]] + 1
+    return [(torch.tensor(ix), torch.tensor(SMPLX_PARENTS[ix]))
+            for d in range(1, depth.max() + 1)
+            for ix in [[i for i in range(1, 55) if depth[i] == d]]]
+
+
+_FK_LEVELS = _fk_levels()
+_PARENTS55 = torch.as_tensor(SMPLX_PARENTS)
+
+
+def rotation_to_quaternion(rot):
+    """(..., 3, 3) -> (..., 4) (w, x, y, z), the case selection of the
+    official ``rotation_matrix_to_quaternion`` (from kornia) that HybrIK-X's
+    ``theta_quat`` output uses."""
+    r = rot.transpose(-1, -2)
+    m = lambda i, j: r[..., i, j]  # noqa: E731
+    eps = 1e-6
+    d2 = m(2, 2) < eps
+    d0_d1 = m(0, 0) > m(1, 1)
+    d0_nd1 = m(0, 0) < -m(1, 1)
+    t0 = 1 + m(0, 0) - m(1, 1) - m(2, 2)
+    q0 = torch.stack([m(1, 2) - m(2, 1), t0, m(0, 1) + m(1, 0), m(2, 0) + m(0, 2)], -1)
+    t1 = 1 - m(0, 0) + m(1, 1) - m(2, 2)
+    q1 = torch.stack([m(2, 0) - m(0, 2), m(0, 1) + m(1, 0), t1, m(1, 2) + m(2, 1)], -1)
+    t2 = 1 - m(0, 0) - m(1, 1) + m(2, 2)
+    q2 = torch.stack([m(0, 1) - m(1, 0), m(2, 0) + m(0, 2), m(1, 2) + m(2, 1), t2], -1)
+    t3 = 1 + m(0, 0) + m(1, 1) + m(2, 2)
+    q3 = torch.stack([t3, m(1, 2) - m(2, 1), m(2, 0) - m(0, 2), m(0, 1) - m(1, 0)], -1)
+    c0 = (d2 & d0_d1)[..., None].to(rot.dtype)
+    c1 = (d2 & ~d0_d1)[..., None].to(rot.dtype)
+    c2 = (~d2 & d0_nd1)[..., None].to(rot.dtype)
+    c3 = (~d2 & ~d0_nd1)[..., None].to(rot.dtype)
+    q = q0 * c0 + q1 * c1 + q2 * c2 + q3 * c3
+    t = t0[..., None] * c0 + t1[..., None] * c1 + t2[..., None] * c2 + t3[..., None] * c3
+    return q / torch.sqrt(t) * 0.5
+
+
+class TorchSMPLX:
+    """An :class:`SMPLXModel` as torch tensors, for batched HybrIK-X IK and
+    skinning. ``dtype`` float64 widens the float32-rounded arrays (as the
+    official float64 layer does)."""
+
+    def __init__(self, model, dtype=torch.float32, device="cpu"):
+        def T(a):
+            a32 = np.ascontiguousarray(np.asarray(a, np.float32))
+            return torch.as_tensor(a32).to(device=device, dtype=dtype)
+        self.model, self.dtype, self.device = model, dtype, torch.device(device)
+        self.v_template = T(model.v_template)
+        nv = model.num_vertices
+        dirs = np.concatenate([np.asarray(model.shapedirs, np.float32),
+                               np.asarray(model.expr_dirs, np.float32)], axis=2)
+        self.shapedirs = T(dirs.reshape(nv * 3, -1).T)                  # (21, V*3)
+        self.J_regressor = T(model.J_regressor)                          # (55, V)
+        self.posedirs = T(model.posedirs)                                # (486, V*3)
+        self.weights = T(model.weights)                                  # (V, 55)
+        lmk_faces = np.asarray(model.faces)[np.asarray(model.lmk_faces_idx)]
+        self.lmk_vertices = torch.as_tensor(lmk_faces.astype(np.int64), device=self.device)
+        # the official layer reads the landmark weights without the float32
+        # rounding of the other arrays
+        self.lmk_bary = torch.as_tensor(np.asarray(model.lmk_bary_coords, np.float64)).to(
+            device=device, dtype=dtype)
+        self.leaf_idx = torch.as_tensor(LEAF_INDICES, device=self.device)
+        self.extra_idx = torch.as_tensor(EXTRA_VERTICES, device=self.device)
+
+    def to(self, dtype=None, device=None):
+        return TorchSMPLX(self.model, dtype or self.dtype, device or self.device)
+
+    def shaped(self, betas, expression):
+        """(B, 11), (B, 10) -> v_shaped (B, V, 3)."""
+        coef = torch.cat([betas, expression], -1).to(self.dtype)
+        return self.v_template + (coef @ self.shapedirs).reshape(coef.shape[0], -1, 3)
+
+    def rest_points(self, v_shaped):
+        """(B, V, 3) -> (B, 71, 3): regressed joints, then the leaf vertices."""
+        joints = torch.einsum("bvc,jv->bjc", v_shaped, self.J_regressor)
+        return torch.cat([joints, v_shaped[:, self.leaf_idx]], 1)
+
+    def forward_kinematics(self, rot, rest55):
+        """Local rotations (B, 55, 3, 3), rest joints (B, 55, 3) -> global
+        rotations and posed joints (the root stays at its rest position)."""
+        rel = rest55 - rest55[:, _PARENTS55.clamp_min(0).to(rest55.device)]
+        glob = torch.empty_like(rot)
+        posed = torch.empty_like(rest55)
+        glob[:, 0] = rot[:, 0]
+        posed[:, 0] = rest55[:, 0]
+        for idx, par in _FK_LEVELS:
+            gp = glob[:, par]
+            glob[:, idx] = gp @ rot[:, idx]
+            posed[:, idx] = posed[:, par] + (gp @ rel[:, idx, :, None])[..., 0]
+        return glob, posed
+
+    def skin(self, rot, v_shaped, rest55):
+        """Posed joints (B, 55, 3) and vertices (B, V, 3), pose correctives
+        included, root at its rest position."""
+        b = rot.shape[0]
+        glob, posed = self.forward_kinematics(rot, rest55)
+        eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
+        v_posed = v_shaped + ((rot[:, 1:] - eye).reshape(b, -1) @ self.posedirs).reshape(b, -1, 3)
+        trans = posed - (glob @ rest55[..., None])[..., 0]
+        a = torch.cat([glob.reshape(b, 55, 9), trans], -1)              # (B, 55, 12)
+        t = torch.einsum("vj,bjk->bvk", self.weights, a)
+        verts = (t[..., :9].reshape(b, -1, 3, 3) @ v_posed[..., None])[..., 0] + t[..., 9:]
+        return posed, verts
+
+    def output_joints(self, joints55, vertices):
+        """The layer's 127 joints: 55 joints, 21 vertices, 51 face landmarks."""
+        lmk = torch.einsum("blfc,lf->blc", vertices[:, self.lmk_vertices], self.lmk_bary)
+        return torch.cat([joints55, vertices[:, self.extra_idx], lmk], 1)
+
+    def hybrik(self, betas, expression, pose_skeleton, phis, naive=False):
+        """``SMPLXLayer.hybrik`` in eval mode: (B, 11) betas, (B, 10)
+        expression, (B, 71, 3) target points (metres, root-relative), (B, 54, 2)
+        twists -> dict of rot_mats (B, 55, 3, 3), joints (B, 127, 3), joints55,
+        vertices (B, V, 3) and leaves (B, 16, 3) of the posed mesh, all centred
+        on the root joint; theta_quat (B, 55, 4)."""
+        dtype = self.dtype
+        v_shaped = self.shaped(betas.to(dtype), expression.to(dtype))
+        rest = self.rest_points(v_shaped)
+        rot = ikx.solve(pose_skeleton.to(dtype), rest, phis.to(dtype), naive=naive)
+        joints55, verts = self.skin(rot, v_shaped, rest[:, :55])
+        root = joints55[:, :1]
+        joints = self.output_joints(joints55, verts) - root
+        verts = verts - root
+        return {"rot_mats": rot, "joints": joints, "joints55": joints[:, :55],
+                "vertices": verts, "leaves": verts[:, self.leaf_idx],
+                "theta_quat": rotation_to_quaternion(rot)}
