@@ -156,6 +156,9 @@ def _shape_check(name, expect):
         if dtype.kind not in "fiu":
             raise SMPLXModelError(f"{name}: '{key}' is not numeric ({dtype})")
         if len(shape) != len(want) or any(w is not None and s != w for s, w in zip(shape, want)):
+            if key == "v_template" and tuple(shape) == (6890, 3):
+                raise SMPLXModelError(f"{name}: an SMPL model (6890 vertices); HybrIK-X needs "
+                                      "SMPL-X (10475 vertices, e.g. SMPLX_NEUTRAL.npz)")
             shown = tuple("*" if w is None else w for w in want)
             raise SMPLXModelError(f"{name}: '{key}' has shape {tuple(shape)}, expected {shown}")
     return check
