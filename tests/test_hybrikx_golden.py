@@ -68,7 +68,7 @@ def run(arch, model):
         plain = {k: v[:1] for k, v in raw.items()}
         mirrored = {k: v[1:] for k, v in raw.items()}
         box, centre = g["bbox_xyxy_input"][None], g["img_center"][None]
-        out = pipe.solve(pipe._decode(plain), box, centre, trace=True)
+        out = pipe.solve(pipe._decode(plain), box, centre, vertices=True, trace=True)
         flip = pipe.solve(pipe._decode(plain, mirrored), box, centre)
         _RUNS[arch] = (g, pipe, out, flip)
     return _RUNS[arch]
@@ -231,7 +231,7 @@ def test_float64_solution_matches_the_official_float64_run(arch, model):
              "maxvals": T("f64_maxvals"), "shape": T("f64_pred_shape_full"),
              "phi": T("f64_pred_phi"), "cam": T("f64_pred_camera")}
     o = f64.solve(heads, g["bbox_xyxy_input"][None].astype(np.float64), g["img_center"][None],
-                  trace=True)
+                  vertices=True, trace=True)
     assert o["pred_theta_mat"].dtype == torch.float64
     np.testing.assert_allclose([float(s["init"][0]) for s in o["trace"][1:]] +
                                [float(o["cam_scale"][0])], g["f64_update_scale_out"], rtol=1e-9)
@@ -250,7 +250,7 @@ def test_float64_network_matches_the_official_float64_run(arch, model):
     pipe.net.double()
     pipe.body = pipe.body.to(dtype=torch.float64)
     o = pipe(torch.from_numpy(g["input_tensor"]).double(), g["bbox_xyxy_input"][None],
-             g["img_center"][None])
+             g["img_center"][None], vertices=True)
     _close(o["img_feat"], g["f64_feat_pooled"], 1e-9, what="feat")
     for key in ("pred_uvd_jts", "pred_sigma", "pred_phi", "pred_shape_full", "cam_scale",
                 "pred_theta_mat", "pred_vertices"):
@@ -269,6 +269,9 @@ def test_batches_give_the_same_rows(model):
                     np.repeat(g["img_center"][None], 2, 0))
     finally:
         pipe.chunk = 4
-    for key in ("pred_uvd_jts", "cam_root", "pred_theta_mat"):
+    # without the whole mesh: the same joints, leaves and head top
+    for key in ("pred_uvd_jts", "cam_root", "pred_theta_mat", "pred_xyz_full",
+                "pred_xyz_hybrik_struct", "head_top"):
         assert torch.abs(both[key][1] - o[key][0]).max() < 1e-5, key
+    assert "pred_vertices" not in both
     assert torch.abs(both["pred_uvd_jts"][0] - o["pred_uvd_jts"][0]).max() > 1e-3

@@ -94,7 +94,8 @@ def test_bad_models_are_refused_with_one_clear_line(tmp_path, arrays):
         "NaN": dict(v_template=np.where(np.arange(10475)[:, None] == 5, np.nan,
                                         arrays["v_template"])),
         "shape components": dict(shapedirs=arrays["shapedirs"][:, :, :15]),
-        "'v_template' has shape": dict(v_template=arrays["v_template"][:6890]),
+        "an SMPL model .6890 vertices.": dict(v_template=arrays["v_template"][:6890]),
+        "'v_template' has shape": dict(v_template=arrays["v_template"][:, :2]),
     }
     for i, (msg, change) in enumerate(cases.items()):
         path = _write(tmp_path / f"bad{i}.npz", arrays, **change)

@@ -67,14 +67,6 @@ for _c, _p in enumerate(smplx_layer.ikx.PARENTS71):
         _CHILDREN[int(_p)].append(_c)
 
 
-def head_top_vertex(model):
-    """Index of the top of the head: the highest rest vertex (+Y) among those
-    skinned mostly to the head joint (SMPL's leaf 24 is such a vertex)."""
-    w = np.asarray(model.weights)
-    head = np.nonzero(w[:, 15] > 0.5)[0]
-    return int(head[np.argmax(np.asarray(model.v_template)[head, 1])])
-
-
 def bbox_center(boxes, img_center):
     """(B, 4) square boxes xyxy, (B, 2) principal points -> (B, 1, 2) offset
     of the box centre in box widths/heights (the official arithmetic)."""
@@ -140,10 +132,6 @@ class HybrIKXPipeline(HybrIKPipeline):
 
     body_model = "smplx"
 
-    def __init__(self, net, body, device="cpu", **kw):
-        super().__init__(net, body, device=device, **kw)
-        self.head_top = head_top_vertex(self.body.model)
-
     def _torch_body(self, body):
         if not isinstance(body, smplx_layer.TorchSMPLX):
             body = smplx_layer.TorchSMPLX(body, torch.float32, self.device)
@@ -201,7 +189,8 @@ class HybrIKXPipeline(HybrIKPipeline):
         uv = uvd[:, :k, :2] + centre
         for _ in range(REFINE_STEPS):
             xyz, root = back_project(uvd, scale, centre)
-            sol = self.body.hybrik(shape[:, :11], shape[:, 11:], xyz * IK_SCALE, phi, naive=True)
+            sol = self.body.hybrik(shape[:, :11], shape[:, 11:], xyz * IK_SCALE, phi, naive=True,
+                                   joints_only=True)
             pts = sol["joints55"][:, :k] + root[:, None]
             ax, ay = uv[..., 0] * weight, uv[..., 1] * weight
             bx = (pts[..., 0] - INPUT_SIZE * uv[..., 0] / FOCAL_LENGTH * pts[..., 2]) * weight
@@ -232,7 +221,7 @@ class HybrIKXPipeline(HybrIKPipeline):
                 for k in parts[0]}
 
     @torch.inference_mode()
-    def __call__(self, x, boxes, img_center, flip_test=False, vertices=True, trace=False):
+    def __call__(self, x, boxes, img_center, flip_test=False, vertices=False, trace=False):
         """x (B, 3, 256, 256) normalised crops; boxes (B, 4) square boxes
         xyxy in image pixels; img_center (B, 2) principal points.
 
@@ -243,13 +232,14 @@ class HybrIKXPipeline(HybrIKPipeline):
         frame), transl, pred_xyz_hybrik (B, 71, 3) and pred_xyz_hybrik_struct
         (units of 2.2 m), pred_xyz_full (B, 127, 3), pred_uv_full (B, 127, 2),
         pred_theta_mat (B, 55, 3, 3), pred_theta_quat (B, 55, 4), pred_vertices
-        (B, V, 3) (with ``vertices``), img_feat; the regression model also
+        (B, V, 3) (with ``vertices``; without, only the vertices the other
+        outputs read are skinned), img_feat; the regression model also
         pred_lh_uvd, pred_rh_uvd (raw finger offsets), the heatmap model the
         marginals; with ``trace`` the refinement's intermediate values."""
         return self.solve(self.heads(x, flip_test), boxes, img_center, vertices, trace)
 
     @torch.inference_mode()
-    def solve(self, heads, boxes, img_center, vertices=True, trace=False):
+    def solve(self, heads, boxes, img_center, vertices=False, trace=False):
         """Refinement, back-projection, IK and skinning on decoded heads
         (:meth:`heads`); float64 heads give a float64 solution (with a
         float64 body layer)."""
@@ -263,7 +253,8 @@ class HybrIKXPipeline(HybrIKPipeline):
                                      steps)
         xyz, root = back_project(uvd, scale, centre)
         root = torch.cat([root[:, :2], root[:, 2:] + camera_depth(scale)[:, 0]], -1)
-        sol = self.body.hybrik(shape[:, :11], shape[:, 11:], xyz * IK_SCALE, phi)
+        sol = self.body.hybrik(shape[:, :11], shape[:, 11:], xyz * IK_SCALE, phi,
+                               vertices=vertices)
         struct_full = sol["joints"] / IK_SCALE
         transl = root - sol["joints"][:, 0]
         full = struct_full * IK_SCALE + transl[:, None]
@@ -277,7 +268,7 @@ class HybrIKXPipeline(HybrIKPipeline):
             "pred_xyz_hybrik_struct": torch.cat([sol["joints55"], sol["leaves"]], 1) / IK_SCALE,
             "pred_xyz_full": struct_full, "pred_uv_full": uv_full,
             "pred_theta_mat": sol["rot_mats"], "pred_theta_quat": sol["theta_quat"],
-            "update_scale_weight": weight, "head_top": sol["vertices"][:, self.head_top],
+            "update_scale_weight": weight, "head_top": sol["head_top"],
         }
         if "feat" in heads:
             res["img_feat"] = heads["feat"]

@@ -416,6 +416,17 @@ _FK_LEVELS = _fk_levels()
 _PARENTS55 = torch.as_tensor(SMPLX_PARENTS)
 
 
+def head_top_vertex(model):
+    """Index of the top of the head: the highest rest vertex (+Y) among those
+    skinned mostly to the head joint (SMPL's leaf 24 is such a vertex)."""
+    w = np.asarray(model.weights)
+    head = np.nonzero(w[:, 15] > 0.5)[0]
+    if not len(head):
+        raise SMPLXModelError(f"{model.source or 'SMPL-X model'}: no vertex is skinned to "
+                              "the head")
+    return int(head[np.argmax(np.asarray(model.v_template)[head, 1])])
+
+
 def rotation_to_quaternion(rot):
     """(..., 3, 3) -> (..., 4) (w, x, y, z), the case selection of the
     official ``rotation_matrix_to_quaternion`` (from kornia) that HybrIK-X's
@@ -469,6 +480,17 @@ class TorchSMPLX:
             device=device, dtype=dtype)
         self.leaf_idx = torch.as_tensor(LEAF_INDICES, device=self.device)
         self.extra_idx = torch.as_tensor(EXTRA_VERTICES, device=self.device)
+        self.head_top = torch.as_tensor(head_top_vertex(model), device=self.device)
+        # the vertices the outputs read, for skinning without the whole mesh
+        sub = np.unique(np.concatenate([LEAF_INDICES, EXTRA_VERTICES, lmk_faces.reshape(-1),
+                                        [int(self.head_top)]]))
+        pos = np.full(nv, -1, np.int64)
+        pos[sub] = np.arange(len(sub))
+        self.subset_idx = torch.as_tensor(sub, device=self.device)
+        self._subset_pos = torch.as_tensor(pos, device=self.device)
+        cols = (sub[:, None] * 3 + np.arange(3)).reshape(-1)
+        self._subset_posedirs = self.posedirs[:, torch.as_tensor(cols, device=self.device)]
+        self._subset_weights = self.weights[self.subset_idx]
 
     def to(self, dtype=None, device=None):
         return TorchSMPLX(self.model, dtype or self.dtype, device or self.device)
@@ -497,38 +519,63 @@ class TorchSMPLX:
             posed[:, idx] = posed[:, par] + (gp @ rel[:, idx, :, None])[..., 0]
         return glob, posed
 
-    def skin(self, rot, v_shaped, rest55):
+    def skin(self, rot, v_shaped, rest55, subset=False):
         """Posed joints (B, 55, 3) and vertices (B, V, 3), pose correctives
-        included, root at its rest position."""
+        included, root at its rest position. With ``subset`` only the
+        vertices the outputs read (:attr:`subset_idx`: leaves, the 21 extra
+        vertices, the landmark triangles, the head top) are skinned, in that
+        order: per vertex the same arithmetic, a fraction of the cost."""
         b = rot.shape[0]
         glob, posed = self.forward_kinematics(rot, rest55)
         eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
-        v_posed = v_shaped + ((rot[:, 1:] - eye).reshape(b, -1) @ self.posedirs).reshape(b, -1, 3)
+        feat = (rot[:, 1:] - eye).reshape(b, -1)
+        if subset:
+            v_shaped = v_shaped[:, self.subset_idx]
+            posedirs, weights = self._subset_posedirs, self._subset_weights
+        else:
+            posedirs, weights = self.posedirs, self.weights
+        v_posed = v_shaped + (feat @ posedirs).reshape(b, -1, 3)
         trans = posed - (glob @ rest55[..., None])[..., 0]
         a = torch.cat([glob.reshape(b, 55, 9), trans], -1)              # (B, 55, 12)
-        t = torch.einsum("vj,bjk->bvk", self.weights, a)
+        t = torch.einsum("vj,bjk->bvk", weights, a)
         verts = (t[..., :9].reshape(b, -1, 3, 3) @ v_posed[..., None])[..., 0] + t[..., 9:]
         return posed, verts
 
-    def output_joints(self, joints55, vertices):
-        """The layer's 127 joints: 55 joints, 21 vertices, 51 face landmarks."""
-        lmk = torch.einsum("blfc,lf->blc", vertices[:, self.lmk_vertices], self.lmk_bary)
-        return torch.cat([joints55, vertices[:, self.extra_idx], lmk], 1)
+    def _pick(self, verts, subset, idx):
+        """Rows ``idx`` (mesh vertex ids) of full or subset vertices."""
+        return verts[:, self._subset_pos[idx] if subset else idx]
 
-    def hybrik(self, betas, expression, pose_skeleton, phis, naive=False):
+    def output_joints(self, joints55, vertices, subset=False):
+        """The layer's 127 joints: 55 joints, 21 vertices, 51 face landmarks."""
+        tri = self._pick(vertices, subset, self.lmk_vertices)
+        lmk = torch.einsum("blfc,lf->blc", tri, self.lmk_bary)
+        return torch.cat([joints55, self._pick(vertices, subset, self.extra_idx), lmk], 1)
+
+    def hybrik(self, betas, expression, pose_skeleton, phis, naive=False, vertices=True,
+               joints_only=False):
         """``SMPLXLayer.hybrik`` in eval mode: (B, 11) betas, (B, 10)
         expression, (B, 71, 3) target points (metres, root-relative), (B, 54, 2)
         twists -> dict of rot_mats (B, 55, 3, 3), joints (B, 127, 3), joints55,
-        vertices (B, V, 3) and leaves (B, 16, 3) of the posed mesh, all centred
-        on the root joint; theta_quat (B, 55, 4)."""
+        leaves (B, 16, 3) and head_top (B, 3) of the posed mesh, vertices
+        (B, V, 3) with ``vertices``, all centred on the root joint; theta_quat
+        (B, 55, 4). ``joints_only``: rot_mats and joints55 alone (what the
+        camera refinement reads; the joints do not depend on the skinning)."""
         dtype = self.dtype
         v_shaped = self.shaped(betas.to(dtype), expression.to(dtype))
         rest = self.rest_points(v_shaped)
         rot = ikx.solve(pose_skeleton.to(dtype), rest, phis.to(dtype), naive=naive)
-        joints55, verts = self.skin(rot, v_shaped, rest[:, :55])
+        if joints_only:
+            _, joints55 = self.forward_kinematics(rot, rest[:, :55])
+            return {"rot_mats": rot, "joints55": joints55 - joints55[:, :1]}
+        subset = not vertices
+        joints55, verts = self.skin(rot, v_shaped, rest[:, :55], subset=subset)
         root = joints55[:, :1]
-        joints = self.output_joints(joints55, verts) - root
+        joints = self.output_joints(joints55, verts, subset) - root
         verts = verts - root
-        return {"rot_mats": rot, "joints": joints, "joints55": joints[:, :55],
-                "vertices": verts, "leaves": verts[:, self.leaf_idx],
-                "theta_quat": rotation_to_quaternion(rot)}
+        out = {"rot_mats": rot, "joints": joints, "joints55": joints[:, :55],
+               "leaves": self._pick(verts, subset, self.leaf_idx),
+               "head_top": self._pick(verts, subset, self.head_top[None])[:, 0],
+               "theta_quat": rotation_to_quaternion(rot)}
+        if vertices:
+            out["vertices"] = verts
+        return out
