@@ -275,3 +275,32 @@ def test_batches_give_the_same_rows(model):
         assert torch.abs(both[key][1] - o[key][0]).max() < 1e-5, key
     assert "pred_vertices" not in both
     assert torch.abs(both["pred_uvd_jts"][0] - o["pred_uvd_jts"][0]).max() > 1e-3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cuda_matches_the_reference(arch, model):
+    """On a GPU: float32 (TF32 off) within the README's tolerances; float16
+    autocast (the default there) close to them and finite."""
+    g = golden(arch)
+    state = synthetic_state(manifest(arch), arch, seed=1, rest_points71=model.rest_points())
+    args = (torch.from_numpy(g["input_tensor"]), g["bbox_xyxy_input"][None], g["img_center"][None])
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        pipe = modelx.build_pipeline_x(arch, state, model, device="cuda", amp=False)
+        o = {k: v.cpu() if torch.is_tensor(v) else v for k, v in pipe(*args).items()}
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    t = TOL[arch]
+    _close(o["pred_uvd_jts"], g["pred_uvd_jts"], t["uvd"], what="uvd")
+    _close(o["pred_phi"], g["pred_phi"], t["other"], what="phi")
+    _close(o["cam_root"], g["cam_root"], t["cam"], rel=True, what="cam_root")
+    _close(o["pred_theta_mat"], g["pred_theta_mat"], t["theta"], what="theta")
+    pipe = modelx.build_pipeline_x(arch, state, model, device="cuda")
+    assert pipe.amp
+    o = {k: v.cpu() if torch.is_tensor(v) else v for k, v in pipe(*args).items()}
+    assert all(torch.isfinite(o[k]).all() for k in ("pred_theta_mat", "cam_root", "pred_phi"))
+    _close(o["pred_phi"], g["pred_phi"], 2e-2, what="phi (float16)")
+    if arch == "hrnetx48_rle":   # the heatmap model's refinement amplifies rounding
+        _close(o["pred_uvd_jts"], g["pred_uvd_jts"], 2e-2, what="uvd (float16)")

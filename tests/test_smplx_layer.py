@@ -119,6 +119,19 @@ def test_official_extra_keys_with_objects_are_not_read(tmp_path, arrays):
     assert m.v_template.shape == (10475, 3)
 
 
+def test_pickled_models_load_through_the_restricted_unpickler(tmp_path, arrays, model):
+    import pickle
+    path = tmp_path / "SMPLX_NEUTRAL.pkl"
+    with open(path, "wb") as fh:
+        pickle.dump(dict(arrays), fh, protocol=2)
+    m = sl.load_smplx_model(str(path), KID)
+    np.testing.assert_array_equal(m.shapedirs, model.shapedirs)
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(b"\x80\x02cos\nsystem\n(S'echo hacked'\ntR.")
+    with pytest.raises(sl.SMPLXModelError, match="refused"):
+        sl.load_smplx_model(str(evil), KID)
+
+
 def test_400_component_files_take_expression_from_300(tmp_path, arrays):
     rng = np.random.default_rng(0)
     sd = rng.normal(0, 1e-3, (10475, 3, 400))

@@ -109,18 +109,16 @@ def _npy_header(fh):
     return np.lib.format.read_array_header_2_0(fh)
 
 
-def _read_npz(path, name, wanted, optional=()):
+def _read_npz(path, name, wanted):
     """The arrays ``wanted`` (key -> check(shape, dtype) or None) of an .npz,
-    each header checked before its data is read; keys holding Python objects
-    are refused."""
+    each header checked before its data is read; a wanted key holding Python
+    objects is refused, other keys are never read."""
     out = {}
     try:
         with zipfile.ZipFile(path) as zf:
             members = {n[:-4]: n for n in zf.namelist() if n.endswith(".npy")}
-            for key in (*wanted, *optional):
+            for key in wanted:
                 if key not in members:
-                    if key in optional:
-                        continue
                     found = ", ".join(sorted(members)[:12])
                     raise SMPLXModelError(f"{name}: missing '{key}' (found: {found}); is this "
                                           "an SMPL-X model file?")
@@ -135,9 +133,8 @@ def _read_npz(path, name, wanted, optional=()):
                 if int(np.prod(shape)) * dtype.itemsize > MAX_FILE_BYTES:
                     raise SMPLXModelError(f"{name}: '{key}' is implausibly large {shape}")
             with np.load(path, allow_pickle=False) as d:
-                for key in (*wanted, *optional):
-                    if key in members:
-                        out[key] = d[key]
+                for key in wanted:
+                    out[key] = d[key]
     except zipfile.BadZipFile:
         raise SMPLXModelError(f"{name}: damaged or truncated archive") from None
     except OSError as exc:
