@@ -14,6 +14,21 @@ import numpy as np
 LINEAR = 1  # enum value of 'LINEAR' in keyframe interpolation
 
 
+_LINEAR_CACHE = {}
+
+
+def _linear(n):
+    """A read-only array of n LINEAR enum values, shared by all curves of a length."""
+    arr = _LINEAR_CACHE.get(n)
+    if arr is None:
+        if len(_LINEAR_CACHE) > 8:
+            _LINEAR_CACHE.clear()
+        arr = np.full(n, LINEAR, dtype=np.int32)
+        arr.setflags(write=False)
+        _LINEAR_CACHE[n] = arr
+    return arr
+
+
 def _channelbag(action, id_data, id_type):
     slot = action.slots.new(id_type=id_type, name=id_data.name)
     id_data.animation_data.action_slot = slot
@@ -61,7 +76,7 @@ class ActionWriter:
         co[0::2] = frames
         co[1::2] = values
         kp.foreach_set("co", co)
-        kp.foreach_set("interpolation", np.full(n, LINEAR, dtype=np.int32))
+        kp.foreach_set("interpolation", _linear(n))
         fc.update()
         return fc
 

@@ -188,9 +188,8 @@ def pose_channels(rest_matrices, rotmats, joints, root_position, parents=PARENTS
     rc, tc = c[:, :3, :3], c[:, :3, 3]
     rc_t = np.ascontiguousarray(np.swapaxes(rc, -1, -2))
     basis_rot = rc_t @ rot @ rc
-    offset = np.broadcast_to(tc - joints, rot.shape[:-1])
-    moved = np.einsum("njab,njb->nja", rot, offset) - offset
-    locs = np.einsum("jab,njb->nja", rc_t, moved)
+    offset = np.broadcast_to(tc - joints, rot.shape[:-1])[..., None]
+    locs = (rc_t @ (rot @ offset - offset))[..., 0]
     if camera_to_world is None:
         camera_to_world = homogeneous(CAMERA_TO_BLENDER)
     j0 = np.broadcast_to(joints[..., 0, :], rot.shape[:1] + (3,))
