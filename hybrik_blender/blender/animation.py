@@ -155,7 +155,7 @@ def import_result(result, model, *, name=None, per_frame_betas=False,
         if model is not None and model.has_kid:
             kid = float(weighted_clip_value(result.kid, result))
             frame_kid = result.kid[valid].astype(np.float64) if per_frame_betas else kid
-        elif np.any(result.kid[valid] != 0):
+        elif model is not None and np.any(result.kid[valid] != 0):
             notes.append("the take has a children's shape (kid) but the body model has no "
                          "children's template (smplx_kid_template.npy): it is ignored")
 
