@@ -51,10 +51,12 @@ SMPLX_GATE_S = 4.0
 
 
 def bulk(model, result, **kw):
+    """Wall and CPU seconds of one import (CPU time is what a loaded machine
+    distorts least), and the number of keys written."""
     bpy.ops.wm.read_factory_settings(use_empty=True)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     take = import_result(result, model, **kw)
-    return time.perf_counter() - t, take.num_keys
+    return time.perf_counter() - t, take.num_keys, time.process_time() - c
 
 
 def per_frame_insert(model, result):
@@ -129,11 +131,13 @@ def run(label, model, make, frames, baseline_frames, repeats, configs, gate=None
         for cname, ckw in configs:
             runs = [bulk(model, res, **ckw) for _ in range(repeats)]
             t = statistics.median(r[0] for r in runs)
+            cpu = statistics.median(r[2] for r in runs)
             keys = runs[0][1]
             verdict = ""
             if gate is not None and n >= 10000:
                 verdict = f"; gate <= {gate:.0f} s: {'PASS' if t <= gate else 'FAIL'}"
-            print(f"[{label}] bulk ({cname}), {n} frames: median {t:.3f} s (of {repeats}) = "
+            print(f"[{label}] bulk ({cname}), {n} frames: median {t:.3f} s (of {repeats}; "
+                  f"CPU {cpu:.3f} s) = "
                   f"{n / t:,.0f} frames/s, {keys / n:,.0f} keys/frame, "
                   f"{n / t / fps_base:.0f}x the keyframe_insert rate{verdict}")
 
@@ -147,7 +151,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--models", nargs="+", choices=("smpl", "smplx"), default=["smpl", "smplx"])
     args = ap.parse_args()
-    print(f"Blender {bpy.app.version_string}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"Blender {bpy.app.version_string}; {os.cpu_count()} CPUs, load average {load:.1f} "
+          "(wall times stretch on a loaded machine; CPU times much less)")
     if "smpl" in args.models:
         model = body_model_from_arrays(synthetic_arrays(), "synthetic")
         print("[SMPL] channels per frame: 24x4 quaternion + 24x3 location + 10 shape + "

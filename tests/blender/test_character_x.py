@@ -161,6 +161,8 @@ def test_keys_hands_and_expression_switches(empty_scene, smplx_model):
         co = np.empty(2 * len(fc.keyframe_points), np.float32)
         fc.keyframe_points.foreach_get("co", co)
         assert np.array_equal(co[0::2], expected)
+    ipo = {kp.interpolation for fc in (curves[0], curves[-1]) for kp in fc.keyframe_points}
+    assert ipo == {'LINEAR'}
     shape_paths = {c.data_path for c in fcurves_of(full.mesh.data.shape_keys)}
     assert len(shape_paths) == 486 + 10
     assert 'key_blocks["Exp003"].value' in shape_paths
