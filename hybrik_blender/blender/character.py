@@ -20,8 +20,7 @@ import bpy
 import numpy as np
 
 from ..core.body import model as bm
-from ..core.blender_space import rest_bones, rest_bones_x
-from ..core.blender_space import SMPL_TO_BLENDER
+from ..core.blender_space import SMPL_TO_BLENDER, rest_bones, rest_bones_x
 from ..core.body.skeleton import (JOINT_NAMES, NUM_BETAS, NUM_EXPRESSION, NUM_POSE_CORRECTIVES,
                                   PARENTS, SMPLX_JOINT_NAMES, SMPLX_NUM_POSE_CORRECTIVES,
                                   SMPLX_PARENTS)
@@ -40,7 +39,8 @@ def _link(obj, collection):
 
 
 def bone_names(rig):
-    """The model joint names in bone order for a character built here."""
+    """The model's joint names, in joint order, for a character built here
+    (rigs made before SMPL-X support are SMPL)."""
     return SMPLX_JOINT_NAMES if rig.get("hybrik_model_type") == "smplx" else JOINT_NAMES
 
 

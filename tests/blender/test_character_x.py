@@ -1,7 +1,6 @@
 """The SMPL-X character in real Blender: structure, exactness against the
 independent smplx.SMPLX (body, fingers, jaw, eyes, expression, children's
 shape), keys, armature-only rigs, clean-up, the CLI and the add-on."""
-import os
 import subprocess
 import sys
 
