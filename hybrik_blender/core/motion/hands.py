@@ -23,8 +23,9 @@ Decisions
   processed as a whole). A hand that is never seen is relaxed throughout.
 * The wrist: where the hand is seen, the palm's orientation refines the body
   (``core.body.hand.reconcile_wrist``: swing at the wrist, twist about the
-  forearm moved to the elbow), blended by the same ease weight times the
-  smoothed confidence, so it fades in and out with the hand. The palm's
+  forearm moved to the elbow), blended by the same ease weight times a
+  trust that rises from 0 at confidence ``BLEND_FROM`` to 1 at
+  ``BLEND_FULL``, so it fades in and out with the hand. The palm's
   local target is smoothed and gap-filled like the fingers (quaternions).
 * Invalid body rows keep their placeholders downstream (the result writer
   resets them), but they take part here as frames where the hand is unseen.
@@ -44,6 +45,8 @@ MIN_CONFIDENCE = 0.5
 SMOOTH_CUTOFF_HZ = 3.0
 OUTLIER_DEG = 25.0
 CONDITIONING_HALF = 0.02
+PALM_RESIDUAL_SCALE = 0.5
+BLEND_FROM, BLEND_FULL = 0.3, 0.7   # confidence -> how far the palm overrides the body's wrist
 SIDES = ("left", "right")
 WRIST = {"left": 20, "right": 21}
 ELBOW = {"left": 18, "right": 19}
@@ -133,7 +136,8 @@ def smooth_hand_params(params, confidence, conditioning, time_s, fps):
     ease = ease_weights(seen, time_s)
     out = relaxed + ease[:, None] * (filled - relaxed)
     conf_s, _ = weighted_smooth(conf, seen.astype(float), sigma)
-    blend = ease * np.clip(fill_gaps(conf_s, seen), 0.0, 1.0)
+    trust = np.clip((fill_gaps(conf_s, seen) - BLEND_FROM) / (BLEND_FULL - BLEND_FROM), 0.0, 1.0)
+    blend = ease * trust
     return hk.clip_params(out), blend, np.clip(support, 0.0, 1.0)
 
 
@@ -175,8 +179,9 @@ def solve_take_hands(rotmats, hand_landmarks, hand_scores, time_s, fps, rest_han
         if seen.any():
             sol = hk.solve_hand(lms[seen, s], geom)
             raw[seen], cond[seen], palm[seen] = sol["params"], sol["conditioning"], sol["wrist"]
-            # a palm that does not fit a rigid hand is a bad detection
-            quality[seen] = np.exp(-(sol["palm_residual"] / 0.25) ** 2)
+            # a palm that does not fit a rigid hand is a bad detection (real
+            # palms differ from the rest palm by a residual of 0.1-0.3)
+            quality[seen] = np.exp(-(sol["palm_residual"] / PALM_RESIDUAL_SCALE) ** 2)
         conf = scores[:, s] * quality
         params, weight, pweight = smooth_hand_params(raw, conf, cond, time_s, fps)
         hand_rot[:, 15 * s:15 * s + 15] = hk.params_to_local(params, geom)
