@@ -4,18 +4,19 @@ What runs
 ---------
 mediapipe's own hand landmark subgraph (``HandLandmarkCpu``, the model that
 ``mediapipe.solutions.hands`` runs, ``hand_landmark_lite``/``_full`` from the
-wheel: offline, ``model_complexity`` 0 or 1) in a small graph with one node
-per hand, both fed from the same frame, so the two hands run in parallel.
-There is no palm detector in the loop: as in mediapipe's Holistic, the
-region of interest comes from the body.
+wheel: offline, ``model_complexity`` 0 or 1) in one small graph per hand;
+both are fed the same frame and run at the same time on mediapipe's own
+threads. There is no palm detector in the loop: as in mediapipe's Holistic,
+the region of interest comes from the body.
 
 * **Acquisition**: from the pose's wrist, index and pinky landmarks (the
   hand's direction and size: wrist -> knuckles), a square region around the
   hand, rotated so that the fingers point up, as the landmark model expects.
   If the model finds a hand there, a second pass runs on the region its own
   landmarks give (mediapipe's landmarks-to-ROI rule: the bounding box of the
-  palm and finger bases, doubled, shifted 10 % towards the fingers). When
-  the first region misses, the second pass tries a larger one.
+  palm and finger bases, doubled, shifted 10 % towards the fingers). A miss
+  is retried every ``RETRY_EVERY`` frames (so a hidden hand costs little),
+  alternating between a tight and a larger region.
 * **Tracking**: the next frame starts from the region of the previous
   landmarks while the hand's wrist stays near the pose's wrist.
 * **Association**: the side is the side of the *pose's* wrist the hand was
@@ -55,6 +56,7 @@ PARTIAL = np.array([0, 1, 2, 3, 5, 6, 9, 10, 13, 14, 17, 18])
 MIN_WRIST_VISIBILITY = 0.3
 ACQUIRE_SCALES = (3.5, 5.0)   # region side in units of wrist -> knuckles (pose)
 ACQUIRE_SHIFT = 0.7           # region centre: wrist + shift * (knuckles - wrist)
+RETRY_EVERY = 3               # frames between acquisition attempts while a hand is missed
 HAND_EXTRAS = ("hand_world", "hand_image", "hand_score")
 DEFAULT_COMPLEXITY = 1
 _GRAPH_LOCK = threading.Lock()
@@ -72,11 +74,9 @@ node {
 
 
 def _graph_config():
-    head = ['input_stream: "image"', 'input_stream: "roi_l"', 'input_stream: "roi_r"',
-            'input_side_packet: "model_complexity"']
-    for s in "lr":
-        head += [f'output_stream: "landmarks_{s}"', f'output_stream: "world_{s}"']
-    return "\n".join(head) + "".join(_NODE % {"s": s} for s in "lr")
+    head = ['input_stream: "image"', 'input_stream: "roi_h"', 'output_stream: "landmarks_h"',
+            'output_stream: "world_h"', 'input_side_packet: "model_complexity"']
+    return "\n".join(head) + _NODE % {"s": "h"}
 
 
 def landmarks_to_roi(image_xyz):
@@ -134,59 +134,59 @@ class HandTracker:
         if chunk is None:
             from ..detect.tracking import CHUNK as chunk
         self.chunk = chunk
-        self._graph = None
+        self._graphs = {}
+        self._out = {side: {} for side in SIDES}
         self._ts = 0
         self._prev = {s: None for s in SIDES}
+        self._missed = {s: 0 for s in SIDES}
         self.calls = 0
 
-    def _start(self):
-        mp = self._mp
-        self._graph = mp.CalculatorGraph(graph_config=_graph_config())
-        self._out = {}
-        for s in "lr":
-            for k in ("landmarks_", "world_"):
-                self._graph.observe_output_stream(
-                    k + s, lambda name, pkt: self._out.__setitem__(
-                        name, mp.packet_getter.get_proto(pkt)))
-        self._graph.start_run({"model_complexity": mp.packet_creator.create_int(self.complexity)})
+    def _graph(self, side):
+        graph = self._graphs.get(side)
+        if graph is None:
+            mp, out = self._mp, self._out[side]
+            graph = mp.CalculatorGraph(graph_config=_graph_config())
+            for k in ("landmarks_h", "world_h"):
+                graph.observe_output_stream(
+                    k, lambda name, pkt: out.__setitem__(name, mp.packet_getter.get_proto(pkt)))
+            graph.start_run({"model_complexity": mp.packet_creator.create_int(self.complexity)})
+            self._graphs[side] = graph
+        return graph
 
     def close(self):
-        if self._graph is not None:
+        for graph in self._graphs.values():
             try:
-                self._graph.close()
+                graph.close()
             except Exception:  # noqa: BLE001 - closing a broken graph
                 pass
-            self._graph = None
+        self._graphs = {}
 
     def reset(self):
         self._prev = {s: None for s in SIDES}
+        self._missed = {s: 0 for s in SIDES}
 
     def _run(self, frame_packet, rois):
-        """One graph call: rois {side: (centre, side, rotation) | None}."""
+        """One step: the landmark model of each side in rois {side: (centre,
+        size, rotation)}, both at once; -> {side: (image, world) | None}."""
         mp = self._mp
-        if self._graph is None:
-            self._start()
-        self._out.clear()
         ts = self._ts
         self._ts += 1
-        self._graph.add_packet_to_input_stream("image", frame_packet.at(ts))
-        for side, key in (("left", "roi_l"), ("right", "roi_r")):
-            roi = rois.get(side)
-            if roi is None:  # a dummy region; its output is ignored
-                roi = (np.array([4.0, 4.0]), 8.0, 0.0)
-            (cx, cy), size, rot = roi
+        for side, ((cx, cy), size, rot) in rois.items():
+            self._out[side].clear()
+            graph = self._graph(side)
             rect = self._rect(x_center=cx / self.width, y_center=cy / self.height,
                               width=size / self.width, height=size / self.height, rotation=rot)
-            self._graph.add_packet_to_input_stream(key, mp.packet_creator.create_proto(rect).at(ts))
-        self._graph.wait_until_idle()
-        self.calls += 1
+            graph.add_packet_to_input_stream("image", frame_packet.at(ts))
+            graph.add_packet_to_input_stream("roi_h", mp.packet_creator.create_proto(rect).at(ts))
         res = {}
-        for side, s in (("left", "l"), ("right", "r")):
-            if rois.get(side) is None or f"landmarks_{s}" not in self._out:
+        for side in rois:
+            self._graphs[side].wait_until_idle()
+            self.calls += 1
+            out = self._out[side]
+            if "landmarks_h" not in out:
                 res[side] = None
                 continue
-            lm = self._out[f"landmarks_{s}"].landmark
-            wl = self._out[f"world_{s}"].landmark
+            lm, wl = out["landmarks_h"].landmark, out["world_h"].landmark
             image = np.array([[p.x * self.width, p.y * self.height, p.z * self.width] for p in lm])
             world = np.array([[p.x, p.y, p.z] for p in wl])
             res[side] = (image, world)
@@ -223,37 +223,38 @@ class HandTracker:
             wr, el, idx, pk = POSE_HAND[side]
             if visibility[wr] < MIN_WRIST_VISIBILITY:
                 self._prev[side] = None
+                self._missed[side] = 0
                 continue
             knuckles = 0.5 * (image_xy[idx] + image_xy[pk])
             poses[side] = (image_xy[wr], knuckles, np.linalg.norm(image_xy[wr] - image_xy[el]),
                            visibility[wr])
         if not poses:
             return empty
-        packet = self._mp.packet_creator.create_image_frame(
-            image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
         rois, acquiring = {}, {}
         for side, pose in poses.items():
             prev = self._prev[side]
             if prev is not None and np.linalg.norm(prev[1][0] - pose[0]) <= max(
                     2.0 * np.linalg.norm(pose[1] - pose[0]), 0.5 * pose[2], 12.0):
                 rois[side] = prev[0]
-            else:
-                rois[side] = pose_to_roi(pose[0], pose[1], ACQUIRE_SCALES[0])
+            elif self._missed[side] % RETRY_EVERY == 0:
+                attempt = self._missed[side] // RETRY_EVERY
+                rois[side] = pose_to_roi(pose[0], pose[1],
+                                         ACQUIRE_SCALES[attempt % len(ACQUIRE_SCALES)])
                 acquiring[side] = True
-        found = self._run(packet, rois)
-        if acquiring:
-            second = {}
+        if not rois:
             for side in poses:
-                if side in acquiring and found[side] is not None:
-                    second[side] = landmarks_to_roi(found[side][0])
-                elif side in acquiring:
-                    second[side] = pose_to_roi(poses[side][0], poses[side][1], ACQUIRE_SCALES[1])
-                else:
-                    second[side] = rois[side]
-            again = self._run(packet, second)
-            for side in acquiring:
-                if again[side] is not None:
-                    found[side] = again[side]
+                self._missed[side] += 1
+            return empty
+        packet = self._mp.packet_creator.create_image_frame(
+            image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
+        found = self._run(packet, rois)
+        refine = {side: landmarks_to_roi(found[side][0]) for side in acquiring
+                  if found[side] is not None}
+        if refine:  # a new hand: once more on the region its own landmarks give
+            again = self._run(packet, refine)
+            for side, res in again.items():
+                if res is not None:
+                    found[side] = res
         scores = {s: self._accept(s, found.get(s), poses[s]) if s in poses else 0.0
                   for s in SIDES}
         if scores["left"] > 0 and scores["right"] > 0:
@@ -263,6 +264,8 @@ class HandTracker:
                 da = np.linalg.norm(a[0, :2] - poses["left"][0])
                 db = np.linalg.norm(b[0, :2] - poses["right"][0])
                 scores["right" if da <= db else "left"] = 0.0
+        for side in poses:
+            self._missed[side] = 0 if scores[side] > 0 else self._missed[side] + 1
         out = empty
         for k, side in enumerate(SIDES):
             if scores[side] > 0:
