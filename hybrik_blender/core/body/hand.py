@@ -213,7 +213,8 @@ def hand_geometry(rest, side):
                  + np.sin(np.radians(THUMB_NAIL_DEG)) * radial)
     default = _unit(np.cross(nail, a_t))
     if np.linalg.norm(c) > 2 * np.sin(np.radians(CURVED_THUMB_DEG) / 2):
-        bend[4] = _unit(c) * np.sign(_unit(c) @ default or 1.0)
+        # a curved rest thumb bends in its own plane, flexing the same way
+        bend[4] = _unit(c) if _unit(c) @ default >= 0 else -_unit(c)
     else:
         bend[4] = default
     e1 = _unit(bend[4] - (bend[4] @ seg[4, 0]) * seg[4, 0])
