@@ -11,8 +11,8 @@ import torch
 
 from hybrik_blender.core import rotations
 from hybrik_blender.core.body import model as bm
-from hybrik_blender.core.body.average import (average_rest_joints_29, average_rest_points_x,
-                                              provisional_hand_points)
+from hybrik_blender.core.body.average import average_rest_joints_29, average_rest_points_x
+from hybrik_blender.core.body.hand import average_hand_rest
 from hybrik_blender.core.body.kinematics import lbs
 from hybrik_blender.core.body.pose import is_smplx_take, smplx_rotmats
 from hybrik_blender.core.body.skeleton import SMPLX_PARENTS
@@ -275,20 +275,22 @@ def test_smplx_rotations_of_a_take():
 
 
 def test_average_smplx_skeleton_has_plausible_hands():
-    """The armature-only rest points: fingers in order across the hand,
-    pointing along the arm, phalanges getting shorter; the right hand the
-    mirror of the left; it follows the body's scale."""
+    """The armature-only rest points: the average hand of core.body.hand on
+    the average body: fingers in order across the hand, pointing along the
+    arm, the proximal phalanx the longest; the right hand the mirror of the
+    left; it follows the body's scale."""
     pts = average_rest_points_x()
     left = pts[25:40].reshape(5, 3, 3)           # index, middle, pinky, ring, thumb
     tips_l = pts[61:66]
     for f in range(4):
         chain = np.concatenate([left[f], tips_l[f:f + 1]])
         seg = np.linalg.norm(np.diff(chain, axis=0), axis=1)
-        assert np.all(np.diff(chain[:, 0]) > 0) and np.all(np.diff(seg) < 0), f
+        assert np.all(np.diff(chain[:, 0]) > 0) and seg[0] > seg[1:].max(), f
     # across the hand from the thumb side (+z, front) to the pinky: index, middle, ring, pinky
     z = left[[0, 1, 3, 2], 0, 2]
     assert np.all(np.diff(z) < 0)
-    assert left[4, 0, 2] > left[0, 0, 2]        # the thumb is in front of the index
+    assert tips_l[4, 2] > tips_l[0, 2]          # the thumb tip is in front of the index
+    assert np.allclose(pts[25:40] - pts[20], average_hand_rest("left")[:15])
     mirror = np.array([-1, 1, 1])
     assert np.allclose(pts[40:55], pts[25:40] * mirror)
     assert np.allclose(pts[66:71], pts[61:66] * mirror)
@@ -298,4 +300,3 @@ def test_average_smplx_skeleton_has_plausible_hands():
     assert np.linalg.norm(big[62] - big[20]) / hand_len == pytest.approx(1.9 / 1.7, rel=1e-6)
     with pytest.raises(ValueError, match="hand points"):
         average_rest_points_x(hand_points=np.zeros((15, 3)))
-    assert provisional_hand_points().shape == (20, 3)

@@ -70,31 +70,10 @@ def fitted_average_skeleton(joints29, valid=None):
 
 
 # --- SMPL-X: the 71 rest points of an armature-only SMPL-X rig ---------------
-# Left hand, relative to the left wrist, model frame (+x along the arm, +y up,
-# +z front; T-pose, palm down), metres for a 1.70 m adult: 15 finger joints in
-# SMPL-X order (index, middle, pinky, ring, thumb; 3 each) and the 5 tips in
-# the same finger order. A provisional table of this project's own (palm
-# ~0.09 H/1.7 m, phalanges in the classic ~2:1.3:1 ratios); the average hand
-# of core.body.hand is meant to replace it (see average_rest_points_x).
-_LEFT_HAND = np.array([
-    (0.088, -0.005, 0.025), (0.128, -0.006, 0.027), (0.152, -0.007, 0.028),    # index
-    (0.090, -0.005, 0.005), (0.135, -0.006, 0.005), (0.163, -0.007, 0.005),    # middle
-    (0.078, -0.007, -0.033), (0.110, -0.008, -0.036), (0.129, -0.009, -0.037),  # pinky
-    (0.085, -0.005, -0.015), (0.127, -0.006, -0.017), (0.153, -0.007, -0.018),  # ring
-    (0.025, -0.012, 0.028), (0.055, -0.018, 0.050), (0.080, -0.020, 0.065),    # thumb
-])
-_LEFT_TIPS = np.array([(0.172, -0.008, 0.029), (0.185, -0.008, 0.005), (0.147, -0.010, -0.038),
-                       (0.174, -0.008, -0.019), (0.100, -0.020, 0.077)])
-# Face points relative to the head joint (15): jaw, left eye, right eye, lower
-# lip, left pupil, right pupil.
+# Face points relative to the head joint (15), model frame, metres for a
+# 1.70 m adult: jaw, left eye, right eye, lower lip, left pupil, right pupil.
 _FACE = np.array([(0.0, 0.023, 0.015), (0.032, 0.087, 0.051), (-0.032, 0.087, 0.051),
                   (0.0, 0.027, 0.071), (0.032, 0.087, 0.063), (-0.032, 0.087, 0.063)])
-
-
-def provisional_hand_points(stature=STATURE):
-    """(20, 3) left-hand points relative to the left wrist: 15 finger joints
-    then 5 tips (see ``_LEFT_HAND``), scaled to `stature`."""
-    return np.concatenate([_LEFT_HAND, _LEFT_TIPS]) * (stature / STATURE)
 
 
 def average_rest_points_x(rest29=None, hand_points=None):
@@ -104,13 +83,15 @@ def average_rest_points_x(rest29=None, hand_points=None):
     rest29: the SMPL-layout body to build on (default the average adult;
     pass :func:`fitted_average_skeleton`'s output to follow a take's limbs).
     hand_points: (20, 3) left-hand joints and tips relative to the left wrist
-    (15 joints in SMPL-X order, then 5 tips), e.g. an average hand measured
-    elsewhere; default :func:`provisional_hand_points`. The right hand is its
-    mirror image (x -> -x)."""
-    j = average_rest_joints_29() if rest29 is None else np.asarray(rest29, np.float64)
-    scale = np.linalg.norm(j[24] - j[0]) / np.linalg.norm(
-        average_rest_joints_29()[24] - average_rest_joints_29()[0])
-    hand = (provisional_hand_points() * scale if hand_points is None
+    (15 joints in SMPL-X order, then 5 tips: the rest-hand layout of
+    :mod:`.hand`); default the average hand of
+    :func:`.hand.average_hand_rest` at the body's stature. The right hand is
+    its mirror image (x -> -x)."""
+    from .hand import average_hand_rest
+    ref = average_rest_joints_29()
+    j = ref if rest29 is None else np.asarray(rest29, np.float64)
+    scale = np.linalg.norm(j[24] - j[0]) / np.linalg.norm(ref[24] - ref[0])
+    hand = (average_hand_rest("left", STATURE * scale) if hand_points is None
             else np.asarray(hand_points, np.float64))
     if hand.shape != (20, 3):
         raise ValueError(f"hand points have shape {hand.shape}, expected (20, 3)")
