@@ -199,7 +199,10 @@ def shape_coefficients(model, betas, expression=None, kid=None):
     over the leading shapes of betas, expression and kid. Missing expression
     or kid count as zero; an expression on a model without expression
     directions is an error; a kid coefficient without a children's template
-    is an error unless it is zero everywhere."""
+    is an error unless it is zero everywhere. (Any object with the arrays of
+    a BodyModel works; the SMPL-X ones default to absent.)"""
+    kid_dir = getattr(model, "kid_dir", None)
+    expr_dirs = getattr(model, "expr_dirs", None)
     parts = [_betas(model, betas)]
     lead = parts[0].shape[:-1]
     if kid is not None:
@@ -209,12 +212,12 @@ def shape_coefficients(model, betas, expression=None, kid=None):
         expression = np.asarray(expression, np.float64)
         lead = np.broadcast_shapes(lead, expression.shape[:-1])
     parts[0] = np.broadcast_to(parts[0], lead + parts[0].shape[-1:])
-    if model.kid_dir is not None:
+    if kid_dir is not None:
         k = np.zeros(lead) if kid is None else np.broadcast_to(kid, lead)
         parts.append(k[..., None])
     elif kid is not None and np.any(kid != 0):
         raise ValueError("a kid coefficient needs a body model with a children's template")
-    ne = model.num_expression
+    ne = 0 if expr_dirs is None else expr_dirs.shape[2]
     if ne:
         e = np.zeros(lead + (ne,))
         if expression is not None:
@@ -228,11 +231,16 @@ def shape_coefficients(model, betas, expression=None, kid=None):
     return np.concatenate(parts, axis=-1)
 
 
+def _all_dirs(model):
+    dirs = getattr(model, "all_dirs", None)
+    return model.shapedirs if dirs is None else dirs
+
+
 def shaped_vertices(model, betas, expression=None, kid=None):
     """(..., B) betas -> (..., V, 3) rest vertices with shape (and, for
     SMPL-X, expression and children's) blend shapes."""
     c = shape_coefficients(model, betas, expression, kid)
-    return model.v_template + np.einsum("vcb,...b->...vc", model.all_dirs, c)
+    return model.v_template + np.einsum("vcb,...b->...vc", _all_dirs(model), c)
 
 
 def model_joints(model, betas, expression=None, kid=None):
@@ -257,7 +265,7 @@ def vertices_at(model, ids, betas, expression=None, kid=None):
     """Rest positions (..., K, 3) of the vertices `ids` for the given shape."""
     ids = np.asarray(ids, np.int64)
     c = shape_coefficients(model, betas, expression, kid)
-    return model.v_template[ids] + np.einsum("vcb,...b->...vc", model.all_dirs[ids], c)
+    return model.v_template[ids] + np.einsum("vcb,...b->...vc", _all_dirs(model)[ids], c)
 
 
 def rest_joints_29(model, betas, expression=None, kid=None):
