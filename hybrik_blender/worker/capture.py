@@ -22,6 +22,7 @@ from ..core.body.model import load_body_model
 from ..core.formats.result import Result, ResultFormatError, load_result, save_result
 from .landmarks import body as mpb
 from .detect.tracking import CHUNK, PersonTracker
+from .landmarks.hands import HAND_EXTRAS, HandTracker, add_hands, hand_extras
 from .video.reader import VideoError, VideoSource
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class CaptureOptions:
     focal_length: float = None
     flip_test: bool = False
     cleanup: object = None  # core.cleanup.CleanupOptions, applied to complete runs
+    hands: bool = False     # finger rotations from mediapipe's hand landmarker (landmarks/hands.py)
 
 
 # --- backends -------------------------------------------------------------
@@ -101,7 +103,7 @@ class MediapipeBackend:
     def finish(self, cols, valid, focal, principal):
         sol = mpb.solve_clip(cols["mp_world"], cols["mp_image"], cols["mp_visibility"],
                              valid, focal, principal, self.body_model)
-        sol.pop("rest29")
+        self.rest29 = sol.pop("rest29")
         return sol, {k: cols[k].astype(np.float32) for k in ("mp_world", "mp_image",
                                                              "mp_visibility")}
 
@@ -134,9 +136,9 @@ class HybrIKBackend:
         except ValueError as exc:  # body model problems
             raise CaptureError(EXIT_MODEL, str(exc)) from None
         self.smplx = getattr(self.pipe, "body_model", "smpl") == "smplx"
-        # the clean-up's skeleton needs an SMPL model; SMPL-X takes use the
-        # average skeleton fitted to their joints29
-        self.body_model = None if self.smplx else self.pipe.body.model
+        # the core body model (SMPL, or SMPL-X with the children's direction)
+        # for the clean-up and the hands
+        self.body_model = self.pipe.body.model.body if self.smplx else self.pipe.body.model
         self.torch = torch
         self.flip_test = flip_test
         self.model_name = f"{os.path.basename(checkpoint)} ({self.pipe.arch})"
@@ -220,7 +222,7 @@ def _load_backend(opts):
     raise CaptureError(EXIT_USAGE, f"unknown backend '{opts.backend}'")
 
 
-def _producer(source, tracker, backend, first, end, batch_size, q, stop):
+def _producer(source, tracker, backend, first, end, batch_size, q, stop, hand_tracker=None):
     from .hybrik import preprocess
     try:
         batch = []
@@ -229,6 +231,9 @@ def _producer(source, tracker, backend, first, end, batch_size, q, stop):
                 break
             det = tracker(index, rgb)
             item = {"index": index, "time": t, "det": det}
+            if hand_tracker is not None:  # per track: this person's pose seeds the hands
+                item["hands"] = hand_tracker(index, rgb, det and det.image_xy,
+                                             det and det.visibility)
             if backend.needs_crops and det is not None:
                 crop, square, _ = preprocess.crop_person(rgb, det.box)
                 item.update(crop=crop, square_box=np.asarray(square, np.float64),
@@ -257,6 +262,9 @@ def _previous(opts, info, backend):
         raise CaptureError(EXIT_USAGE, f"cannot resume: {opts.out} was made from "
                                        f"'{prev.source}' with {prev.backend} "
                                        f"({prev.body_model})")
+    if bool(opts.hands) != ("hand_world" in prev.extras):
+        raise CaptureError(EXIT_USAGE, f"cannot resume: {opts.out} was made "
+                                       f"{'without' if opts.hands else 'with'} --hands")
     if prev.complete:
         return prev, None
     last = int(prev.frame_index[-1]) if prev.num_frames else opts.start - 1
@@ -277,8 +285,10 @@ def _keep_rows(prev, go_on, backend):
             raw = prev.extras["raw_root"][i]
             row.update(rotmats=prev.rotmats[i], betas=prev.betas[i], root_translation=raw,
                        joints29=prev.joints29[i] - prev.root_translation[i] + raw,
-                       square_box=prev.extras["square_box"][i],
-                       **{k: v[i] for k, v in prev.optional_rows().items()})
+                       square_box=prev.extras["square_box"][i])
+            if prev.body_model == "smplx":   # the HybrIK-X network's own fields
+                row.update({k: getattr(prev, k)[i] for k in HybrIKBackend.SMPLX_FIELDS})
+        row.update({k: prev.extras[k][i] for k in HAND_EXTRAS if k in prev.extras})
         rows.append(row)
     return rows
 
@@ -310,6 +320,7 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     focal = float(opts.focal_length or mpb.default_focal_length(info.width, info.height))
     principal = (info.width / 2.0, info.height / 2.0)
     tracker = PersonTracker(info.fps, info.width, info.height)
+    hand_tracker = HandTracker(info.width, info.height) if opts.hands else None
     last_valid = [r for r in rows if r["valid"]]
     if last_valid:
         tracker.restart(last_valid[-1]["bbox"], last_valid[-1]["index"])
@@ -320,7 +331,8 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     q = queue.Queue(maxsize=2)
     stop = threading.Event()
     thread = threading.Thread(target=_producer, daemon=True,
-                              args=(source, tracker, backend, go_on, end, opts.batch_size, q, stop))
+                              args=(source, tracker, backend, go_on, end, opts.batch_size, q, stop,
+                                    hand_tracker))
     t0 = time.perf_counter()
     done_here = 0
     cancelled = False
@@ -337,6 +349,7 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
             for item, out in zip(batch, backend.process(batch)):
                 out.update(index=item["index"], time=item["time"], valid=item["det"] is not None,
                            bbox=item["det"].box if item["det"] is not None else np.zeros(4))
+                out.update(item.get("hands") or {})
                 if backend.name == "mediapipe":
                     out["confidence"] = item["det"].score if item["det"] is not None else 0.0
                 rows.append(out)
@@ -358,6 +371,8 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
             except queue.Empty:
                 thread.join(0.05)
         tracker.close()
+        if hand_tracker is not None:
+            hand_tracker.close()
 
     if not rows:
         raise CaptureError(EXIT_VIDEO, f"'{info.name}' has no frames in the requested range")
@@ -371,6 +386,11 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     if backend.name == "hybrik":
         extras = {"square_box": cols["square_box"].astype(np.float32),
                   "raw_root": cols["root_translation"].astype(np.float32)}
+    if opts.hands:
+        progress({"event": "progress", "stage": "hands", "done": 0, "total": 1})
+        fields = add_hands(fields, cols, valid, cols["time"], info.fps, backend.body_model,
+                           getattr(backend, "rest29", None))
+        extras = dict(extras, **hand_extras(cols))
     confidence = np.clip(fields.pop("confidence", cols["confidence"]), 0, 1)
     result = Result.from_frames(
         valid=valid, frame_index=cols["index"].astype(np.int64), time_s=cols["time"],

@@ -175,12 +175,20 @@ def load_pipeline(checkpoint, model_path=None, kid_template=None, device="cpu", 
     arch, net_state, extra = read_checkpoint(checkpoint)
     body = None
     if model_path and is_smplx(arch):
-        from . import smplx_layer
-        kid = kid_template or smplx_layer.find_kid_template(model_path)
-        if kid is None and extra and smplx_layer.has_smplx_state(extra):
-            kid = smplx_layer.kid_template_from_state(extra)
-        body = smplx_layer.load_smplx_model(model_path, kid)
+        body = smplx_model_for(model_path, kid_template, extra)
     elif model_path:
         from ...core.body.model import load_body_model
         body = load_body_model(model_path)
     return _pipeline(checkpoint, arch, net_state, extra, body, device, **kw)
+
+
+def smplx_model_for(model_path, kid_template=None, layer_state=None):
+    """An SMPL-X model file for a HybrIK-X checkpoint, with its children's
+    template: ``kid_template``, else ``smplx_kid_template.npy`` next to the
+    model (or one folder up), else the one of the checkpoint's embedded
+    layer (``layer_state``, its ``smplx_layer.*`` buffers)."""
+    from . import smplx_layer
+    kid = kid_template or smplx_layer.find_kid_template(model_path)
+    if kid is None and layer_state and smplx_layer.has_smplx_state(layer_state):
+        kid = smplx_layer.kid_template_from_state(layer_state)
+    return smplx_layer.load_smplx_model(model_path, kid)

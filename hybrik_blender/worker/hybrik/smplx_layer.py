@@ -1,34 +1,32 @@
 """The SMPL-X body model as HybrIK-X uses it: loading, and a batched torch
 layer (shape, IK, skinning, the 127 output joints).
 
-Where the model comes from (:func:`load_smplx_model`):
+Where the model comes from:
 
-* an official ``SMPLX_NEUTRAL.npz`` (read with ``allow_pickle=False``, only
-  the arrays needed, each one's size checked in its header before it is
-  read) or ``.pkl`` (through the restricted unpickler), plus the children's
-  template ``smplx_kid_template.npy`` of HybrIK-X's ``model_files``;
+* an official ``SMPLX_NEUTRAL.npz``/``.pkl`` with the children's template
+  ``smplx_kid_template.npy`` of HybrIK-X's ``model_files``
+  (:func:`load_smplx_model`): the arrays are read and validated by the core
+  loader (:func:`hybrik_blender.core.body.model.load_body_model`), which also
+  forms the children's direction; only the 51 face-landmark faces and
+  weights, which the core model does not keep, are read here (header
+  checked, ``allow_pickle=False``);
 * the ``smplx_layer.*`` buffers every official HybrIK-X checkpoint embeds
-  (:func:`smplx_model_from_state`): the whole layer, the children's direction
-  included, so nothing else is needed.
+  (:func:`smplx_model_from_state`): the whole layer, the children's
+  direction included, so nothing else is needed.
 
 As in the official layer, the shape space has 11 directions: the 10 betas
 and, as the 11th, the children's template centred on its own vertex mean
-minus ``v_template``; the 10 expression directions are components 10-19 of
-a 20-component file (300-309 of a 400-component one). Every array is
-rounded to float32 on loading, also for a float64 layer, exactly as the
-official layer does (the landmark barycentric weights excepted, which it
-reads at the layer's precision); the children's direction is formed in
-float64 first.
+minus ``v_template`` (formed in float64); the 10 expression directions are
+components 10-19 of a 20-component file (300-309 of a 400-component one).
+The torch layer rounds every array to float32, also when it runs in float64,
+exactly as the official layer does (the landmark barycentric weights
+excepted, which it reads at the layer's precision).
 
 The torch layer (:class:`TorchSMPLX`) reproduces the official
 ``SMPLXLayer.hybrik``: rest points from the shaped mesh (expression
 included), the IK of :mod:`.ikx`, forward kinematics, pose correctives and
 linear blend skinning, and the 127 output joints (the 55 joints, 21 mesh
 vertices, 51 face landmarks), everything centred on the root joint.
-
-The body-model loader of ``core/body`` (being written for SMPL-X) will take
-over the file reading; the arrays and checks here follow the official
-layout so the switch is local.
 """
 import dataclasses
 import os
@@ -37,12 +35,12 @@ import zipfile
 import numpy as np
 import torch
 
+from ...core.body import model as core_model
 from ...core.body.skeleton import SMPLX_NUM_VERTICES, SMPLX_PARENTS
 from . import ikx
 
 NUM_BETAS = 10             # HybrIK-X predicts 10 betas + the children's coefficient
 NUM_EXPRESSION = 10
-NUM_FACES = 20908
 NUM_LANDMARKS = 51
 MOUTH_BOTTOM_FACE = 19731  # HybrIK-X takes the mouth bottom as a corner of this face
 MOUTH_BOTTOM_VERTEX = 8947
@@ -67,14 +65,15 @@ KID_TEMPLATE_NAME = "smplx_kid_template.npy"
 MAX_FILE_BYTES = 2 << 30
 
 
-class SMPLXModelError(ValueError):
-    """The file is not a usable SMPL-X model (or children's template); the
-    message says why."""
+class SMPLXModelError(core_model.BodyModelError):
+    """The file is not a usable SMPL-X model for HybrIK-X; the message says why."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class SMPLXModel:
-    """HybrIK-X's SMPL-X layer as numpy arrays (official shapes)."""
+    """HybrIK-X's SMPL-X layer as numpy arrays (official shapes), with the
+    core :class:`~hybrik_blender.core.body.model.BodyModel` it was made from
+    (``body``: what clean-up, hands and the character use)."""
     v_template: np.ndarray      # (V, 3)
     shapedirs: np.ndarray       # (V, 3, 11): 10 betas + the children's direction
     expr_dirs: np.ndarray       # (V, 3, 10)
@@ -84,6 +83,8 @@ class SMPLXModel:
     faces: np.ndarray           # (F, 3) int64
     lmk_faces_idx: np.ndarray   # (51,) int64
     lmk_bary_coords: np.ndarray  # (51, 3)
+    head_top: int               # vertex id of the head top (the core model's leaf 24)
+    body: object = None
     source: str = ""
 
     @property
@@ -100,7 +101,41 @@ class SMPLXModel:
         return np.concatenate([self.J_regressor @ v, v[LEAF_INDICES]])
 
 
-# --- loading -----------------------------------------------------------------
+def smplx_model_from_body_model(bm, lmk_faces_idx, lmk_bary_coords):
+    """A core SMPL-X BodyModel with its children's direction, and the face
+    landmarks -> SMPLXModel, checked for what HybrIK-X reads."""
+    name = bm.source or "SMPL-X model"
+    if not bm.is_smplx:
+        raise SMPLXModelError(f"{name}: an SMPL model; HybrIK-X needs SMPL-X "
+                              "(10475 vertices, e.g. SMPLX_NEUTRAL.npz)")
+    if not bm.has_kid:
+        raise SMPLXModelError(
+            f"{name}: HybrIK-X also needs the children's template '{KID_TEMPLATE_NAME}' "
+            "(from HybrIK's model_files); put it next to the model or give --kid-template")
+    if bm.num_expression != NUM_EXPRESSION or bm.num_betas < NUM_BETAS:
+        raise SMPLXModelError(f"{name}: {bm.num_betas} shape and {bm.num_expression} "
+                              f"expression components; HybrIK-X reads {NUM_BETAS} + "
+                              f"{NUM_EXPRESSION}")
+    faces = np.asarray(bm.faces, np.int64)
+    if len(faces) <= MOUTH_BOTTOM_FACE or faces[MOUTH_BOTTOM_FACE, 2] != MOUTH_BOTTOM_VERTEX:
+        raise SMPLXModelError(f"{name}: not the SMPL-X topology (face {MOUTH_BOTTOM_FACE} "
+                              f"must end at the mouth-bottom vertex {MOUTH_BOTTOM_VERTEX})")
+    lmk = np.asarray(lmk_faces_idx)
+    bary = np.asarray(lmk_bary_coords)
+    if (lmk.shape != (NUM_LANDMARKS,) or lmk.dtype.kind not in "iu" or lmk.min() < 0
+            or lmk.max() >= len(faces)):
+        raise SMPLXModelError(f"{name}: 'lmk_faces_idx' must be {NUM_LANDMARKS} face indices")
+    if bary.shape != (NUM_LANDMARKS, 3) or not np.all(np.isfinite(bary)):
+        raise SMPLXModelError(f"{name}: 'lmk_bary_coords' must be ({NUM_LANDMARKS}, 3) finite")
+    nv = bm.num_vertices
+    return SMPLXModel(
+        v_template=bm.v_template,
+        shapedirs=np.concatenate([bm.shapedirs[:, :, :NUM_BETAS], bm.kid_dir[:, :, None]], 2),
+        expr_dirs=bm.expr_dirs, posedirs=bm.posedirs.reshape(nv * 3, -1).T,
+        J_regressor=bm.J_regressor, weights=bm.weights, faces=faces,
+        lmk_faces_idx=lmk.astype(np.int64), lmk_bary_coords=bary.astype(np.float64),
+        head_top=int(bm.leaf_vertex_ids[0]), body=bm, source=name)
+
 
 def _npy_header(fh):
     version = np.lib.format.read_magic(fh)
@@ -109,273 +144,99 @@ def _npy_header(fh):
     return np.lib.format.read_array_header_2_0(fh)
 
 
-def _read_npz(path, name, wanted):
-    """The arrays ``wanted`` (key -> check(shape, dtype) or None) of an .npz,
-    each header checked before its data is read; a wanted key holding Python
-    objects is refused, other keys are never read."""
-    out = {}
-    try:
-        with zipfile.ZipFile(path) as zf:
-            members = {n[:-4]: n for n in zf.namelist() if n.endswith(".npy")}
-            for key in wanted:
-                if key not in members:
-                    found = ", ".join(sorted(members)[:12])
-                    raise SMPLXModelError(f"{name}: missing '{key}' (found: {found}); is this "
-                                          "an SMPL-X model file?")
-                with zf.open(members[key]) as fh:
-                    shape, _, dtype = _npy_header(fh)
-                if dtype.hasobject:
-                    raise SMPLXModelError(f"{name}: '{key}' holds Python objects, which are "
-                                          "not loaded for safety")
-                check = wanted.get(key)
-                if check is not None:
-                    check(key, shape, dtype)
-                if int(np.prod(shape)) * dtype.itemsize > MAX_FILE_BYTES:
-                    raise SMPLXModelError(f"{name}: '{key}' is implausibly large {shape}")
-            with np.load(path, allow_pickle=False) as d:
-                for key in wanted:
-                    out[key] = d[key]
-    except zipfile.BadZipFile:
-        raise SMPLXModelError(f"{name}: damaged or truncated archive") from None
-    except OSError as exc:
-        raise SMPLXModelError(f"{name}: cannot read ({exc.strerror or exc})") from None
-    except ValueError as exc:
-        if isinstance(exc, SMPLXModelError):
-            raise
-        raise SMPLXModelError(f"{name}: not a readable .npz ({exc})") from None
-    return out
+_LANDMARKS = {"lmk_faces_idx": (NUM_LANDMARKS,), "lmk_bary_coords": (NUM_LANDMARKS, 3)}
 
 
-def _shape_check(name, expect):
-    """A header check: ``expect`` maps key -> shape with None for 'any'."""
-    def check(key, shape, dtype):
-        want = expect[key]
-        if dtype.kind not in "fiu":
-            raise SMPLXModelError(f"{name}: '{key}' is not numeric ({dtype})")
-        if len(shape) != len(want) or any(w is not None and s != w for s, w in zip(shape, want)):
-            if key == "v_template" and tuple(shape) == (6890, 3):
-                raise SMPLXModelError(f"{name}: an SMPL model (6890 vertices); HybrIK-X needs "
-                                      "SMPL-X (10475 vertices, e.g. SMPLX_NEUTRAL.npz)")
-            shown = tuple("*" if w is None else w for w in want)
-            raise SMPLXModelError(f"{name}: '{key}' has shape {tuple(shape)}, expected {shown}")
-    return check
-
-
-def _model_expectations():
-    nv = SMPLX_NUM_VERTICES
-    return {"v_template": (nv, 3), "shapedirs": (nv, 3, None), "posedirs": (nv, 3, 486),
-            "J_regressor": (55, nv), "weights": (nv, 55), "f": (None, 3),
-            "kintree_table": (2, 55), "lmk_faces_idx": (NUM_LANDMARKS,),
-            "lmk_bary_coords": (NUM_LANDMARKS, 3)}
-
-
-def read_kid_template(path):
-    """The children's template (10475, 3) from an .npy, float64."""
+def read_landmarks(path):
+    """(lmk_faces_idx, lmk_bary_coords) of an official SMPL-X .npz or .pkl:
+    in an .npz each header is checked before its data is read."""
     path = os.fspath(path)
     name = os.path.basename(path)
-    try:
-        with open(path, "rb") as fh:
-            shape, _, dtype = _npy_header(fh)
-            if dtype.hasobject or dtype.kind != "f" or tuple(shape) != (SMPLX_NUM_VERTICES, 3):
-                raise SMPLXModelError(f"{name}: children's template has shape {tuple(shape)} "
-                                      f"{dtype}, expected ({SMPLX_NUM_VERTICES}, 3) floats")
-        arr = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise SMPLXModelError(f"{name}: children's template not found") from None
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, SMPLXModelError):
-            raise
-        raise SMPLXModelError(f"{name}: not a readable .npy children's template ({exc})") from None
-    arr = np.asarray(arr, np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise SMPLXModelError(f"{name}: children's template contains NaN or infinite values")
-    return arr
-
-
-def find_kid_template(model_path):
-    """HybrIK-X's layout keeps ``smplx_kid_template.npy`` in ``model_files/``
-    with the model in ``model_files/smplx/``: look next to the model file,
-    then one folder up. None when absent."""
-    folder = os.path.dirname(os.path.abspath(os.fspath(model_path)))
-    for d in (folder, os.path.dirname(folder)):
-        cand = os.path.join(d, KID_TEMPLATE_NAME)
-        if os.path.isfile(cand):
-            return cand
-    return None
-
-
-def kid_direction(kid_template, v_template):
-    """The 11th shape direction (V, 3): the children's template centred on its
-    vertex mean, minus the template (float64, as the official layer)."""
-    kid = np.asarray(kid_template, np.float64)
-    return (kid - kid.mean(0)) - np.asarray(v_template, np.float64)
-
-
-def _pickle_arrays(path, name):
-    from ...core.formats import safe_pickle
     with open(path, "rb") as fh:
-        data = fh.read(MAX_FILE_BYTES + 1)
-    if len(data) > MAX_FILE_BYTES:
-        raise SMPLXModelError(f"{name}: implausibly large file")
-    try:
-        obj = safe_pickle.load_smpl_pickle(data)
-    except safe_pickle.UnsafePickleError as exc:
-        raise SMPLXModelError(f"{name} was refused: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - any decoding failure is a bad file
-        raise SMPLXModelError(f"{name}: not a readable SMPL-X pickle "
-                              f"({type(exc).__name__}: {exc})") from None
-    if not isinstance(obj, dict):
-        raise SMPLXModelError(f"{name} holds a {type(obj).__name__}, not an SMPL-X model dict")
+        head = fh.read(4)
     out = {}
-    for key in _model_expectations():
-        if key in obj:
-            try:
-                out[key] = np.asarray(safe_pickle.plain_value(obj[key]))
-            except ValueError as exc:
-                raise SMPLXModelError(f"{name}: key '{key}': {exc}") from None
-    return out
-
-
-def smplx_model_from_arrays(arrays, kid_template, source=""):
-    """Validate the arrays of an official SMPL-X file (its key names) and
-    build the HybrIK-X layer with the children's template (V, 3)."""
-    name = source or "SMPL-X model"
-    expect = _model_expectations()
-    check = _shape_check(name, expect)
-    arr = {}
-    for key in expect:
-        if key not in arrays:
-            raise SMPLXModelError(f"{name}: missing '{key}'; is this an SMPL-X model file?")
-        a = np.asarray(arrays[key])
-        check(key, a.shape, a.dtype)
-        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-            raise SMPLXModelError(f"{name}: '{key}' contains NaN or infinite values")
-        arr[key] = a
-    parents = arr["kintree_table"][0].astype(np.int64)
-    parents[0] = -1
-    if not np.array_equal(parents, SMPLX_PARENTS):
-        raise SMPLXModelError(f"{name}: the kinematic tree is not SMPL-X's")
-    faces = arr["f"].astype(np.int64)
-    nv = SMPLX_NUM_VERTICES
-    if faces.min() < 0 or faces.max() >= nv:
-        raise SMPLXModelError(f"{name}: face indices outside 0..{nv - 1}")
-    if len(faces) <= MOUTH_BOTTOM_FACE or faces[MOUTH_BOTTOM_FACE, 2] != MOUTH_BOTTOM_VERTEX:
-        raise SMPLXModelError(f"{name}: not the SMPL-X topology (face {MOUTH_BOTTOM_FACE} "
-                              f"must end at the mouth-bottom vertex {MOUTH_BOTTOM_VERTEX})")
-    lmk = arr["lmk_faces_idx"].astype(np.int64)
-    if lmk.min() < 0 or lmk.max() >= len(faces):
-        raise SMPLXModelError(f"{name}: landmark face indices outside the mesh")
-    sd = arr["shapedirs"]
-    nc = sd.shape[2]
-    if nc >= 400:        # 300 shape + 100 expression components
-        expr = sd[:, :, 300:300 + NUM_EXPRESSION]
-    elif nc == 20:       # 10 + 10
-        expr = sd[:, :, 10:20]
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                members = {n[:-4]: n for n in zf.namelist() if n.endswith(".npy")}
+                for key, shape in _LANDMARKS.items():
+                    if key not in members:
+                        raise SMPLXModelError(f"{name}: missing '{key}' (the face landmarks "
+                                              "HybrIK-X's outputs use)")
+                    with zf.open(members[key]) as fh:
+                        got, _, dtype = _npy_header(fh)
+                    if dtype.hasobject or tuple(got) != shape:
+                        raise SMPLXModelError(f"{name}: '{key}' has shape {tuple(got)} "
+                                              f"({dtype}), expected {shape}")
+            with np.load(path, allow_pickle=False) as d:
+                out = {k: d[k] for k in _LANDMARKS}
+        except zipfile.BadZipFile:
+            raise SMPLXModelError(f"{name}: damaged or truncated archive") from None
     else:
-        raise SMPLXModelError(f"{name}: {nc} shape components; HybrIK-X reads SMPL-X files "
-                              "with 10 shape + 10 expression (20) or 300 + 100 (400)")
-    kid = np.asarray(kid_template, np.float64)
-    if kid.shape != (nv, 3):
-        raise SMPLXModelError(f"{name}: children's template has shape {kid.shape}")
-    v_template = arr["v_template"].astype(np.float64)
-    shapedirs = np.concatenate([sd[:, :, :NUM_BETAS].astype(np.float64),
-                                kid_direction(kid, v_template)[:, :, None]], axis=2)
-    return SMPLXModel(
-        v_template=v_template, shapedirs=shapedirs, expr_dirs=expr.astype(np.float64),
-        posedirs=arr["posedirs"].astype(np.float64).reshape(nv * 3, -1).T,
-        J_regressor=arr["J_regressor"].astype(np.float64),
-        weights=arr["weights"].astype(np.float64), faces=faces, lmk_faces_idx=lmk,
-        lmk_bary_coords=arr["lmk_bary_coords"].astype(np.float64), source=name)
+        from ...core.formats import safe_pickle
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+        try:
+            obj = safe_pickle.load_smpl_pickle(data)
+            out = {k: np.asarray(safe_pickle.plain_value(obj[k])) for k in _LANDMARKS}
+        except Exception as exc:  # noqa: BLE001 - the core loader already vetted the file
+            raise SMPLXModelError(f"{name}: no readable face landmarks ({exc})") from None
+    return out["lmk_faces_idx"], out["lmk_bary_coords"]
+
+
+find_kid_template = core_model.find_kid_template
 
 
 def load_smplx_model(path, kid_template=None):
     """An official SMPL-X model file (.npz or .pkl) and the children's template
-    (a path or a (10475, 3) array; default: found by :func:`find_kid_template`)
-    -> SMPLXModel."""
+    (a path or a (10475, 3) array; default: :func:`find_kid_template`) ->
+    SMPLXModel. Raises a BodyModelError (a ValueError) with one line."""
     path = os.fspath(path)
-    name = os.path.basename(path)
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(4)
-    except OSError as exc:
-        raise SMPLXModelError(f"cannot read SMPL-X model '{name}': {exc.strerror}") from None
     if kid_template is None:
         kid_template = find_kid_template(path)
-        if kid_template is None:
-            raise SMPLXModelError(
-                f"{name}: HybrIK-X also needs the children's template "
-                f"'{KID_TEMPLATE_NAME}' (from HybrIK's model_files); put it next to the model "
-                "or give --kid-template")
-    kid = (read_kid_template(kid_template) if isinstance(kid_template, (str, os.PathLike))
-           else np.asarray(kid_template, np.float64))
-    expect = _model_expectations()
-    if head.startswith(b"PK"):
-        arrays = _read_npz(path, name, {k: _shape_check(name, expect) for k in expect})
-    elif head[:1] in (b"\x80", b"(", b"}"):
-        arrays = _pickle_arrays(path, name)
-    else:
-        raise SMPLXModelError(f"'{name}' is not an SMPL-X model (.npz or .pkl)")
-    return smplx_model_from_arrays(arrays, kid, source=name)
+    bm = core_model.load_body_model(path, model_type="smplx", kid_template=kid_template)
+    return smplx_model_from_body_model(bm, *read_landmarks(path))
 
 
-_STATE_KEYS = {"v_template": (SMPLX_NUM_VERTICES, 3), "shapedirs": (SMPLX_NUM_VERTICES, 3, 11),
-               "expr_dirs": (SMPLX_NUM_VERTICES, 3, 10),
-               "posedirs": (486, SMPLX_NUM_VERTICES * 3), "J_regressor": (55, SMPLX_NUM_VERTICES),
-               "lbs_weights": (SMPLX_NUM_VERTICES, 55), "faces_tensor": (None, 3),
-               "lmk_faces_idx": (NUM_LANDMARKS,), "lmk_bary_coords": (NUM_LANDMARKS, 3)}
+def _state_array(state, key):
+    v = state[key]
+    return v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v)
 
 
 def has_smplx_state(state):
-    return all(f"smplx_layer.{k}" in state for k in _STATE_KEYS)
+    keys = ("v_template", "shapedirs", "expr_dirs", "posedirs", "J_regressor", "lbs_weights",
+            "faces_tensor", "lmk_faces_idx", "lmk_bary_coords")
+    return all(f"smplx_layer.{k}" in state for k in keys)
 
 
 def kid_template_from_state(state):
     """The centred children's template that an official checkpoint's
     embedded layer was built from: its 11th shape direction plus its
     template (the float32 values, widened)."""
-    def a(key):
-        v = state[f"smplx_layer.{key}"]
-        return (v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v)).astype(
-            np.float64)
-    sd, vt = a("shapedirs"), a("v_template")
-    if sd.shape != (SMPLX_NUM_VERTICES, 3, 11) or vt.shape != (SMPLX_NUM_VERTICES, 3):
+    sd = _state_array(state, "smplx_layer.shapedirs").astype(np.float64)
+    vt = _state_array(state, "smplx_layer.v_template").astype(np.float64)
+    if sd.shape != (SMPLX_NUM_VERTICES, 3, NUM_BETAS + 1) or vt.shape != (SMPLX_NUM_VERTICES, 3):
         raise SMPLXModelError("the checkpoint's embedded SMPL-X layer has no children's direction")
-    return sd[:, :, 10] + vt
+    return sd[:, :, NUM_BETAS] + vt
 
 
 def smplx_model_from_state(state, source="checkpoint"):
     """The ``smplx_layer.*`` buffers of an official HybrIK-X checkpoint (torch
-    tensors or arrays) -> SMPLXModel."""
-    name = source
-    arr = {}
-    for key, want in _STATE_KEYS.items():
-        full = f"smplx_layer.{key}"
-        if full not in state:
-            raise SMPLXModelError(f"{name}: has no embedded SMPL-X layer ('{full}' missing); "
-                                  "give an SMPL-X model file")
-        v = state[full]
-        a = v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v)
-        if a.ndim != len(want) or any(w is not None and s != w for s, w in zip(a.shape, want)):
-            raise SMPLXModelError(f"{name}: '{full}' has shape {a.shape}")
-        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-            raise SMPLXModelError(f"{name}: '{full}' contains NaN or infinite values")
-        arr[key] = a
-    parents = state.get("smplx_layer.parents")
-    if parents is not None:
-        p = (parents.cpu().numpy() if torch.is_tensor(parents) else np.asarray(parents))
-        if p.shape != (55,) or not np.array_equal(p.astype(np.int64)[1:], SMPLX_PARENTS[1:]):
-            raise SMPLXModelError(f"{name}: the embedded kinematic tree is not SMPL-X's")
-    faces = arr["faces_tensor"].astype(np.int64)
-    if (len(faces) <= MOUTH_BOTTOM_FACE or faces[MOUTH_BOTTOM_FACE, 2] != MOUTH_BOTTOM_VERTEX
-            or faces.min() < 0 or faces.max() >= SMPLX_NUM_VERTICES):
-        raise SMPLXModelError(f"{name}: the embedded mesh is not the SMPL-X topology")
-    lmk = arr["lmk_faces_idx"].astype(np.int64)
-    if lmk.min() < 0 or lmk.max() >= len(faces):
-        raise SMPLXModelError(f"{name}: embedded landmark face indices outside the mesh")
-    return SMPLXModel(v_template=arr["v_template"], shapedirs=arr["shapedirs"],
-                      expr_dirs=arr["expr_dirs"], posedirs=arr["posedirs"],
-                      J_regressor=arr["J_regressor"], weights=arr["lbs_weights"], faces=faces,
-                      lmk_faces_idx=lmk, lmk_bary_coords=arr["lmk_bary_coords"], source=name)
+    tensors or arrays) -> SMPLXModel, validated by the core model checks."""
+    if not has_smplx_state(state):
+        raise SMPLXModelError(f"{source}: has no embedded SMPL-X layer; give an SMPL-X model "
+                              "file (SMPLX_NEUTRAL.npz)")
+    arrays = {target: _state_array(state, key)
+              for key, target in core_model._CHECKPOINT_KEYS_X.items() if key in state}
+    sd = arrays.pop("shapedirs_kid")      # 10 betas + the children's direction
+    if sd.ndim != 3 or sd.shape[2] != NUM_BETAS + 1:
+        raise SMPLXModelError(f"{source}: 'smplx_layer.shapedirs' has shape {sd.shape}, "
+                              f"expected (10475, 3, {NUM_BETAS + 1})")
+    arrays["kid_dir"] = sd[:, :, NUM_BETAS]
+    arrays["shapedirs"] = np.concatenate([sd[:, :, :NUM_BETAS], arrays.pop("expr_dirs")], 2)
+    bm = core_model.body_model_from_arrays(arrays, source=source, model_type="smplx")
+    return smplx_model_from_body_model(bm, _state_array(state, "smplx_layer.lmk_faces_idx"),
+                                       _state_array(state, "smplx_layer.lmk_bary_coords"))
 
 
 def layer_state(model):
@@ -411,17 +272,6 @@ def _fk_levels():
 
 _FK_LEVELS = _fk_levels()
 _PARENTS55 = torch.as_tensor(SMPLX_PARENTS)
-
-
-def head_top_vertex(model):
-    """Index of the top of the head: the highest rest vertex (+Y) among those
-    skinned mostly to the head joint (SMPL's leaf 24 is such a vertex)."""
-    w = np.asarray(model.weights)
-    head = np.nonzero(w[:, 15] > 0.5)[0]
-    if not len(head):
-        raise SMPLXModelError(f"{model.source or 'SMPL-X model'}: no vertex is skinned to "
-                              "the head")
-    return int(head[np.argmax(np.asarray(model.v_template)[head, 1])])
 
 
 def rotation_to_quaternion(rot):
@@ -477,7 +327,7 @@ class TorchSMPLX:
             device=device, dtype=dtype)
         self.leaf_idx = torch.as_tensor(LEAF_INDICES, device=self.device)
         self.extra_idx = torch.as_tensor(EXTRA_VERTICES, device=self.device)
-        self.head_top = torch.as_tensor(head_top_vertex(model), device=self.device)
+        self.head_top = torch.as_tensor(model.head_top, device=self.device)
         # the vertices the outputs read, for skinning without the whole mesh
         sub = np.unique(np.concatenate([LEAF_INDICES, EXTRA_VERTICES, lmk_faces.reshape(-1),
                                         [int(self.head_top)]]))
