@@ -107,7 +107,7 @@ def test_capture_writes_an_smplx_take(tmp_path, rle_checkpoint, capsys):
     out = str(tmp_path / "take.npz")
     code = cli.main(["capture", clip, "--out", out, "--backend", "hybrik",
                      "--checkpoint", rle_checkpoint, "--smpl-model", MODEL,
-                     "--kid-template", KID, "--batch-size", "3", "--device", "cpu"])
+                     "--kid-template", KID, "--batch-size", "3", "--device", "cpu", "--clean"])
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert code == 0, events[-1]
     assert events[-1]["event"] == "done"
@@ -125,6 +125,7 @@ def test_capture_writes_an_smplx_take(tmp_path, rle_checkpoint, capsys):
     assert np.all(r.joint_confidence[:, 22:] == 0)
     assert 0 <= r.joint_confidence.min() and r.joint_confidence.max() <= 1
     assert np.all(r.root_translation[:, 2] > 0) and np.all(np.isfinite(r.joints29))
+    assert r.camera_to_world is not None     # the clean-up ran, with the SMPL-X model
     assert abs(float(r.kid[0])) < 5 and np.abs(r.expression).max() < 10
 
 
