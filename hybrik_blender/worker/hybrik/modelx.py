@@ -17,8 +17,9 @@ mode) step by step:
    joints 0-54, the heatmap model 0-21. An iteration whose normal equation is
    exactly singular (all weights zero) keeps the scale: the regression model
    does this officially (it catches the RuntimeError); the heatmap model would
-   raise there, here it behaves the same way. In a batch this is decided per
-   crop (the official code would skip the iteration for the whole batch).
+   raise there, here it behaves the same way, as it does for a step that
+   would give a non-finite scale. In a batch this is decided per crop (the
+   official code would skip the iteration for the whole batch).
 3. Back-projection with the refined scale: ``cam_depth = 1000 / (256 s +
    1e-9)``, the float32 depth factor 2.2000000477 m; the analytical IK on the
    root-relative skeleton times 2.2 (a Python float, which only differs from
@@ -101,10 +102,10 @@ def soft_argmax_25d(prob_uv, prob_z):
     b, k, h, w = prob_uv.shape
     mx = prob_uv.sum(2)
     my = prob_uv.sum(3)
-    r = torch.arange(w, dtype=torch.float32, device=prob_uv.device)
-    cx = (mx * r).sum(-1) / float(w) - 0.5
-    cy = (my * r).sum(-1) / float(h) - 0.5
-    cz = (prob_z * r).sum(-1) / float(prob_z.shape[-1]) - 0.5
+    def expect(p):
+        r = torch.arange(p.shape[-1], dtype=torch.float32, device=p.device)
+        return (p * r).sum(-1) / float(p.shape[-1]) - 0.5
+    cx, cy, cz = expect(mx), expect(my), expect(prob_z)
     peak = prob_uv.reshape(b, k, -1).amax(-1) * prob_z.amax(-1)
     return torch.stack([cx, cy, cz], -1), (mx, my, prob_z), peak
 
