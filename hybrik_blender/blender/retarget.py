@@ -1,30 +1,51 @@
 """Retarget a hybrik-blender take onto another humanoid armature.
 
-The maths is in core/retarget/solve.py; this module reads the armatures and the
-source's keys, and writes the result as a new action in bulk (ActionWriter).
-The target rig itself is never edited: no rest pose, roll, constraint or
-object transform changes.
+The maths is in core/retarget/ (maps.py, calibrate.py, solve.py, euler.py);
+this module reads the armatures and the source's keys, and writes the result
+as a new action in bulk (ActionWriter). The target rig itself is never
+edited: no rest pose, roll, constraint or object transform changes.
+
+The source is an SMPL (24 bones) or SMPL-X (55 bones, with fingers)
+character made by this add-on.
 
 Rotation modes: each mapped target bone is keyed in the rotation mode it
-already uses (quaternion, or Euler angles in the bone's order, unwrapped over
-time). Bones in axis-angle mode are switched to quaternion mode, which is a
-pose-bone setting, not a change of the rig. ``rotation_mode='QUATERNION'``
-switches every mapped bone to quaternions instead.
+already uses (quaternion, or Euler angles in the bone's order, continuous
+over time: no steps of 180 degrees at gimbal lock). Bones in axis-angle mode
+are switched to quaternion mode, which is a pose-bone setting, not a change
+of the rig. ``rotation_mode='QUATERNION'`` switches every mapped bone to
+quaternions instead.
+
+The new action also holds every unmapped bone at rest (one key per channel:
+identity rotation, zero location, unit scale), so whatever pose the rig was
+left in, unmapped fingers, toes and face bones keep their rest relation to
+their parents. Bones with constraints are left alone (their constraints
+drive them).
 """
 import dataclasses
 
+import bpy
 import numpy as np
 
+from ..core.body.skeleton import JOINT_NAMES, SMPLX_JOINT_NAMES
+from ..core.retarget import calibrate, guess, maps
 from ..core.retarget import solve as rt
-from ..core.retarget.solve import BoneMapError
-from ..core.rotations import quaternion_to_matrix
-from ..core.body.skeleton import JOINT_NAMES
+from ..core.retarget.maps import BoneMapError
+from ..core.retarget.euler import continuous_euler, euler_to_matrix
+from ..core.rotations import axis_angle_to_matrix, quaternion_to_matrix
 from .keyframes import ActionWriter, fcurves_of
 
 PRESET_ITEMS = [('AUTO', "Auto-detect", "Pick the preset from the target's bone names")] + [
     (key, spec["label"], f"Bone names of the {spec['label']} rig")
-    for key, spec in rt.PRESETS.items()] + [
+    for key, spec in maps.PRESETS.items()] + [
     ('CUSTOM', "Custom", "The bone map edited in the panel or loaded from a JSON file")]
+
+ROOT_ITEMS = [
+    ('WORLD', "Root motion", "Move the hips like the source, scaled by the ratio of leg "
+                             "lengths, feet on the floor where the source's are"),
+    ('IN_PLACE', "In place", "Keep the hips above their rest position; the height still "
+                             "follows the source, feet on the floor"),
+    ('NONE', "Off", "No location keys on the hips"),
+]
 
 
 class RetargetError(RuntimeError):
@@ -41,16 +62,67 @@ class RetargetReport:
     num_frames: int
     scale: float
     root_bone: str
+    foot_heights: tuple = (None, None)
 
 
-def skeleton_of(rig):
-    """core Skeleton of an armature object (rest pose, object matrix)."""
+def _bone_table(rig):
     bones = rig.data.bones
     names = [b.name for b in bones]
     index = {n: i for i, n in enumerate(names)}
     parents = [index[b.parent.name] if b.parent else -1 for b in bones]
+    return names, parents
+
+
+def skeleton_of(rig, sole=None):
+    """core Skeleton of an armature object (rest pose, object matrix)."""
+    bones = rig.data.bones
+    names, parents = _bone_table(rig)
     rest = np.array([np.array(b.matrix_local) for b in bones]).reshape(-1, 4, 4)
-    return rt.Skeleton(names, parents, rest, np.array(rig.matrix_world))
+    tails = np.array([tuple(b.tail_local) for b in bones]).reshape(-1, 3)
+    return rt.Skeleton(names, parents, rest, np.array(rig.matrix_world), tails=tails,
+                       sole=sole)
+
+
+def skinned_meshes(rig):
+    return [o for o in bpy.data.objects if o.type == 'MESH' and any(
+        m.type == 'ARMATURE' and m.object == rig for m in o.modifiers)]
+
+
+def mesh_sole(rig, mapping):
+    """World height of the lowest vertex of the rig's skinned meshes at rest,
+    when the rig stands upright at rest (so that vertex is a sole); None
+    without meshes or when it is not upright."""
+    meshes = skinned_meshes(rig)
+    need = ("left_hip", "right_hip", "left_shoulder", "right_shoulder")
+    if not meshes or not all(mapping.get(n) in rig.data.bones for n in need):
+        return None
+    mw = np.array(rig.matrix_world)
+    heads = {n: mw[:3, :3] @ np.array(rig.data.bones[mapping[n]].head_local) + mw[:3, 3]
+             for n in need}
+    if not calibrate.is_upright(calibrate.body_axes(heads)[1]):
+        return None
+    saved = rig.data.pose_position
+    rig.data.pose_position = 'REST'
+    lowest = None
+    try:
+        depsgraph = bpy.context.evaluated_depsgraph_get()
+        depsgraph.update()
+        for ob in meshes:
+            ev = ob.evaluated_get(depsgraph)
+            me = ev.to_mesh()
+            try:
+                co = np.empty(3 * len(me.vertices), np.float64)
+                me.vertices.foreach_get("co", co)
+            finally:
+                ev.to_mesh_clear()
+            if len(co):
+                omw = np.array(ob.matrix_world)
+                z = float((co.reshape(-1, 3) @ omw[:3, :3].T + omw[:3, 3])[:, 2].min())
+                lowest = z if lowest is None else min(lowest, z)
+    finally:
+        rig.data.pose_position = saved
+        bpy.context.view_layer.update()
+    return lowest
 
 
 def vrm_human_bones(rig):
@@ -61,7 +133,7 @@ def vrm_human_bones(rig):
     out = {}
     try:
         human = ext.vrm1.humanoid.human_bones
-        for (vrm_id,) in rt.VRM_HUMAN_BONES.values():
+        for (vrm_id,) in maps.VRM_HUMAN_BONES.values():
             hb = getattr(human, vrm_id, None)
             name = getattr(getattr(hb, "node", None), "bone_name", "") if hb else ""
             if name:
@@ -72,6 +144,7 @@ def vrm_human_bones(rig):
         try:
             for hb in ext.vrm0.humanoid.human_bones:
                 vrm_id = "".join("_" + c.lower() if c.isupper() else c for c in hb.bone)
+                vrm_id = maps.VRM0_THUMB_IDS.get(vrm_id, vrm_id)
                 if hb.node.bone_name:
                     out[vrm_id] = hb.node.bone_name
         except AttributeError:
@@ -80,29 +153,54 @@ def vrm_human_bones(rig):
 
 
 def resolve_bone_map(rig, preset='AUTO', custom=None):
-    """(preset used, {SMPL bone: target bone}) for an armature object."""
-    names = [b.name for b in rig.data.bones]
+    """(preset used, {source bone: target bone}) for an armature object. The
+    map is checked against the rig's hierarchy (pelvis above the thighs,
+    chains parent to child); errors name the bones."""
+    names, parents = _bone_table(rig)
     if preset == 'CUSTOM':
         if not custom:
-            raise RetargetError("the custom bone map is empty")
-        return 'CUSTOM', rt.check_map(custom, names)
+            raise RetargetError("the custom bone map is empty: fill it or load a JSON map")
+        mapping = rt.check_map(custom, names, parents)
+        _require_core(rig, mapping, "the custom bone map")
+        return 'CUSTOM', mapping
     vrm = vrm_human_bones(rig)
     if preset == 'AUTO':
-        found, mapping = rt.detect_preset(names, vrm)
+        found, mapping = maps.detect_preset(names, vrm, parents)
         if found is None:
-            raise RetargetError(f"could not recognise the bones of {rig.name!r}: pick a preset "
-                                "or make a custom bone map")
-        return found, mapping
+            raise RetargetError(f"could not recognise the bones of {rig.name!r}: pick a preset, "
+                                "or use Fill Bone Map to guess a custom map and finish it")
+        return found, rt.check_map(mapping, names, parents)
     if preset == 'VRM' and vrm:
-        mapping = rt.vrm_map(vrm)
+        mapping = maps.vrm_map(vrm)
         if mapping:
-            return 'VRM', rt.check_map(mapping, names)
-    mapping = rt.resolve_preset(preset, names)
-    missing = [b for b in rt.CORE_BONES if b not in mapping]
+            return 'VRM', rt.check_map(mapping, names, parents)
+    mapping = maps.resolve_preset(preset, names, parents)
+    missing = maps.missing_core(mapping)
     if missing:
-        raise RetargetError(f"{rig.name!r} does not look like a {rt.PRESETS[preset]['label']} "
-                            f"rig: no bone for {', '.join(missing)}")
-    return preset, mapping
+        raise RetargetError(f"{rig.name!r} does not look like a "
+                            f"{maps.PRESETS[preset]['label']} rig: no bone for "
+                            f"{', '.join(missing)}")
+    return preset, rt.check_map(mapping, names, parents)
+
+
+def _require_core(rig, mapping, what):
+    missing = maps.missing_core(mapping)
+    if missing:
+        raise RetargetError(f"{what} leaves core bones of {rig.name!r} unmapped: "
+                            f"{', '.join(missing)}")
+
+
+def guess_bone_map(rig):
+    """(preset or None, partial map) for the panel's Fill: names first,
+    then hierarchy and geometry (core.retarget.guess)."""
+    names, parents = _bone_table(rig)
+    if maps.detect_preset(names, vrm_human_bones(rig), parents)[0] is not None:
+        return resolve_bone_map(rig, 'AUTO')
+    mw = np.array(rig.matrix_world)
+    bones = rig.data.bones
+    heads = np.array([tuple(b.head_local) for b in bones]).reshape(-1, 3) @ mw[:3, :3].T
+    tails = np.array([tuple(b.tail_local) for b in bones]).reshape(-1, 3) @ mw[:3, :3].T
+    return guess.guess_map(names, parents, heads + mw[:3, 3], tails + mw[:3, 3])
 
 
 def _curve_table(rig):
@@ -137,8 +235,9 @@ def read_motion(rig, bone_names=JOINT_NAMES):
     (bones without keys keep their current pose values)."""
     table = _curve_table(rig)
     paths = [f'pose.bones["{n}"]' for n in bone_names]
+    wanted = set(bone_names)
     keyed = [fr for (dp, _), (fr, _) in table.items() if dp.startswith('pose.bones["')
-             and dp.split('"')[1] in set(bone_names)]
+             and dp.split('"')[1] in wanted]
     if not keyed:
         raise RetargetError(f"{rig.name!r} has no keyed motion to retarget")
     frames = np.unique(np.concatenate(keyed))
@@ -156,15 +255,26 @@ def read_motion(rig, bone_names=JOINT_NAMES):
                           tuple(pb.rotation_axis_angle))
             axis = aa[:, 1:] / np.maximum(np.linalg.norm(aa[:, 1:], axis=1, keepdims=True),
                                           1e-12)
-            from ..core.rotations import axis_angle_to_matrix
             basis[:, b, :3, :3] = axis_angle_to_matrix(axis * aa[:, :1])
         else:
             e = _channel(table, f"{path}.rotation_euler", 3, frames, tuple(pb.rotation_euler))
-            basis[:, b, :3, :3] = rt.euler_to_matrix(e, pb.rotation_mode)
+            basis[:, b, :3, :3] = euler_to_matrix(e, pb.rotation_mode)
         basis[:, b, :3, 3] = _channel(table, f"{path}.location", 3, frames, tuple(pb.location))
     if quat_bones:
         basis[:, quat_bones, :3, :3] = quaternion_to_matrix(np.stack(quats, axis=1))
     return frames, basis
+
+
+def source_kind(ob):
+    """'smplx', 'smpl' or None: which hybrik-blender character `ob` is."""
+    if ob is None or ob.type != 'ARMATURE':
+        return None
+    bones = ob.data.bones
+    if all(n in bones for n in SMPLX_JOINT_NAMES):
+        return 'smplx'
+    if all(n in bones for n in JOINT_NAMES):
+        return 'smpl'
+    return None
 
 
 def find_source_rig(context, exclude=None):
@@ -179,7 +289,7 @@ def find_source_rig(context, exclude=None):
 
 
 def _is_hybrik_rig(ob):
-    return ob.type == 'ARMATURE' and all(n in ob.data.bones for n in JOINT_NAMES)
+    return source_kind(ob) is not None
 
 
 def _write_rotation(writer, pb, rot, quats, frames, rotation_mode):
@@ -190,17 +300,44 @@ def _write_rotation(writer, pb, rot, quats, frames, rotation_mode):
     if mode == 'QUATERNION':
         writer.add_array(f"{path}.rotation_quaternion", frames, quats, group=pb.name)
     else:
-        writer.add_array(f"{path}.rotation_euler", frames, rt.continuous_euler(rot, mode),
+        writer.add_array(f"{path}.rotation_euler", frames, continuous_euler(rot, mode),
                          group=pb.name)
+
+
+def _hold_at_rest(writer, pb, first, rotation=True, location=True):
+    path = f'pose.bones["{pb.name}"]'
+    if rotation:
+        if pb.rotation_mode == 'QUATERNION':
+            writer.add_array(f"{path}.rotation_quaternion", first, [[1.0, 0.0, 0.0, 0.0]],
+                             group=pb.name)
+        elif pb.rotation_mode == 'AXIS_ANGLE':
+            writer.add_array(f"{path}.rotation_axis_angle", first, [[0.0, 0.0, 1.0, 0.0]],
+                             group=pb.name)
+        else:
+            writer.add_array(f"{path}.rotation_euler", first, np.zeros((1, 3)), group=pb.name)
+    if location:
+        writer.add_array(f"{path}.location", first, np.zeros((1, 3)), group=pb.name)
+    writer.add_array(f"{path}.scale", first, np.ones((1, 3)), group=pb.name)
+
+
+def _root_mode(root_motion):
+    if root_motion in (True, 'WORLD', 'world'):
+        return "world"
+    if root_motion in ('IN_PLACE', 'in_place'):
+        return "in_place"
+    if root_motion in (False, None, 'NONE', 'none'):
+        return "none"
+    raise RetargetError(f"unknown root motion mode {root_motion!r}")
 
 
 def retarget(source, target, preset='AUTO', mapping=None, rotation_mode='KEEP',
              root_motion=True, action_name=None):
     """Retarget the keyed motion of a hybrik-blender rig onto `target`.
 
-    preset: 'AUTO', a key of core.retarget.PRESETS, or 'CUSTOM' with
-    `mapping` ({SMPL bone: target bone}). Writes a new action on the target
-    (the previous one is kept with a fake user) and returns a RetargetReport.
+    preset: 'AUTO', a key of core.retarget.maps.PRESETS, or 'CUSTOM' with
+    `mapping` ({source bone: target bone}). root_motion: 'WORLD' (or True),
+    'IN_PLACE', 'NONE' (or False). Writes a new action on the target (the
+    previous one is kept with a fake user) and returns a RetargetReport.
     """
     if source is None or target is None or source.type != 'ARMATURE' \
             or target.type != 'ARMATURE':
@@ -208,17 +345,21 @@ def retarget(source, target, preset='AUTO', mapping=None, rotation_mode='KEEP',
     if source == target:
         raise RetargetError("the source and the target are the same armature")
     if not _is_hybrik_rig(source):
-        raise RetargetError(f"{source.name!r} is not a hybrik-blender (SMPL) armature")
+        raise RetargetError(f"{source.name!r} is not a hybrik-blender (SMPL or SMPL-X) "
+                            "armature")
     if 'EDIT' in (source.mode, target.mode):
         raise RetargetError("leave Edit Mode before retargeting")
+    mode = _root_mode(root_motion)
     if mapping is not None and preset == 'AUTO':
         preset = 'CUSTOM'
     try:
         used, bone_map = resolve_bone_map(target, preset, mapping)
-        src_skel = skeleton_of(source)
+        src_names = list(SMPLX_JOINT_NAMES if source_kind(source) == 'smplx' else JOINT_NAMES)
+        src_map = {n: n for n in src_names}
+        src_skel = skeleton_of(source, mesh_sole(source, src_map))
+        tgt_skel = skeleton_of(target, mesh_sole(target, bone_map))
         frames, basis = read_motion(source, src_skel.names)
-        sol = rt.solve(src_skel, basis, skeleton_of(target), bone_map,
-                       root_motion=root_motion)
+        sol = rt.solve(src_skel, basis, tgt_skel, bone_map, root_motion=mode)
     except BoneMapError as exc:
         raise RetargetError(str(exc)) from None
 
@@ -227,26 +368,25 @@ def retarget(source, target, preset='AUTO', mapping=None, rotation_mode='KEEP',
         ad.action.use_fake_user = True
     writer = ActionWriter(target, action_name or f"{target.name}_{source.name}_retarget")
     pbones = target.pose.bones
-    for k, name in enumerate(sol.bones):
-        _write_rotation(writer, pbones[name], sol.rotations[:, k], sol.quaternions[:, k], frames,
-                        rotation_mode)
     first = frames[:1]
-    for name in sol.rest_bones:  # unmapped bones above mapped ones: hold at rest
+    for k, name in enumerate(sol.bones):
         pb = pbones[name]
-        path = f'pose.bones["{name}"]'
-        if pb.rotation_mode in ('QUATERNION', 'AXIS_ANGLE'):
-            attr = "rotation_quaternion" if pb.rotation_mode == 'QUATERNION' \
-                else "rotation_axis_angle"
-            value = [[1.0, 0.0, 0.0, 0.0] if attr == "rotation_quaternion" else
-                     [0.0, 0.0, 1.0, 0.0]]
-            writer.add_array(f"{path}.{attr}", first, np.array(value), group=name)
-        else:
-            writer.add_array(f"{path}.rotation_euler", first, np.zeros((1, 3)), group=name)
-        writer.add_array(f"{path}.location", first, np.zeros((1, 3)), group=name)
+        _write_rotation(writer, pb, sol.rotations[:, k], sol.quaternions[:, k], frames,
+                        rotation_mode)
+        if name != sol.root_bone:
+            _hold_at_rest(writer, pb, first, rotation=False)
+    for name in sol.unmapped:
+        pb = pbones[name]
+        if name in sol.rest_bones or not pb.constraints:
+            _hold_at_rest(writer, pb, first)
     if sol.root_bone is not None:
         writer.add_array(f'pose.bones["{sol.root_bone}"].location', frames,
                          sol.root_location, group=sol.root_bone)
+        writer.add_array(f'pose.bones["{sol.root_bone}"].scale', first, np.ones((1, 3)),
+                         group=sol.root_bone)
+    else:
+        _hold_at_rest(writer, pbones[bone_map["pelvis"]], first, rotation=False)
     writer.action["hybrik_retarget_source"] = source.name
     writer.action["hybrik_retarget_preset"] = used
     return RetargetReport(writer.action, used, bone_map, int(frames[0]), int(frames[-1]),
-                          len(frames), sol.scale, sol.root_bone)
+                          len(frames), sol.scale, sol.root_bone, sol.foot_heights)

@@ -157,14 +157,38 @@ def rig_state(rig):
             np.array(rig.matrix_world), [b.name for b in rig.data.bones])
 
 
-def assert_directions_follow(src, tgt, mapping, frames):
-    pairs = sorted(mapping.items())
-    ws = world_bone_matrices(src, [s for s, _ in pairs], frames)
-    wt = world_bone_matrices(tgt, [t for _, t in pairs], frames)
-    err = np.degrees(angle_between(bone_directions(ws), bone_directions(wt)))
+LIMB_SEGMENTS = [(f"{s}_{a}", f"{s}_{b}") for s in ("left", "right") for a, b in
+                 (("hip", "knee"), ("knee", "ankle"), ("ankle", "foot"),
+                  ("shoulder", "elbow"), ("elbow", "wrist"))]
+
+
+def world_heads(rig, names, frames, subframe=0.0):
+    """(F, B, 3) world positions of pose-bone heads, evaluated by Blender."""
+    out = np.empty((len(frames), len(names), 3))
+    mw = np.array(rig.matrix_world)
+    for i, f in enumerate(frames):
+        bpy.context.scene.frame_set(int(f), subframe=subframe)
+        for j, n in enumerate(names):
+            out[i, j] = (mw @ np.append(np.array(rig.pose.bones[n].head), 1.0))[:3]
+    return out
+
+
+def assert_directions_follow(src, tgt, mapping, frames, subframe=0.0, tol=MAX_ANGLE_DEG):
+    """Every limb segment (joint to joint: thigh, shin, foot, upper arm,
+    forearm) of the target points where the source's does, whatever the
+    bones' own axes."""
+    segs = [(a, b) for a, b in LIMB_SEGMENTS if a in mapping and b in mapping]
+    src_names = sorted({n for seg in segs for n in seg})
+    ws = world_heads(src, src_names, frames, subframe)
+    wt = world_heads(tgt, [mapping[n] for n in src_names], frames, subframe)
+    ia = [src_names.index(a) for a, _ in segs]
+    ib = [src_names.index(b) for _, b in segs]
+    ds, dt = ws[:, ib] - ws[:, ia], wt[:, ib] - wt[:, ia]
+    ds /= np.linalg.norm(ds, axis=-1, keepdims=True)
+    dt /= np.linalg.norm(dt, axis=-1, keepdims=True)
+    err = np.degrees(angle_between(ds, dt))
     worst = np.unravel_index(np.argmax(err), err.shape)
-    assert err.max() < MAX_ANGLE_DEG, \
-        f"{pairs[worst[1]]} at frame {frames[worst[0]]}: {err.max():.3f} deg"
+    assert err.max() < tol, f"{segs[worst[1]]} at frame {frames[worst[0]]}: {err.max():.3f} deg"
     return float(err.max())
 
 
