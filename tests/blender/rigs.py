@@ -262,6 +262,7 @@ def import_bvh(layout, units=None, frames=2, seed=0, name=None):
     """Import the layout's BVH with Blender's importer (default options:
     Y up, -Z forward, scale 1, native rotation modes). Returns (rig, info)
     where info knows the rig's anatomy."""
+    units = units or LAYOUTS[layout]()[1]["units"]
     text, joints, to_m = bvh_text(layout, units, frames, seed)
     folder = tempfile.mkdtemp(prefix="hybrik-bvh-")
     path = os.path.join(folder, f"{name or layout.lower()}.bvh")
@@ -270,7 +271,7 @@ def import_bvh(layout, units=None, frames=2, seed=0, name=None):
     bpy.ops.import_anim.bvh(filepath=path)
     rig = bpy.context.view_layer.objects.active
     bpy.context.scene.frame_set(frames)  # left in the last, bent pose
-    return rig, bvh_anatomy(layout, joints)
+    return rig, bvh_anatomy(layout, joints, units)
 
 
 # Blender's BVH importer turns BVH (Y up, -Z forward... ) into Blender axes:
@@ -278,7 +279,7 @@ def import_bvh(layout, units=None, frames=2, seed=0, name=None):
 BVH_TO_BLENDER = np.array([[1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]])
 
 
-def bvh_anatomy(layout, joints):
+def bvh_anatomy(layout, joints, units):
     by_key = {}
     for j in joints:
         by_key.setdefault(j.key, j.name)
@@ -295,10 +296,12 @@ def bvh_anatomy(layout, joints):
     # the face at rest: the person's front carried by the head joint's frame
     # (world-aligned layouts: the front itself)
     face_rest = BVH_TO_BLENDER @ (head_j.frame.T @ FRONT)
-    feet = [ankle.format(S=t) for t in tags] + ([toe.format(S=t) for t in tags] if toe else [])
+    feet = {f"{s}_ankle": ankle.format(S=t) for s, t in zip(("left", "right"), tags)}
+    if toe:
+        feet.update({f"{s}_foot": toe.format(S=t) for s, t in zip(("left", "right"), tags)})
     p = _points()
-    stand = min(p[names[f].key][1] for f in feet)
-    scale = 1.0 if "cm" == LAYOUTS[layout]()[1]["units"] else 0.01
+    stand = min(p[names[f].key][1] for f in feet.values())
+    scale = 1.0 if units == "cm" else 0.01
     return Anatomy(hips=tuple(hip.format(S=t) for t in tags),
                    shoulders=tuple(sh.format(S=t) for t in tags), head=head,
                    face_rest=face_rest, feet=feet,
@@ -315,7 +318,8 @@ class Anatomy:
                  units_per_cm=1.0):
         self.hips, self.shoulders, self.head = hips, shoulders, head
         self.face_rest = np.asarray(face_rest, float) / np.linalg.norm(face_rest)
-        self.feet, self.knees = list(feet), knees
+        # {SMPL foot point: bone}: ankles, and toes where the rig has them
+        self.feet, self.knees = dict(feet), knees
         self.standing_height = standing_height
         self.units_per_cm = units_per_cm
 
@@ -327,13 +331,14 @@ class Anatomy:
 
 SMPL_ANATOMY = dict(hips=("left_hip", "right_hip"), shoulders=("left_shoulder", "right_shoulder"),
                     head="head", face_rest=(0.0, -1.0, 0.0),
-                    feet=["left_ankle", "right_ankle", "left_foot", "right_foot"],
+                    feet={n: n for n in ("left_ankle", "right_ankle", "left_foot", "right_foot")},
                     knees=("left_knee", "right_knee"))
 
 
-def smpl_anatomy(rig, mesh=None):
+def smpl_anatomy(rig, mesh=None, feet=None):
     """The anatomy of a hybrik-blender SMPL character; its standing foot
-    height from its mesh's lowest vertex at rest."""
+    height (over the foot points `feet`, default ankles and toes) from its
+    mesh's lowest vertex at rest."""
     stand = 0.0
     if mesh is not None:
         co = np.empty(3 * len(mesh.data.vertices))
@@ -341,7 +346,7 @@ def smpl_anatomy(rig, mesh=None):
         mw = np.array(mesh.matrix_world)
         low = (co.reshape(-1, 3) @ mw[:3, :3].T + mw[:3, 3])[:, 2].min()
         feet = [np.array(rig.matrix_world) @ np.append(rig.data.bones[n].head_local, 1.0)
-                for n in SMPL_ANATOMY["feet"]]
+                for n in (feet or SMPL_ANATOMY["feet"])]
         stand = min(f[2] for f in feet) - low
     return Anatomy(standing_height=stand, **SMPL_ANATOMY)
 
@@ -354,7 +359,9 @@ def metarig(apose_extra=0.0):
     rig = bpy.context.view_layer.objects.active
     return rig, Anatomy(hips=("thigh.L", "thigh.R"), shoulders=("upper_arm.L", "upper_arm.R"),
                         head="spine.006", face_rest=(0.0, -1.0, 0.0),
-                        feet=["foot.L", "foot.R", "toe.L", "toe.R"], knees=("shin.L", "shin.R"),
+                        feet={"left_ankle": "foot.L", "right_ankle": "foot.R",
+                              "left_foot": "toe.L", "right_foot": "toe.R"},
+                        knees=("shin.L", "shin.R"),
                         standing_height=None)
 
 
@@ -383,10 +390,12 @@ def rest_rotation(rig, bone):
     return r / np.linalg.norm(r, axis=0, keepdims=True)
 
 
-def anatomy(rig, an, frames, subframe=0.0):
+def anatomy(rig, an, frames, subframe=0.0, feet=None):
     """Per frame: hip line, shoulder line, torso up, face direction (unit
-    vectors) and the lowest foot point's height above the rig's floor."""
-    bones = list(an.hips) + list(an.shoulders) + [an.head] + list(an.feet)
+    vectors) and the lowest foot point's height above the rig's floor (over
+    the foot points named in `feet`, default all the rig has)."""
+    feet = list(an.feet) if feet is None else feet
+    bones = list(an.hips) + list(an.shoulders) + [an.head] + [an.feet[k] for k in feet]
     heads, rots = evaluate(rig, bones, frames, subframe)
     unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)  # noqa: E731
     hip = unit(heads[:, 0] - heads[:, 1])
@@ -402,8 +411,8 @@ def anatomy(rig, an, frames, subframe=0.0):
 def leg_length(rig, an):
     mw = np.array(rig.matrix_world)
     out = []
-    for hip, knee in zip(an.hips, an.knees):
-        ankle_side = an.feet[an.hips.index(hip)]
+    for hip, knee, side in zip(an.hips, an.knees, ("left", "right")):
+        ankle_side = an.feet[f"{side}_ankle"]
         pts = [mw @ np.append(rig.data.bones[n].head_local, 1.0) for n in (hip, knee, ankle_side)]
         out.append(np.linalg.norm(pts[1][:3] - pts[0][:3]) + np.linalg.norm(pts[2][:3] - pts[1][:3]))
     return float(np.mean(out))
@@ -418,8 +427,9 @@ def compare(src, src_an, tgt, tgt_an, frames, subframe=0.0, scale=1.0,
             src_stand=0.0, tgt_stand=0.0):
     """Anatomy errors of tgt against src: degrees per frame for each line,
     and the foot height error as a fraction of the target's leg length."""
-    a = anatomy(src, src_an, frames, subframe)
-    b = anatomy(tgt, tgt_an, frames, subframe)
+    feet = [k for k in tgt_an.feet if k in src_an.feet]
+    a = anatomy(src, src_an, frames, subframe, feet)
+    b = anatomy(tgt, tgt_an, frames, subframe, feet)
     out = {k: angle_deg(a[k], b[k]) for k in ("hip", "shoulder", "up", "face")}
     legs = leg_length(tgt, tgt_an)
     out["foot"] = np.abs((b["low"] - tgt_stand) - scale * (a["low"] - src_stand)) / legs
@@ -439,3 +449,11 @@ def set_rolls(rig, seed=0):
 def set_world(rig, matrix):
     rig.matrix_world = Matrix(np.asarray(matrix, float).tolist())
     bpy.context.view_layer.update()
+
+
+def to_fbx_axes(rig, matrix):
+    """Make the rig look like an FBX import: armature data Y-up (turned -90
+    degrees about X), the object matrix `matrix` (e.g. 0.01 scale and +90
+    degrees about X) standing it up again."""
+    rig.data.transform(Matrix.Rotation(-math.pi / 2, 4, 'X'))
+    set_world(rig, matrix)
