@@ -369,11 +369,12 @@ def retarget(source, target, preset='AUTO', mapping=None, rotation_mode='KEEP',
     writer = ActionWriter(target, action_name or f"{target.name}_{source.name}_retarget")
     pbones = target.pose.bones
     first = frames[:1]
+    root = bone_map["pelvis"]
     for k, name in enumerate(sol.bones):
         pb = pbones[name]
         _write_rotation(writer, pb, sol.rotations[:, k], sol.quaternions[:, k], frames,
                         rotation_mode)
-        if name != sol.root_bone:
+        if name != root:
             _hold_at_rest(writer, pb, first, rotation=False)
     for name in sol.unmapped:
         pb = pbones[name]
@@ -385,7 +386,7 @@ def retarget(source, target, preset='AUTO', mapping=None, rotation_mode='KEEP',
         writer.add_array(f'pose.bones["{sol.root_bone}"].scale', first, np.ones((1, 3)),
                          group=sol.root_bone)
     else:
-        _hold_at_rest(writer, pbones[bone_map["pelvis"]], first, rotation=False)
+        _hold_at_rest(writer, pbones[root], first, rotation=False)
     writer.action["hybrik_retarget_source"] = source.name
     writer.action["hybrik_retarget_preset"] = used
     return RetargetReport(writer.action, used, bone_map, int(frames[0]), int(frames[-1]),

@@ -255,25 +255,41 @@ def test_retarget_follows_source_directions(source_take, case):
 
 
 def test_root_motion_scaled_by_leg_length(source_take):
+    """Horizontally the hips move like the source's scaled by the leg-length
+    ratio; vertically the feet meet the floor where the source's do."""
     src = source_take.rig
     legs = 1.25
     bones = humanoid_bones(src, MIXAMO, leg_scale=legs, arm_scale=0.8, offset=(2.0, 1.0, 0.0))
     tgt = build_rig("mixamo", bones, roll_deg=90.0, world=MIXAMO_WORLD, prefix="mixamorig:")
     rep = retarget(src, tgt)
     assert rep.scale == pytest.approx(legs, rel=1e-6)
+    hs, ht = rep.foot_heights
+    assert hs > 0 and ht == pytest.approx(legs * hs)  # the source's from its mesh
     frames = [rep.frame_start, rep.frame_start + 7, rep.frame_end]
     hips = tgt.pose.bones["mixamorig:Hips"]
     rest_t = (np.array(tgt.matrix_world) @ np.array(hips.bone.matrix_local))[:3, 3]
     rest_s = np.array(src.data.bones["pelvis"].head_local)
+    feet_s = ["left_ankle", "right_ankle", "left_foot", "right_foot"]
+    feet_t = ["mixamorig:" + n for n in ("LeftFoot", "RightFoot", "LeftToeBase", "RightToeBase")]
     for f in frames:
         bpy.context.scene.frame_set(f)
         p_t = (np.array(tgt.matrix_world) @ np.array(hips.matrix))[:3, 3]
         p_s = (np.array(src.matrix_world) @ np.array(src.pose.bones["pelvis"].matrix))[:3, 3]
-        assert np.allclose(p_t - rest_t, legs * (p_s - rest_s), atol=1e-4)
-    # in-place option: no root location curve
+        assert np.allclose(p_t[:2] - rest_t[:2], legs * (p_s[:2] - rest_s[:2]), atol=1e-4)
+        low_s = world_heads(src, feet_s, [f])[0, :, 2].min()
+        low_t = world_heads(tgt, feet_t, [f])[0, :, 2].min()
+        assert low_t - ht == pytest.approx(legs * (low_s - hs), abs=1e-4)
+    # in place: the hips keep their rest position over the floor
+    retarget(src, tgt, root_motion='IN_PLACE')
+    for f in frames:
+        bpy.context.scene.frame_set(f)
+        p_t = (np.array(tgt.matrix_world) @ np.array(hips.matrix))[:3, 3]
+        assert np.allclose(p_t[:2], rest_t[:2], atol=1e-5)
+    # off: no root location curve but a rest key
     rep2 = retarget(src, tgt, root_motion=False)
-    assert not any(fc.data_path.endswith("location") and "Hips" in fc.data_path
-                   for fc in fcurves_of(tgt))
+    loc = [fc for fc in fcurves_of(tgt) if fc.data_path.endswith("location")
+           and '"mixamorig:Hips"' in fc.data_path]
+    assert loc and all(len(fc.keyframe_points) == 1 for fc in loc)
     assert rep2.action != rep.action and rep.action.use_fake_user
 
 
@@ -301,7 +317,7 @@ def test_retarget_refuses_bad_input(source_take):
 def test_euler_convention_matches_blender():
     from mathutils import Euler
 
-    from hybrik_blender.core.retarget.solve import EULER_ORDERS, euler_to_matrix, matrix_to_euler
+    from hybrik_blender.core.retarget.euler import EULER_ORDERS, euler_to_matrix, matrix_to_euler
     rng = np.random.default_rng(0)
     for order in EULER_ORDERS:
         for angles in rng.uniform(-1.4, 1.4, (5, 3)):
