@@ -457,3 +457,98 @@ def to_fbx_axes(rig, matrix):
     degrees about X) standing it up again."""
     rig.data.transform(Matrix.Rotation(-math.pi / 2, 4, 'X'))
     set_world(rig, matrix)
+
+
+# --- an SMPL-X-shaped source (the smplx character's bone conventions) -------
+
+def smplx_rest():
+    """(55, 3) rest joints and (10, 3) finger tips of the synthetic SMPL-X
+    model, in Blender coordinates (tests/data, from J_regressor @ v_template)."""
+    from hybrik_blender.core.blender_space import SMPL_TO_BLENDER
+    from tests.conftest import DATA
+    with np.load(os.path.join(DATA, "synthetic_smplx_rest_skeleton.npz")) as d:
+        return d["joints"] @ SMPL_TO_BLENDER.T, d["finger_tips"] @ SMPL_TO_BLENDER.T, \
+            d["head_top"] @ SMPL_TO_BLENDER.T
+
+
+def smplx_source(rotmats, root, fps=30.0, name="SMPLX_take"):
+    """A 55-bone SMPL-X armature built like the SMPL character (heads at the
+    joints, tails at the child joint or finger tip, Z rolled to the front)
+    and keyed with local rotations (N, 55, 3, 3) and root positions (N, 3)
+    through the exact SMPL -> Blender bone conversion."""
+    from hybrik_blender.blender.keyframes import ActionWriter
+    from hybrik_blender.core.blender_space import bone_basis, homogeneous
+    from hybrik_blender.core.body.skeleton import SMPLX_JOINT_NAMES, SMPLX_PARENTS
+    from hybrik_blender.core.rotations import make_quaternions_continuous, matrix_to_quaternion
+    joints, tips, head_top = smplx_rest()
+    tails = np.empty_like(joints)
+    first_child = {}
+    for i, p in enumerate(SMPLX_PARENTS):
+        if p >= 0:
+            first_child.setdefault(int(p), i)
+    first_child.update({9: 12, 20: 28, 21: 43})  # spine3 -> neck, wrists -> middle1
+    for i in range(55):
+        c = first_child.get(i)
+        tails[i] = joints[c] if c is not None else joints[i] + [0.0, -0.03, 0.0]
+    tails[15] = head_top
+    tails[[27, 30, 33, 36, 39, 42, 45, 48, 51, 54]] = tips
+    tails[[7, 8]] = joints[[10, 11]]
+    tails[[10, 11]] = joints[[10, 11]] + [0.0, -0.08, -0.03]
+    data = bpy.data.armatures.new(name)
+    rig = bpy.data.objects.new(name, data)
+    bpy.context.scene.collection.objects.link(rig)
+    bpy.context.view_layer.objects.active = rig
+    bpy.ops.object.mode_set(mode='EDIT')
+    for i, n in enumerate(SMPLX_JOINT_NAMES):
+        eb = data.edit_bones.new(n)
+        eb.head, eb.tail = joints[i], tails[i]
+        d = (tails[i] - joints[i]) / np.linalg.norm(tails[i] - joints[i])
+        eb.align_roll((0, 0, 1) if abs(d[1]) > 0.9 else (0, -1, 0))
+    for i, n in enumerate(SMPLX_JOINT_NAMES):
+        if SMPLX_PARENTS[i] >= 0:
+            data.edit_bones[n].parent = data.edit_bones[SMPLX_JOINT_NAMES[SMPLX_PARENTS[i]]]
+    bpy.ops.object.mode_set(mode='OBJECT')
+    rest = np.array([np.array(data.bones[n].matrix_local) for n in SMPLX_JOINT_NAMES])
+    # world skinning transforms A_i of the pose (Blender world = rest frame here)
+    n = len(rotmats)
+    glob = np.empty((n, 55, 4, 4))
+    for i in range(55):
+        local = homogeneous(rotmats[:, i], joints[i] - (joints[SMPLX_PARENTS[i]]
+                                                         if SMPLX_PARENTS[i] >= 0 else 0))
+        if SMPLX_PARENTS[i] < 0:
+            local[:, :3, 3] = root
+        glob[:, i] = local if SMPLX_PARENTS[i] < 0 else glob[:, SMPLX_PARENTS[i]] @ local
+    skin = glob @ homogeneous(np.broadcast_to(np.eye(3), (55, 3, 3)), -joints)[None]
+    basis = bone_basis(rest, skin, SMPLX_PARENTS)
+    quats = make_quaternions_continuous(matrix_to_quaternion(basis[..., :3, :3]), axis=0)
+    frames = np.arange(1, n + 1, dtype=float)
+    w = ActionWriter(rig, f"{name}_motion")
+    for i, bn in enumerate(SMPLX_JOINT_NAMES):
+        pb = rig.pose.bones[bn]
+        pb.rotation_mode = 'QUATERNION'
+        w.add_array(f'pose.bones["{bn}"].rotation_quaternion', frames, quats[:, i], group=bn)
+        if i == 0:
+            w.add_array(f'pose.bones["{bn}"].location', frames, basis[:, 0, :3, 3], group=bn)
+    rig["hybrik_source"] = "synthetic SMPL-X"
+    scene = bpy.context.scene
+    scene.frame_start, scene.frame_end = 1, n
+    return rig
+
+
+def smplx_motion(n=30, seed=0, spread=0.5, finger_spread=0.6):
+    """Smooth random SMPL-X local rotations: body like the lively clip, jaw
+    and eyes a little, fingers curling (mostly about one axis) and spreading."""
+    from hybrik_blender.core.rotations import axis_angle_to_matrix
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 1, n)[:, None, None]
+    spread_j = np.full(55, spread)
+    spread_j[[3, 6, 9, 12, 13, 14]] = 0.15
+    spread_j[15] = 0.3
+    spread_j[22:25] = 0.1
+    spread_j[25:] = 0.15
+    a, b = rng.normal(0, 1, (2, 1, 55, 3)) * spread_j[None, :, None]
+    a[..., 25:, 2] += rng.uniform(0, finger_spread, (1, 30))  # curl
+    aa = a + (b - a) * t
+    rot = axis_angle_to_matrix(aa)
+    root = np.tile([0.0, 0.0, 1.0], (n, 1)) + 0.05 * np.sin(np.linspace(0, 3, n))[:, None]
+    return rot, root
