@@ -292,16 +292,25 @@ def _is_hybrik_rig(ob):
     return source_kind(ob) is not None
 
 
-def _write_rotation(writer, pb, rot, quats, frames, rotation_mode):
-    path = f'pose.bones["{pb.name}"]'
-    mode = pb.rotation_mode
-    if rotation_mode == 'QUATERNION' or mode == 'AXIS_ANGLE':
-        pb.rotation_mode = mode = 'QUATERNION'
-    if mode == 'QUATERNION':
-        writer.add_array(f"{path}.rotation_quaternion", frames, quats, group=pb.name)
-    else:
-        writer.add_array(f"{path}.rotation_euler", frames, continuous_euler(rot, mode),
-                         group=pb.name)
+def _write_rotations(writer, pbones, sol, frames, rotation_mode):
+    """Quaternion curves, or continuous Euler curves in each bone's order
+    (converted in one batch per order)."""
+    by_order = {}
+    for k, name in enumerate(sol.bones):
+        pb = pbones[name]
+        if rotation_mode == 'QUATERNION' or pb.rotation_mode == 'AXIS_ANGLE':
+            pb.rotation_mode = 'QUATERNION'
+        if pb.rotation_mode == 'QUATERNION':
+            writer.add_array(f'pose.bones["{name}"].rotation_quaternion', frames,
+                             sol.quaternions[:, k], group=name)
+        else:
+            by_order.setdefault(pb.rotation_mode, []).append(k)
+    for order, ks in by_order.items():
+        angles = continuous_euler(sol.rotations[:, ks], order)
+        for j, k in enumerate(ks):
+            name = sol.bones[k]
+            writer.add_array(f'pose.bones["{name}"].rotation_euler', frames, angles[:, j],
+                             group=name)
 
 
 def _hold_at_rest(writer, pb, first, rotation=True, location=True):
@@ -370,12 +379,10 @@ def retarget(source, target, preset='AUTO', mapping=None, rotation_mode='KEEP',
     pbones = target.pose.bones
     first = frames[:1]
     root = bone_map["pelvis"]
-    for k, name in enumerate(sol.bones):
-        pb = pbones[name]
-        _write_rotation(writer, pb, sol.rotations[:, k], sol.quaternions[:, k], frames,
-                        rotation_mode)
+    _write_rotations(writer, pbones, sol, frames, rotation_mode)
+    for name in sol.bones:
         if name != root:
-            _hold_at_rest(writer, pb, first, rotation=False)
+            _hold_at_rest(writer, pbones[name], first, rotation=False)
     for name in sol.unmapped:
         pb = pbones[name]
         if name in sol.rest_bones or not pb.constraints:

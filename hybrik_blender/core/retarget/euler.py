@@ -89,36 +89,39 @@ def continuous_euler(rot, order="XYZ", axis=0, start=None):
     return np.moveaxis(out.reshape(shape + (3,)), 0, axis)
 
 
+def _wrap(x):
+    return (x + np.pi) % TWO_PI - np.pi
+
+
 def _continuous(rot, order, start):
-    """(N, K, 3, 3) -> (N, K, 3); see continuous_euler."""
+    """(N, K, 3, 3) -> (N, K, 3); see continuous_euler.
+
+    Where the middle angle passes +-90 degrees, branch one's first and last
+    angles both jump by about 180 degrees while the rotation itself moves
+    little: each such frame switches to the other branch (the parity of the
+    switches so far picks the branch of every frame), then whole turns are
+    unwrapped per angle."""
     first, second = _branches(rot, order)
     n = len(first)
     if n == 0:
         return first
-    prev = first[0] if start is None else start
-    # Fast path: away from gimbal lock (middle angle within 60 degrees) the
-    # second branch is never the nearer one, and branch one unwrapped is
-    # already the continuous solution.
-    middle = "XYZ".index(order[1])
-    unwrapped = np.unwrap(first, axis=0)
+    i, j, k = (_AXIS[c] for c in order)
+    if n > 1:
+        da = np.abs(_wrap(np.diff(first[..., i], axis=0)))
+        dc = np.abs(_wrap(np.diff(first[..., k], axis=0)))
+        flip = (da > np.pi / 2) & (dc > np.pi / 2)
+        parity = np.concatenate([np.zeros((1,) + flip.shape[1:], bool),
+                                 np.cumsum(flip, axis=0) % 2 == 1], axis=0)
+    else:
+        parity = np.zeros(first.shape[:-1], bool)
+    out = np.where(parity[..., None], second, first)
     if start is not None:
-        unwrapped = unwrapped + TWO_PI * np.round((prev - unwrapped[0]) / TWO_PI)
-    steps = np.abs(np.diff(unwrapped, axis=0)).max(axis=(0, 2)) if n > 1 else \
-        np.zeros(first.shape[1])
-    smooth = (steps < np.pi / 4) & (np.abs(first[..., middle]).max(axis=0) < np.pi / 3)
-    if start is not None:
-        smooth &= np.abs(unwrapped[0] - prev).max(axis=-1) < np.pi / 2
-    out = unwrapped
-    hard = np.nonzero(~smooth)[0]
-    if len(hard):
-        f, s = first[:, hard], second[:, hard]
-        p = np.array(prev[hard])
-        res = np.empty_like(f)
-        for t in range(n):
-            c1, c2 = _near(f[t], p), _near(s[t], p)
-            d1 = np.sum((c1 - p) ** 2, axis=-1)
-            d2 = np.sum((c2 - p) ** 2, axis=-1)
-            p = np.where((d2 < d1)[:, None], c2, c1)
-            res[t] = p
-        out[:, hard] = res
+        # begin on the branch nearer the start value
+        d1 = np.sum(_wrap(first[0] - start) ** 2, axis=-1)
+        d2 = np.sum(_wrap(second[0] - start) ** 2, axis=-1)
+        use_second = d2 < d1
+        out = np.where(use_second[None, :, None], np.where(parity[..., None], first, second),
+                       out)
+        out[0] = out[0] + TWO_PI * np.round((start - out[0]) / TWO_PI)
+    out = np.unwrap(out, axis=0)
     return out
