@@ -73,6 +73,41 @@ def _bone_table(rig):
     return names, parents
 
 
+def _active_constraints(pb):
+    return [c for c in pb.constraints if not c.mute and c.influence > 0.0]
+
+
+def constraint_table(rig):
+    """(follows, keyable): {bone: [bones of this armature its constraints
+    copy]} and the bones without constraints (the only ones whose keys
+    count)."""
+    follows, keyable = {}, []
+    for pb in rig.pose.bones:
+        cons = [c for c in pb.constraints if not c.mute]
+        subs = []
+        for c in cons:
+            for t in list(getattr(c, "targets", ())) + [c]:
+                if getattr(t, "target", None) == rig and getattr(t, "subtarget", ""):
+                    subs.append(t.subtarget)
+        if subs:
+            follows[pb.name] = subs
+        if not cons:
+            keyable.append(pb.name)
+    return follows, keyable
+
+
+def constraint_driven(rig, bone_names):
+    """Whether any of the bones or their ancestors has an active constraint:
+    then their channels cannot be computed from the hierarchy alone."""
+    for name in bone_names:
+        pb = rig.pose.bones[name]
+        while pb is not None:
+            if _active_constraints(pb):
+                return True
+            pb = pb.parent
+    return False
+
+
 def skeleton_of(rig, sole=None):
     """core Skeleton of an armature object (rest pose, object matrix)."""
     bones = rig.data.bones
@@ -155,32 +190,36 @@ def vrm_human_bones(rig):
 def resolve_bone_map(rig, preset='AUTO', custom=None):
     """(preset used, {source bone: target bone}) for an armature object. The
     map is checked against the rig's hierarchy (pelvis above the thighs,
-    chains parent to child); errors name the bones."""
+    chains parent to child; bones that constraints copy count as parents);
+    errors name the bones. Presets only map bones without constraints of
+    their own (a generated Rigify rig's controls, not its DEF/ORG/MCH
+    bones)."""
     names, parents = _bone_table(rig)
+    follows, keyable = constraint_table(rig)
     if preset == 'CUSTOM':
         if not custom:
             raise RetargetError("the custom bone map is empty: fill it or load a JSON map")
-        mapping = rt.check_map(custom, names, parents)
+        mapping = rt.check_map(custom, names, parents, follows)
         _require_core(rig, mapping, "the custom bone map")
         return 'CUSTOM', mapping
     vrm = vrm_human_bones(rig)
     if preset == 'AUTO':
-        found, mapping = maps.detect_preset(names, vrm, parents)
+        found, mapping = maps.detect_preset(names, vrm, parents, follows, keyable)
         if found is None:
             raise RetargetError(f"could not recognise the bones of {rig.name!r}: pick a preset, "
                                 "or use Fill Bone Map to guess a custom map and finish it")
-        return found, rt.check_map(mapping, names, parents)
+        return found, rt.check_map(mapping, names, parents, follows)
     if preset == 'VRM' and vrm:
         mapping = maps.vrm_map(vrm)
         if mapping:
-            return 'VRM', rt.check_map(mapping, names, parents)
-    mapping = maps.resolve_preset(preset, names, parents)
+            return 'VRM', rt.check_map(mapping, names, parents, follows)
+    mapping = maps.resolve_preset(preset, names, parents, follows, keyable)
     missing = maps.missing_core(mapping)
     if missing:
         raise RetargetError(f"{rig.name!r} does not look like a "
                             f"{maps.PRESETS[preset]['label']} rig: no bone for "
                             f"{', '.join(missing)}")
-    return preset, rt.check_map(mapping, names, parents)
+    return preset, rt.check_map(mapping, names, parents, follows)
 
 
 def _require_core(rig, mapping, what):
@@ -194,7 +233,9 @@ def guess_bone_map(rig):
     """(preset or None, partial map) for the panel's Fill: names first,
     then hierarchy and geometry (core.retarget.guess)."""
     names, parents = _bone_table(rig)
-    if maps.detect_preset(names, vrm_human_bones(rig), parents)[0] is not None:
+    follows, keyable = constraint_table(rig)
+    if maps.detect_preset(names, vrm_human_bones(rig), parents, follows, keyable)[0] \
+            is not None:
         return resolve_bone_map(rig, 'AUTO')
     mw = np.array(rig.matrix_world)
     bones = rig.data.bones
@@ -329,6 +370,105 @@ def _hold_at_rest(writer, pb, first, rotation=True, location=True):
     writer.add_array(f"{path}.scale", first, np.ones((1, 3)), group=pb.name)
 
 
+FK_SWITCH = "IK_FK"  # Rigify's IK/FK blend on a limb's "parent" control: 1 = FK
+
+
+def _key_fk_switches(writer, rig, bones, first):
+    """Mapping FK controls of a rig with IK/FK switches (Rigify): key every
+    limb's switch to FK in the new action so the mapped controls drive it."""
+    if not any("_fk" in b for b in bones):
+        return
+    for pb in rig.pose.bones:
+        if FK_SWITCH in pb.keys() and isinstance(pb[FK_SWITCH], float):
+            pb[FK_SWITCH] = 1.0
+            writer.add(f'pose.bones["{pb.name}"]["{FK_SWITCH}"]', 0, first, [1.0],
+                       group=pb.name)
+
+
+def _select_bones(rig, names):
+    wanted = set(names)
+    for pb in rig.pose.bones:
+        if "select" in pb.bl_rna.properties:  # 5.0+
+            pb.select = pb.name in wanted
+        else:
+            pb.bone.select = pb.name in wanted
+
+
+def _bake_through_constraints(target, sol, frames):
+    """Key the mapped bones of a rig whose bones hang from constraint-driven
+    helpers (a generated Rigify rig): a temporary armature carries the
+    solved world transforms, Copy Rotation (and Copy Location on the root)
+    constraints make the mapped bones follow it, and Blender's own bake with
+    visual keying writes their channels into the new action. Slower than the
+    direct solve (one evaluation per frame) but exact whatever the
+    constraints do."""
+    scene = bpy.context.scene
+    view_layer = bpy.context.view_layer
+    prev_active = view_layer.objects.active
+    selected = [o for o in view_layer.objects if o.select_get()]
+    data = bpy.data.armatures.new("hybrik_retarget_proxy")
+    proxy = bpy.data.objects.new("hybrik_retarget_proxy", data)
+    scene.collection.objects.link(proxy)
+    proxy.matrix_world = target.matrix_world
+    added = []
+    try:
+        view_layer.objects.active = proxy
+        bpy.ops.object.mode_set(mode='EDIT')
+        for name in sol.bones:
+            b = target.data.bones[name]
+            eb = data.edit_bones.new(name)
+            eb.head, eb.tail = b.head_local, b.tail_local
+            eb.matrix = b.matrix_local
+        bpy.ops.object.mode_set(mode='OBJECT')
+        mw = np.array(target.matrix_world)
+        rot_w = mw[:3, :3] / np.linalg.norm(mw[:3, :3], axis=0, keepdims=True)
+        rest = np.array([np.array(data.bones[n].matrix_local) for n in sol.bones])
+        arm = np.zeros(sol.world_rotations.shape[:2] + (4, 4))
+        arm[..., :3, :3] = np.einsum("ji,nkjl->nkil", rot_w, sol.world_rotations)
+        arm[..., :3, 3] = rest[None, :, :3, 3]
+        arm[..., 3, 3] = 1.0
+        if sol.root_head is not None:
+            k = sol.bones.index(sol.root_bone)
+            arm[:, k, :3, 3] = (sol.root_head - mw[:3, 3]) @ np.linalg.inv(mw[:3, :3]).T
+        basis = np.linalg.inv(rest)[None] @ arm
+        from ..core.rotations import make_quaternions_continuous, matrix_to_quaternion
+        quats = make_quaternions_continuous(matrix_to_quaternion(basis[..., :3, :3]), axis=0)
+        pw = ActionWriter(proxy, "hybrik_retarget_proxy")
+        for k, name in enumerate(sol.bones):
+            proxy.pose.bones[name].rotation_mode = 'QUATERNION'
+            pw.add_array(f'pose.bones["{name}"].rotation_quaternion', frames, quats[:, k])
+            pw.add_array(f'pose.bones["{name}"].location', frames, basis[:, k, :3, 3])
+        for name in sol.bones:
+            pb = target.pose.bones[name]
+            kinds = ['COPY_ROTATION'] + (['COPY_LOCATION'] if name == sol.root_bone else [])
+            for kind in kinds:
+                c = pb.constraints.new(kind)
+                c.target, c.subtarget = proxy, name
+                c.owner_space = c.target_space = 'WORLD'
+                added.append((pb, c))
+        for o in view_layer.objects:
+            o.select_set(o == target)
+        view_layer.objects.active = target
+        bpy.ops.object.mode_set(mode='POSE')
+        _select_bones(target, sol.bones)
+        bpy.ops.nla.bake(frame_start=int(frames[0]), frame_end=int(frames[-1]),
+                         only_selected=True, visual_keying=True, clear_constraints=False,
+                         use_current_action=True, bake_types={'POSE'})
+        bpy.ops.object.mode_set(mode='OBJECT')
+    finally:
+        for pb, c in added:
+            if c.name in pb.constraints:
+                pb.constraints.remove(c)
+        action = proxy.animation_data.action if proxy.animation_data else None
+        bpy.data.objects.remove(proxy)
+        bpy.data.armatures.remove(data)
+        if action is not None and action.users == 0:
+            bpy.data.actions.remove(action)
+        for o in view_layer.objects:
+            o.select_set(o in selected)
+        view_layer.objects.active = prev_active
+
+
 def _root_mode(root_motion):
     if root_motion in (True, 'WORLD', 'world'):
         return "world"
@@ -379,15 +519,23 @@ def retarget(source, target, preset='AUTO', mapping=None, rotation_mode='KEEP',
     pbones = target.pose.bones
     first = frames[:1]
     root = bone_map["pelvis"]
-    _write_rotations(writer, pbones, sol, frames, rotation_mode)
-    for name in sol.bones:
-        if name != root:
-            _hold_at_rest(writer, pbones[name], first, rotation=False)
+    driven = constraint_driven(target, sol.bones)
+    if not driven:
+        _write_rotations(writer, pbones, sol, frames, rotation_mode)
+        for name in sol.bones:
+            if name != root:
+                _hold_at_rest(writer, pbones[name], first, rotation=False)
     for name in sol.unmapped:
         pb = pbones[name]
         if name in sol.rest_bones or not pb.constraints:
             _hold_at_rest(writer, pb, first)
-    if sol.root_bone is not None:
+    if driven:
+        _key_fk_switches(writer, target, sol.bones, first)
+        if rotation_mode == 'QUATERNION':
+            for name in sol.bones:
+                pbones[name].rotation_mode = 'QUATERNION'
+        _bake_through_constraints(target, sol, frames)
+    elif sol.root_bone is not None:
         writer.add_array(f'pose.bones["{sol.root_bone}"].location', frames,
                          sol.root_location, group=sol.root_bone)
         writer.add_array(f'pose.bones["{sol.root_bone}"].scale', first, np.ones((1, 3)),

@@ -552,3 +552,28 @@ def smplx_motion(n=30, seed=0, spread=0.5, finger_spread=0.6):
     rot = axis_angle_to_matrix(aa)
     root = np.tile([0.0, 0.0, 1.0], (n, 1)) + 0.05 * np.sin(np.linspace(0, 3, n))[:, None]
     return rot, root
+
+
+def rigify_generated(prefix="ORG-"):
+    """The rig Rigify generates from Blender's human metarig (controls,
+    MCH helpers, ORG and DEF bones, constraints and drivers), and its
+    anatomy read on its ORG (or DEF) bones. None where bpy cannot generate."""
+    metarig()
+    try:
+        bpy.ops.pose.rigify_generate()
+    except (RuntimeError, AttributeError):
+        return None, None
+    rig = next((o for o in bpy.context.scene.objects if o.type == 'ARMATURE'
+                and "DEF-spine" in o.data.bones), None)
+    if rig is None:
+        return None, None
+    return rig, rigify_generated_anatomy(prefix)
+
+
+def rigify_generated_anatomy(p="ORG-"):
+    return Anatomy(hips=(p + "thigh.L", p + "thigh.R"),
+                   shoulders=(p + "upper_arm.L", p + "upper_arm.R"),
+                   head=p + "spine.006", face_rest=(0.0, -1.0, 0.0),
+                   feet={"left_ankle": p + "foot.L", "right_ankle": p + "foot.R",
+                         "left_foot": p + "toe.L", "right_foot": p + "toe.R"},
+                   knees=(p + "shin.L", p + "shin.R"), standing_height=None)

@@ -3,8 +3,10 @@
 Rigs: BVH text in the layouts big libraries write (Mixamo with fingers,
 LaFAN1 with every bone along +X, Hips/Chest/LeftCollar, Rigify names in
 metres), in centimetres and metres, imported with Blender's own BVH
-importer; the same with random bone rolls and an object transform; and
-Blender's human metarig (rigs.py says how each is made).
+importer; the same with random bone rolls and an object transform;
+Blender's human metarig, and the rig Rigify generates from it (its FK
+controls driven, the result read on its ORG and on its DEF bones); rigs.py
+says how each is made.
 
 Per frame, on source and target as Blender evaluates them: hip line,
 shoulder line, torso up (mid-hips to mid-shoulders) and head facing within
@@ -51,6 +53,7 @@ TABLE = {}
 
 
 def lively_result(n=40, seed=3):
+    """A lively random clip: limbs swinging 0.7 rad, spine and collars 0.15."""
     rng = np.random.default_rng(seed)
     t = np.linspace(0, 1, n)[:, None, None]
     spread = np.full(24, 0.7)
@@ -119,6 +122,41 @@ def test_anatomy_follows_on_real_rigs(empty_scene, body_model, motions, name, mo
     row["limbs_half"] = assert_directions_follow(take.rig, tgt, rep.mapping, frames[:-1],
                                                  subframe=0.5, tol=HALF_DEG)
     TABLE[(name, motion)] = row
+
+
+def test_rigify_generated_rig(empty_scene, body_model):
+    """The rig Rigify generates from the metarig: constraints and drivers
+    everywhere, so the FK controls are keyed through Blender's own bake;
+    the anatomy is read on the ORG bones (what the controls drive) and on
+    the DEF bones (what deforms the mesh)."""
+    take = import_result(lively_result(n=14), body_model, pose_correctives=False,
+                         camera=False)
+    tgt, _ = rigs.rigify_generated()
+    if tgt is None:
+        pytest.skip("this bpy cannot generate a Rigify rig")
+    rep = retarget(take.rig, tgt)
+    assert rep.preset == "RIGIFY_FK"
+    assert all(not tgt.pose.bones[b].constraints for b in rep.mapping.values())
+    # the limbs are switched to FK in the new action
+    assert all(pb["IK_FK"] == 1.0 for pb in tgt.pose.bones if "IK_FK" in pb.keys())
+    mw = np.array(tgt.matrix_world)
+    for prefix in ("ORG-", "DEF-"):
+        an = rigs.rigify_generated_anatomy(prefix)
+        stand = min((mw @ np.append(tgt.data.bones[n].head_local, 1.0))[2]
+                    for n in an.feet.values()) - mw[2, 3]
+        src_an = rigs.smpl_anatomy(take.rig, take.mesh, feet=list(an.feet))
+        at, half = measure(take.rig, src_an, tgt, an, rep, src_an.standing_height, stand)
+        row = {}
+        for key in ("hip", "shoulder", "up", "face"):
+            med, mx = float(np.median(at[key])), float(np.max(at[key]))
+            row[key] = (med, mx)
+            assert med < MEDIAN_DEG and mx < MAX_DEG, f"{prefix}{key}: {med:.2f} / {mx:.2f}"
+            around = 0.5 * (at[key][:-1] + at[key][1:])
+            assert np.max(np.abs(half[key] - around)) < HALF_DEG, key
+        row["foot"] = float(np.max(at["foot"]))
+        assert row["foot"] < FOOT_FRACTION
+        row["limbs_half"] = float("nan")
+        TABLE[(f"rigify_generated ({prefix[:-1]} bones)", "lively")] = row
 
 
 def test_print_anatomy_table():

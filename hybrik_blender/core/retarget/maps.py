@@ -239,24 +239,47 @@ def normalize_name(name):
 # ---------------------------------------------------------------------------
 # hierarchy helpers
 
-def _parents_by_name(bone_names, parents):
+class _Parents(dict):
+    """{bone: parent or None}, plus the bones each bone's constraints follow
+    (``extra``), which count as ancestors too: in a rig like Rigify's the
+    controls hang from helper bones that copy other controls."""
+
+    def __init__(self, items, extra=None):
+        super().__init__(items)
+        self.extra = {k: [v for v in vs if v in self] for k, vs in (extra or {}).items()}
+
+
+def _parents_by_name(bone_names, parents, extra=None):
     if parents is None:
         return None
     names = list(bone_names)
-    return {n: (names[p] if p is not None and p >= 0 else None)
-            for n, p in zip(names, parents)}
+    return _Parents({n: (names[p] if p is not None and p >= 0 else None)
+                     for n, p in zip(names, parents)}, extra)
 
 
 def _is_ancestor(parent_of, anc, bone):
-    b = parent_of.get(bone)
-    seen = 0
-    while b is not None:
-        if b == anc:
-            return True
-        b = parent_of.get(b)
-        seen += 1
-        if seen > len(parent_of):
-            raise BoneMapError("the target's bone hierarchy has a cycle")
+    extra = getattr(parent_of, "extra", {})
+    if not extra:
+        b = parent_of.get(bone)
+        seen = 0
+        while b is not None:
+            if b == anc:
+                return True
+            b = parent_of.get(b)
+            seen += 1
+            if seen > len(parent_of):
+                raise BoneMapError("the target's bone hierarchy has a cycle")
+        return False
+    seen, stack = {bone}, [bone]
+    while stack:
+        b = stack.pop()
+        for up in [parent_of.get(b)] + extra.get(b, []):
+            if up is None or up in seen:
+                continue
+            if up == anc:
+                return True
+            seen.add(up)
+            stack.append(up)
     return False
 
 
@@ -286,11 +309,12 @@ def mapped_anatomical_parent(smpl, mapping):
     return p
 
 
-def hierarchy_problems(mapping, bone_names, parents):
+def hierarchy_problems(mapping, bone_names, parents, follows=None):
     """Readable problems of a map against the target's hierarchy (empty when
     it fits): the pelvis must carry both thighs, and every mapped bone must
-    lie below the bone of its nearest mapped anatomical parent."""
-    parent_of = _parents_by_name(bone_names, parents)
+    lie below the bone of its nearest mapped anatomical parent. follows:
+    {bone: [bones its constraints copy]}, counted as parents too."""
+    parent_of = _parents_by_name(bone_names, parents, follows)
     problems = []
     pelvis = mapping.get("pelvis")
     if pelvis in parent_of:
@@ -313,10 +337,10 @@ def hierarchy_problems(mapping, bone_names, parents):
     return problems
 
 
-def validate_hierarchy(mapping, bone_names, parents):
+def validate_hierarchy(mapping, bone_names, parents, follows=None):
     """Raise BoneMapError naming the bones when the map does not fit the
     target's hierarchy (see hierarchy_problems)."""
-    problems = hierarchy_problems(mapping, bone_names, parents)
+    problems = hierarchy_problems(mapping, bone_names, parents, follows)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise BoneMapError(problems[0] + more)
@@ -334,12 +358,12 @@ def _lookup(bone_names):
     return lookup
 
 
-def _resolve(preset, bone_names, parents=None):
+def _resolve(preset, bone_names, parents=None, follows=None, keyable=None):
     """(map, number of source bones matched by their first candidate)."""
     if preset not in PRESETS:
         raise BoneMapError(f"unknown bone map preset {preset!r}")
-    lookup = _lookup(bone_names)
-    parent_of = _parents_by_name(bone_names, parents)
+    lookup = _lookup(bone_names if keyable is None else keyable)
+    parent_of = _parents_by_name(bone_names, parents, follows)
     table = PRESETS[preset]["bones"]
     out, primary = {}, 0
 
@@ -360,7 +384,9 @@ def _resolve(preset, bone_names, parents=None):
             primary += k == 0
             break
     if parent_of is not None:
-        _chest_is_spine3(out, parent_of)
+        named = {lookup.get(c) or lookup.get(normalize_name(c))
+                 for cands in table.values() for c in cands} - {None}
+        _chest_is_spine3(out, parent_of, named)
     if parent_of is not None and "pelvis" not in out:
         thighs = [out.get(f"{s}_hip") for s in ("left", "right")]
         if all(t in parent_of for t in thighs):
@@ -373,10 +399,11 @@ def _resolve(preset, bone_names, parents=None):
 SPINE_NAMES = ("spine1", "spine2", "spine3")
 
 
-def _chest_is_spine3(out, parent_of):
+def _chest_is_spine3(out, parent_of, allowed):
     """Make the bone that carries the arms spine3 (in place): SMPL's spine3
     is the chest, so a rig with fewer spine bones maps its chest there and
-    its lower spine bones to spine1 (and spine2)."""
+    its lower spine bones to spine1 (and spine2). Only bones in `allowed`
+    are mapped."""
     arm = next((out[n] for n in ("left_collar", "right_collar", "left_shoulder",
                                  "right_shoulder") if n in out), None)
     pelvis = out.get("pelvis")
@@ -388,13 +415,13 @@ def _chest_is_spine3(out, parent_of):
     while b is not None and b != pelvis:
         path.append(b)
         b = parent_of.get(b)
-    if not path or out.get("spine3") == chest:
+    if not path or out.get("spine3") == chest or chest not in allowed:
         return
     taken = {n: out[n] for n in SPINE_NAMES if n in out}
     if any(v not in path for v in taken.values()):
         return  # the spine map does not follow the chest's path: leave it
     below = [b for b in reversed(path[1:]) if b in taken.values()]
-    if not below and len(path) > 1:
+    if not below and len(path) > 1 and path[-1] in allowed:
         below = [path[-1]]
     for n in SPINE_NAMES:
         out.pop(n, None)
@@ -413,11 +440,13 @@ def _fits(smpl, bone, out, parent_of):
     return _is_ancestor(parent_of, out[anc], bone)
 
 
-def resolve_preset(preset, bone_names, parents=None):
+def resolve_preset(preset, bone_names, parents=None, follows=None, keyable=None):
     """{source bone: target bone} for the preset's names present in
     bone_names. With `parents` (index of each bone's parent, -1 for roots)
-    the hierarchy rules of the module docstring choose among candidates."""
-    return _resolve(preset, bone_names, parents)[0]
+    the hierarchy rules of the module docstring choose among candidates;
+    follows: {bone: [bones its constraints copy]}; keyable: the only bones
+    that may be mapped (default all)."""
+    return _resolve(preset, bone_names, parents, follows, keyable)[0]
 
 
 def vrm_map(human_bones):
@@ -435,7 +464,8 @@ def map_score(mapping):
     return (sum(b in mapping for b in CORE_BONES), len(mapping))
 
 
-def detect_preset(bone_names, vrm_human_bones=None, parents=None):
+def detect_preset(bone_names, vrm_human_bones=None, parents=None, follows=None,
+                  keyable=None):
     """(preset name, bone map) of the preset that matches best, or
     (None, {}) when none maps all core bones. VRM humanoid data, when given
     and complete, wins. Ties go to the preset whose first-choice names
@@ -446,7 +476,7 @@ def detect_preset(bone_names, vrm_human_bones=None, parents=None):
             return "VRM", mapping
     best, best_map, best_score = None, {}, (-1, -1, -1)
     for preset in PRESETS:
-        mapping, primary = _resolve(preset, bone_names, parents)
+        mapping, primary = _resolve(preset, bone_names, parents, follows, keyable)
         score = map_score(mapping) + (primary,)
         if score > best_score:
             best, best_map, best_score = preset, mapping, score
@@ -455,11 +485,11 @@ def detect_preset(bone_names, vrm_human_bones=None, parents=None):
     return best, best_map
 
 
-def best_partial_preset(bone_names, parents=None):
+def best_partial_preset(bone_names, parents=None, follows=None, keyable=None):
     """(preset, map) of the best preset even when it misses core bones."""
     best, best_map, best_score = None, {}, (0, 0, 0)
     for preset in PRESETS:
-        mapping, primary = _resolve(preset, bone_names, parents)
+        mapping, primary = _resolve(preset, bone_names, parents, follows, keyable)
         score = map_score(mapping) + (primary,)
         if score > best_score:
             best, best_map, best_score = preset, mapping, score
@@ -469,7 +499,7 @@ def best_partial_preset(bone_names, parents=None):
 # ---------------------------------------------------------------------------
 # checks and JSON
 
-def check_map(mapping, bone_names=None, parents=None):
+def check_map(mapping, bone_names=None, parents=None, follows=None):
     """Validate a bone map; returns a clean {str: str} copy. With the
     target's bone names (and parents) it must also fit the target."""
     if not isinstance(mapping, dict):
@@ -499,7 +529,7 @@ def check_map(mapping, bone_names=None, parents=None):
         if missing:
             raise BoneMapError(f"the target has no bone named {', '.join(map(repr, missing))}")
         if parents is not None:
-            validate_hierarchy(out, bone_names, parents)
+            validate_hierarchy(out, bone_names, parents, follows)
     return out
 
 

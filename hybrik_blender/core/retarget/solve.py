@@ -48,8 +48,8 @@ from .euler import EULER_ORDERS, continuous_euler, euler_to_matrix, matrix_to_eu
 from .maps import (BONE_NAMES, CORE_BONES, MAP_FORMAT, MAP_VERSION, PRESETS,  # noqa: F401
                    VRM_HUMAN_BONES, BoneMapError, best_partial_preset, check_map,
                    detect_preset, hierarchy_problems, load_map, map_from_json, map_score,
-                   map_to_json, missing_core, normalize_name, resolve_preset, save_map,
-                   validate_hierarchy, vrm_map)
+                   map_to_json, mapped_anatomical_parent, missing_core, normalize_name,
+                   resolve_preset, save_map, validate_hierarchy, vrm_map)
 
 ROOT_MODES = ("world", "in_place", "none")
 
@@ -233,7 +233,8 @@ class RetargetSolution:
     unmapped bones."""
 
     def __init__(self, bones, rotations, quaternions, root_bone, root_location, scale,
-                 rest_bones, unmapped=(), foot_heights=(None, None)):
+                 rest_bones, unmapped=(), foot_heights=(None, None), world_rotations=None,
+                 root_head=None):
         self.bones = bones
         self.rotations = rotations
         self.quaternions = quaternions
@@ -243,6 +244,10 @@ class RetargetSolution:
         self.rest_bones = rest_bones
         self.unmapped = list(unmapped)
         self.foot_heights = foot_heights  # (source, target) standing heights used
+        # what the channels make of the bones: world rotations (N, K, 3, 3)
+        # and the root's head (N, 3) in world, for rigs driven by constraints
+        self.world_rotations = world_rotations
+        self.root_head = root_head
 
 
 def _root_mode(root_motion):
@@ -321,7 +326,7 @@ def solve(source, source_basis, target, mapping, root_motion=True):
     lt = leg_length(target, mapping)
     scale = lt / ls if ls and lt else 1.0
     heights = _foot_heights(source, {s: s for s in names}, target, mapping, scale)
-    root_bone, root_loc = None, None
+    root_bone, root_loc, head_world = None, None, None
     if mode != "none":
         s_root = source.index["pelvis"]
         p_s = (source.world @ src_pose[:, s_root])[:, :3, 3]
@@ -335,7 +340,7 @@ def solve(source, source_basis, target, mapping, root_motion=True):
         src_feet = foot_bones(source, {s: s for s in names})
         low_s = _lowest(source.world_points(src_pose[:, src_feet][..., :3, 3]))
         # target foot points with the root at rest: positions relative to it
-        rel = _foot_offsets(target, mapping, pose_rot, t_root)
+        rel = _foot_offsets(target, mapping, names, tgt_world, t_root)
         low_t0 = _lowest(rel) + p_t0[2] - target.floor
         head_world[:, 2] = p_t0[2] + (heights[1] + scale * (low_s - source.floor - heights[0])
                                       - low_t0)
@@ -349,7 +354,7 @@ def solve(source, source_basis, target, mapping, root_motion=True):
     held = [target.names[i] for i in sorted(needed - mapped_targets)]
     unmapped = [nm for i, nm in enumerate(target.names) if i not in mapped_targets]
     return RetargetSolution([target.names[t] for _, t in pairs], basis, quats, root_bone,
-                            root_loc, scale, held, unmapped, heights)
+                            root_loc, scale, held, unmapped, heights, tgt_world, head_world)
 
 
 SPINE_CHAIN = ("pelvis", "spine1", "spine2", "spine3", "neck", "head")
@@ -489,32 +494,29 @@ def _lowest(points):
     return np.asarray(points)[..., 2].min(axis=1)
 
 
-def _foot_offsets(target, mapping, pose_rot, t_root):
+def _foot_offsets(target, mapping, names, tgt_world, t_root):
     """World offsets (N, K, 3) of the target's foot points from the root's
-    rest head, with the solved rotations and the root at rest."""
-    feet = foot_bones(target, mapping)
-    rest = target.rest
-    heads = {}
-    n = len(next(iter(pose_rot.values())))
+    rest head, with the solved world rotations and the root at rest: each
+    mapped joint hangs from its nearest mapped anatomical parent, rigidly
+    with that bone (unmapped bones between them stay at rest). This needs no
+    hierarchy, so it holds for rigs driven by constraints too."""
+    feet = [n for n in FOOT_POINTS if n in names]
+    wr = target.world_rest()
+    head0 = {n: wr[target.index[mapping[n]], :3, 3] for n in names}
+    rot0 = {n: orthonormalize(wr[target.index[mapping[n]], :3, :3]) for n in names}
+    n = tgt_world.shape[0]
+    heads = {"pelvis": np.broadcast_to(head0["pelvis"], (n, 3))}
 
-    def head(i):
-        if i in heads:
-            return heads[i]
-        p = target.parents[i]
-        if p < 0 or i == t_root:
-            h = np.broadcast_to(rest[i, :3, 3], (n, 3))
-        else:
-            local = np.linalg.inv(rest[p]) @ rest[i]
-            h = head(p) + np.einsum("nij,j->ni", _pose_of(p), local[:3, 3])
-        heads[i] = h
-        return h
+    def head(name):
+        if name not in heads:
+            par = mapped_anatomical_parent(name, names)
+            k = names.index(par)
+            delta = tgt_world[:, k] @ rot0[par].T
+            heads[name] = head(par) + np.einsum("nij,j->ni", delta, head0[name] - head0[par])
+        return heads[name]
 
-    def _pose_of(i):
-        r = pose_rot.get(i)
-        return r if r is not None else np.broadcast_to(rest[i, :3, :3], (n, 3, 3))
-
-    pts = np.stack([head(i) for i in feet], axis=1)
-    return pts @ target.world[:3, :3].T - (target.world[:3, :3] @ rest[t_root, :3, 3])[None, None]
+    pts = np.stack([head(f) for f in feet], axis=1)
+    return pts - head0["pelvis"]
 
 
 def _foot_heights(source, smap, target, tmap, scale):
