@@ -260,6 +260,10 @@ def export_glb(path, rig, frame_range=None, with_meshes=True):
                                       export_morph=True,
                                       export_animation_mode='ACTIVE_ACTIONS',
                                       export_force_sampling=True, export_frame_range=True,
+                                      # not every action of a lone armature, only
+                                      # its active one (a retargeted rig keeps
+                                      # its previous action with a fake user)
+                                      export_anim_single_armature=False,
                                       export_frame_step=1, export_anim_slide_to_zero=False,
                                       export_optimize_animation_size=False, export_yup=True)
     finally:

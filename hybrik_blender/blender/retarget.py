@@ -356,18 +356,19 @@ def _write_rotations(writer, pbones, sol, frames, rotation_mode):
 
 def _hold_at_rest(writer, pb, first, rotation=True, location=True):
     path = f'pose.bones["{pb.name}"]'
+    n = len(first)
     if rotation:
         if pb.rotation_mode == 'QUATERNION':
-            writer.add_array(f"{path}.rotation_quaternion", first, [[1.0, 0.0, 0.0, 0.0]],
-                             group=pb.name)
+            writer.add_array(f"{path}.rotation_quaternion", first,
+                             np.tile([1.0, 0.0, 0.0, 0.0], (n, 1)), group=pb.name)
         elif pb.rotation_mode == 'AXIS_ANGLE':
-            writer.add_array(f"{path}.rotation_axis_angle", first, [[0.0, 0.0, 1.0, 0.0]],
-                             group=pb.name)
+            writer.add_array(f"{path}.rotation_axis_angle", first,
+                             np.tile([0.0, 0.0, 1.0, 0.0], (n, 1)), group=pb.name)
         else:
-            writer.add_array(f"{path}.rotation_euler", first, np.zeros((1, 3)), group=pb.name)
+            writer.add_array(f"{path}.rotation_euler", first, np.zeros((n, 3)), group=pb.name)
     if location:
-        writer.add_array(f"{path}.location", first, np.zeros((1, 3)), group=pb.name)
-    writer.add_array(f"{path}.scale", first, np.ones((1, 3)), group=pb.name)
+        writer.add_array(f"{path}.location", first, np.zeros((n, 3)), group=pb.name)
+    writer.add_array(f"{path}.scale", first, np.ones((n, 3)), group=pb.name)
 
 
 FK_SWITCH = "IK_FK"  # Rigify's IK/FK blend on a limb's "parent" control: 1 = FK
@@ -381,8 +382,8 @@ def _key_fk_switches(writer, rig, bones, first):
     for pb in rig.pose.bones:
         if FK_SWITCH in pb.keys() and isinstance(pb[FK_SWITCH], float):
             pb[FK_SWITCH] = 1.0
-            writer.add(f'pose.bones["{pb.name}"]["{FK_SWITCH}"]', 0, first, [1.0],
-                       group=pb.name)
+            writer.add(f'pose.bones["{pb.name}"]["{FK_SWITCH}"]', 0, first,
+                       np.ones(len(first)), group=pb.name)
 
 
 def _select_bones(rig, names):
@@ -517,7 +518,9 @@ def retarget(source, target, preset='AUTO', mapping=None, rotation_mode='KEEP',
         ad.action.use_fake_user = True
     writer = ActionWriter(target, action_name or f"{target.name}_{source.name}_retarget")
     pbones = target.pose.bones
-    first = frames[:1]
+    # rest holds keyed at the first and last frame, so that every curve of
+    # the action spans the clip
+    first = frames[[0, -1]] if len(frames) > 1 else frames[:1]
     root = bone_map["pelvis"]
     driven = constraint_driven(target, sol.bones)
     if not driven:
@@ -538,8 +541,8 @@ def retarget(source, target, preset='AUTO', mapping=None, rotation_mode='KEEP',
     elif sol.root_bone is not None:
         writer.add_array(f'pose.bones["{sol.root_bone}"].location', frames,
                          sol.root_location, group=sol.root_bone)
-        writer.add_array(f'pose.bones["{sol.root_bone}"].scale', first, np.ones((1, 3)),
-                         group=sol.root_bone)
+        writer.add_array(f'pose.bones["{sol.root_bone}"].scale', first,
+                         np.ones((len(first), 3)), group=sol.root_bone)
     else:
         _hold_at_rest(writer, pbones[root], first, rotation=False)
     writer.action["hybrik_retarget_source"] = source.name
