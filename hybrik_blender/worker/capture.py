@@ -22,6 +22,7 @@ from ..core.body.model import load_body_model
 from ..core.formats.result import Result, ResultFormatError, load_result, save_result
 from .landmarks import body as mpb
 from .detect.tracking import CHUNK, PersonTracker
+from .landmarks.hands import HAND_EXTRAS, HandTracker, add_hands, hand_extras
 from .video.reader import VideoError, VideoSource
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class CaptureOptions:
     focal_length: float = None
     flip_test: bool = False
     cleanup: object = None  # core.cleanup.CleanupOptions, applied to complete runs
+    hands: bool = False     # finger rotations from mediapipe's hand landmarker (landmarks/hands.py)
 
 
 # --- backends -------------------------------------------------------------
@@ -100,7 +102,7 @@ class MediapipeBackend:
     def finish(self, cols, valid, focal, principal):
         sol = mpb.solve_clip(cols["mp_world"], cols["mp_image"], cols["mp_visibility"],
                              valid, focal, principal, self.body_model)
-        sol.pop("rest29")
+        self.rest29 = sol.pop("rest29")
         return sol, {k: cols[k].astype(np.float32) for k in ("mp_world", "mp_image",
                                                              "mp_visibility")}
 
@@ -202,7 +204,7 @@ def _load_backend(opts):
     raise CaptureError(EXIT_USAGE, f"unknown backend '{opts.backend}'")
 
 
-def _producer(source, tracker, backend, first, end, batch_size, q, stop):
+def _producer(source, tracker, backend, first, end, batch_size, q, stop, hand_tracker=None):
     from .hybrik import preprocess
     try:
         batch = []
@@ -211,6 +213,9 @@ def _producer(source, tracker, backend, first, end, batch_size, q, stop):
                 break
             det = tracker(index, rgb)
             item = {"index": index, "time": t, "det": det}
+            if hand_tracker is not None:  # per track: this person's pose seeds the hands
+                item["hands"] = hand_tracker(index, rgb, det and det.image_xy,
+                                             det and det.visibility)
             if backend.needs_crops and det is not None:
                 crop, square, _ = preprocess.crop_person(rgb, det.box)
                 item.update(crop=crop, square_box=np.asarray(square, np.float64),
@@ -237,6 +242,9 @@ def _previous(opts, info, backend):
     if prev.source != info.name or prev.backend != backend.name:
         raise CaptureError(EXIT_USAGE, f"cannot resume: {opts.out} was made from "
                                        f"'{prev.source}' with {prev.backend}")
+    if bool(opts.hands) != ("hand_world" in prev.extras):
+        raise CaptureError(EXIT_USAGE, f"cannot resume: {opts.out} was made "
+                                       f"{'without' if opts.hands else 'with'} --hands")
     if prev.complete:
         return prev, None
     last = int(prev.frame_index[-1]) if prev.num_frames else opts.start - 1
@@ -258,6 +266,7 @@ def _keep_rows(prev, go_on, backend):
             row.update(rotmats=prev.rotmats[i], betas=prev.betas[i], root_translation=raw,
                        joints29=prev.joints29[i] - prev.root_translation[i] + raw,
                        square_box=prev.extras["square_box"][i])
+        row.update({k: prev.extras[k][i] for k in HAND_EXTRAS if k in prev.extras})
         rows.append(row)
     return rows
 
@@ -289,6 +298,7 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     focal = float(opts.focal_length or mpb.default_focal_length(info.width, info.height))
     principal = (info.width / 2.0, info.height / 2.0)
     tracker = PersonTracker(info.fps, info.width, info.height)
+    hand_tracker = HandTracker(info.width, info.height) if opts.hands else None
     last_valid = [r for r in rows if r["valid"]]
     if last_valid:
         tracker.restart(last_valid[-1]["bbox"], last_valid[-1]["index"])
@@ -299,7 +309,8 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     q = queue.Queue(maxsize=2)
     stop = threading.Event()
     thread = threading.Thread(target=_producer, daemon=True,
-                              args=(source, tracker, backend, go_on, end, opts.batch_size, q, stop))
+                              args=(source, tracker, backend, go_on, end, opts.batch_size, q, stop,
+                                    hand_tracker))
     t0 = time.perf_counter()
     done_here = 0
     cancelled = False
@@ -316,6 +327,7 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
             for item, out in zip(batch, backend.process(batch)):
                 out.update(index=item["index"], time=item["time"], valid=item["det"] is not None,
                            bbox=item["det"].box if item["det"] is not None else np.zeros(4))
+                out.update(item.get("hands") or {})
                 if backend.name == "mediapipe":
                     out["confidence"] = item["det"].score if item["det"] is not None else 0.0
                 rows.append(out)
@@ -337,6 +349,8 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
             except queue.Empty:
                 thread.join(0.05)
         tracker.close()
+        if hand_tracker is not None:
+            hand_tracker.close()
 
     if not rows:
         raise CaptureError(EXIT_VIDEO, f"'{info.name}' has no frames in the requested range")
@@ -350,6 +364,11 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     if backend.name == "hybrik":
         extras = {"square_box": cols["square_box"].astype(np.float32),
                   "raw_root": cols["root_translation"].astype(np.float32)}
+    if opts.hands:
+        progress({"event": "progress", "stage": "hands", "done": 0, "total": 1})
+        fields = add_hands(fields, cols, valid, cols["time"], info.fps, backend.body_model,
+                           getattr(backend, "rest29", None))
+        extras = dict(extras, **hand_extras(cols))
     confidence = np.clip(fields.pop("confidence", cols["confidence"]), 0, 1)
     result = Result.from_frames(
         valid=valid, frame_index=cols["index"].astype(np.int64), time_s=cols["time"],
