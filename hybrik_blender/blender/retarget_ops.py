@@ -10,8 +10,8 @@ from ..core.body.skeleton import HAND_JOINT_NAMES, JOINT_NAMES
 from ..core.retarget import maps
 from ..core.retarget.maps import BoneMapError
 from .panels import SubPanel
-from .retarget import (PRESET_ITEMS, ROOT_ITEMS, RetargetError, find_source_rig,
-                       guess_bone_map, resolve_bone_map, retarget)
+from .retarget import (PRESET_ITEMS, ROOT_ITEMS, RetargetError, constraint_table,
+                       find_source_rig, guess_bone_map, retarget)
 
 
 def _is_armature(self, obj):
@@ -115,12 +115,14 @@ class HYBRIK_OT_bone_map_fill(bpy.types.Operator):
         names = [b.name for b in props.target.data.bones]
         parents = [names.index(b.parent.name) if b.parent else -1
                    for b in props.target.data.bones]
+        follows, keyable = constraint_table(props.target)
         try:
             if props.preset in ('AUTO', 'CUSTOM'):
                 used, mapping = guess_bone_map(props.target)
             else:
                 used = props.preset
-                mapping = maps.check_map(maps.resolve_preset(used, names, parents), names)
+                mapping = maps.check_map(maps.resolve_preset(used, names, parents, follows,
+                                                             keyable), names)
         except (RetargetError, BoneMapError) as exc:
             self.report({'ERROR'}, str(exc))
             return {'CANCELLED'}

@@ -16,10 +16,14 @@ may stay unmapped, and target bones between two mapped bones may be skipped
 Validation (:func:`validate_hierarchy`): the mapped pelvis must be an
 ancestor of both mapped thighs, and along every anatomical chain (spine,
 arms, legs, fingers) each mapped bone must lie below the bone its nearest
-mapped anatomical parent went to. Presets are resolved with the same rule:
-a candidate that would break it is passed over, and when no candidate for
-the pelvis carries both thighs, the bone that does (their lowest common
-ancestor) is taken.
+mapped anatomical parent went to; bones that a bone's constraints copy
+count as its parents (Rigify's controls hang from such helpers). Presets
+are resolved with the same rule: a candidate that would break it is passed
+over, and when no candidate for the pelvis carries both thighs, the bone
+that does (their lowest common ancestor) is taken. The bone that carries
+the arms (collars) is SMPL's chest, spine3, and the spine bones below it
+become spine1 (and spine2): a rig with two spine bones maps pelvis, lower
+spine and chest, not pelvis, spine1 and spine2.
 """
 import json
 
