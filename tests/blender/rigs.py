@@ -17,7 +17,11 @@
   The joint layouts and proportions follow real files of those libraries;
   the numbers are written here.
 * Blender's own human metarig (Rigify add-on): A-pose arms, bent elbows and
-  knees, curled fingers, a face with eyes.
+  knees, curled fingers, a face with eyes; and the rig Rigify generates
+  from it (controls, MCH helpers with constraints and drivers, ORG and DEF
+  bones).
+* An SMPL-X-shaped source (55 bones) built like the SMPL character, on the
+  synthetic SMPL-X model's rest joints.
 
 Each rig comes with its *anatomy*: for each landmark the bone whose head it
 is, and the world direction of the face at rest, known from how the rig was
@@ -34,6 +38,7 @@ import numpy as np
 from mathutils import Matrix
 
 from hybrik_blender.core.retarget.euler import matrix_to_euler
+from hybrik_blender.core.rotations import axis_angle_to_matrix
 
 # --- a reference person: BVH frame (Y up, facing +Z, left +X), centimetres,
 # T-pose, soles at y = 0.
@@ -51,7 +56,8 @@ _FINGER_OFFSETS = {  # from the hand, then each phalanx from the previous joint
     "Middle": [(12.66, -1.40, 0.95), (3.61, -0.17, 0.08), (3.40, -0.63, 0.11), (3.62, -0.65, 0.12)],
     "Thumb": [(3.33, -2.05, 3.58), (3.49, -1.48, 2.85), (3.41, -1.77, 2.11), (2.72, -1.16, 1.79)],
     "Index": [(11.97, -1.11, 3.73), (3.84, -0.64, -0.03), (3.33, -0.74, -0.01), (2.97, -0.80, 0.0)],
-    "Ring": [(12.17, -1.68, -1.28), (3.59, -0.24, -0.08), (3.29, -0.33, -0.06), (3.54, -0.92, -0.02)],
+    "Ring": [(12.17, -1.68, -1.28), (3.59, -0.24, -0.08), (3.29, -0.33, -0.06),
+             (3.54, -0.92, -0.02)],
     "Pinky": [(11.05, -2.19, -3.80), (4.12, -0.30, 0.12), (2.58, -0.26, 0.08), (2.90, -0.34, 0.10)],
 }
 SIDED = ("eye", "collar", "arm", "forearm", "hand", "upleg", "leg", "foot", "toe", "toe_end")
@@ -248,9 +254,7 @@ def bvh_text(layout, units=None, frames=2, seed=0, fps=30.0):
             par = by_name.get(j.parent)
             local = j.frame if par is None else par.frame.T @ j.frame
             if f:
-                aa = rng.normal(0, 0.3, 3)
-                from hybrik_blender.core.rotations import axis_angle_to_matrix
-                local = local @ axis_angle_to_matrix(aa)
+                local = local @ axis_angle_to_matrix(rng.normal(0, 0.3, 3))
             # channels listed Z Y X mean R = Rz Ry Rx: Blender's order 'XYZ'
             ang = np.degrees(matrix_to_euler(local, j.channels[::-1]))
             row += [ang["XYZ".index(c)] for c in j.channels]
@@ -414,7 +418,8 @@ def leg_length(rig, an):
     for hip, knee, side in zip(an.hips, an.knees, ("left", "right")):
         ankle_side = an.feet[f"{side}_ankle"]
         pts = [mw @ np.append(rig.data.bones[n].head_local, 1.0) for n in (hip, knee, ankle_side)]
-        out.append(np.linalg.norm(pts[1][:3] - pts[0][:3]) + np.linalg.norm(pts[2][:3] - pts[1][:3]))
+        out.append(np.linalg.norm(pts[1][:3] - pts[0][:3])
+                   + np.linalg.norm(pts[2][:3] - pts[1][:3]))
     return float(np.mean(out))
 
 
@@ -538,7 +543,6 @@ def smplx_source(rotmats, root, fps=30.0, name="SMPLX_take"):
 def smplx_motion(n=30, seed=0, spread=0.5, finger_spread=0.6):
     """Smooth random SMPL-X local rotations: body like the lively clip, jaw
     and eyes a little, fingers curling (mostly about one axis) and spreading."""
-    from hybrik_blender.core.rotations import axis_angle_to_matrix
     rng = np.random.default_rng(seed)
     t = np.linspace(0, 1, n)[:, None, None]
     spread_j = np.full(55, spread)

@@ -11,7 +11,7 @@ from mathutils import Matrix
 from hybrik_blender.blender.animation import import_result
 from hybrik_blender.blender.keyframes import fcurves_of
 from hybrik_blender.blender.retarget import RetargetError, retarget
-from hybrik_blender.core.retarget.solve import angle_between, bone_directions
+from hybrik_blender.core.retarget.solve import angle_between
 from hybrik_blender.core.body.skeleton import JOINT_NAMES
 from tests.helpers import make_result, random_motion
 
