@@ -127,3 +127,37 @@ def test_retargeted_fingers_survive_fbx_glb_bvh(source, tmp_path):
             err = max_error(ref, got, names)
             assert err < 1e-3, (kind, err)
         print(f"{kind}: finger bones within {err:.2e}")
+
+
+@pytest.mark.parametrize("target", ["mixamo", "metarig"])
+def test_real_smplx_character_onto_finger_rigs(empty_scene, smplx_model, target):
+    """The add-on's own SMPL-X character (an SMPL-X take with hands, jaw,
+    eyes and expressions) as the source."""
+    from hybrik_blender.blender.animation import import_result
+    from hybrik_blender.core.rotations import axis_angle_to_matrix
+    from tests.helpers import make_smplx_result
+    rot, _ = rigs.smplx_motion(N, seed=6)  # lively: limbs 0.5 rad, spine/collars 0.15
+    rot[:, 0] = axis_angle_to_matrix(np.array([np.pi, 0.0, 0.0])) @ rot[:, 0]  # upright
+    take = import_result(make_smplx_result(rot, seed=2), smplx_model, pose_correctives=False,
+                         camera=False)
+    assert source_kind(take.rig) == 'smplx'
+    tgt, an = rigs.import_bvh("MIXAMO") if target == "mixamo" else rigs.metarig()
+    rep = retarget(take.rig, tgt)
+    frames = np.arange(rep.frame_start, rep.frame_end + 1)
+    segs = finger_segments(rep.mapping)
+    assert len(segs) == 20
+    err = segment_errors(take.rig, tgt, rep.mapping, segs, frames)
+    assert err.max() < 0.01, err.max()
+    assert_directions_follow(take.rig, tgt, rep.mapping, frames, tol=0.01)
+    src_an = rigs.smpl_anatomy(take.rig, take.mesh, feet=list(an.feet))
+    if an.standing_height is None:
+        mw = np.array(tgt.matrix_world)
+        stand = min((mw @ np.append(tgt.data.bones[b].head_local, 1.0))[2]
+                    for b in an.feet.values()) - mw[2, 3]
+    else:
+        stand = an.foot_height_world(tgt)
+    at = rigs.compare(take.rig, src_an, tgt, an, frames, scale=rep.scale,
+                      src_stand=src_an.standing_height, tgt_stand=stand)
+    for key in ("hip", "shoulder", "up", "face"):
+        assert np.median(at[key]) < 2.0 and at[key].max() < 5.0, key
+    assert at["foot"].max() < 0.02

@@ -434,7 +434,27 @@ def _follow_spine_curve(source, src_pose, target, mapping, names, tgt_world, a_s
         carried = np.einsum("nij,j->ni", tgt_world[:, j] @ rt0.T, rest_chord)
         if np.linalg.norm(rest_chord) < 1e-9:
             continue
-        tgt_world[:, j] = swing(carried, want) @ tgt_world[:, j]
+        if a == "spine3":
+            # the chest carries the shoulders: turn it about its shoulder
+            # line only (bending forward and back), so the line keeps the
+            # source chest's direction
+            axis = np.einsum("nij,j->ni", tgt_world[:, j] @ rt0.T,
+                             a_t["spine3"][:, 0])
+            turn = _about_axis(axis, carried, want)
+        else:
+            turn = swing(carried, want)
+        tgt_world[:, j] = turn @ tgt_world[:, j]
+
+
+def _about_axis(axis, a, b):
+    """Rotations (N, 3, 3) about unit axes (N, 3) taking the component of a
+    perpendicular to the axis onto that of b."""
+    axis = axis / np.linalg.norm(axis, axis=-1, keepdims=True)
+    pa = a - np.sum(a * axis, -1, keepdims=True) * axis
+    pb = b - np.sum(b * axis, -1, keepdims=True) * axis
+    angle = np.arctan2(np.sum(np.cross(pa, pb) * axis, -1), np.sum(pa * pb, -1))
+    from ..rotations import axis_angle_to_matrix
+    return axis_angle_to_matrix(axis * angle[:, None])
 
 
 def _follow_shoulders(source, src_pose, target, mapping, names, tgt_world, a_s, a_t):
