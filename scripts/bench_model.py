@@ -42,13 +42,18 @@ def load_body():
 
 
 def timed(fn, iters, sync):
-    times = []
+    """Median wall time of ``fn``; the median CPU time of this process (all
+    threads) is left in ``timed.cpu``: on a shared machine crops per
+    CPU-second stay comparable when wall-clock rates do not."""
+    times, cpu = [], []
     for _ in range(iters):
         sync()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
         sync()
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    timed.cpu = statistics.median(cpu)
     return statistics.median(times)
 
 
@@ -160,7 +165,17 @@ def main():
 
             step()                       # warm-up
             results[b] = b / timed(step, iters, sync)
-            print(f"{arch}: batch {b:3d}: {results[b]:8.2f} crops/s")
+            print(f"{arch}: batch {b:3d}: {results[b]:8.2f} crops/s "
+                  f"({b / max(timed.cpu, 1e-9):.2f} per CPU-second)")
+        if arch in ARCHITECTURES_X:   # where the time goes: network vs SMPL-X solve
+            b = max(args.batches)
+            x, boxes, centre = inputs(b, device)
+            heads = pipe.heads(x)
+            t_net = timed(lambda: pipe.heads(x), 1, sync)
+            t_solve = timed(lambda: pipe.solve(heads, boxes, centre), 3, sync)
+            print(f"{arch}: batch {b}: network {1000 * t_net / b:.1f} ms/crop, refinement + "
+                  f"IK + skinning {1000 * t_solve / b:.2f} ms/crop "
+                  f"({100 * t_solve / (t_net + t_solve):.1f}% of the crop's time)")
         # baseline: the official demo's way, one crop per call, flip test, mesh
         x1, boxes1, centre1 = inputs(1, device)
 
@@ -170,8 +185,10 @@ def main():
 
         base()
         base_rate = base_frames / timed(base, 1, sync)
+        base_cpu = base_frames / max(timed.cpu, 1e-9)
         best = max(results.values())
-        print(f"{arch}: baseline batch-1 loop with flip test: {base_rate:8.2f} crops/s; "
+        print(f"{arch}: baseline batch-1 loop with flip test: {base_rate:8.2f} crops/s "
+              f"({base_cpu:.2f} per CPU-second); "
               f"best batched / baseline = {best / base_rate:.2f}x; "
               f"batch {max(args.batches)} / baseline = {results[max(args.batches)] / base_rate:.2f}x")
 
