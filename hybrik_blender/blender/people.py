@@ -70,8 +70,15 @@ def import_people(takes, model, ids=None, *, video_path=None, frame_offset=1, **
     return takes_out
 
 
+def thumbnail_preview(key):
+    """The preview made by thumbnail_icon for `key`, or None."""
+    coll = _PREVIEWS.get("people")
+    return coll.get(key) if coll is not None else None
+
+
 def thumbnail_icon(key, pixels):
-    """A preview icon id for an (h, w, 3) uint8 thumbnail (0 without previews)."""
+    """A preview icon id for an (h, w, 3) uint8 thumbnail (Blender gives
+    previews no icon id without a UI: 0 in background mode)."""
     try:
         import bpy.utils.previews
     except ImportError:
