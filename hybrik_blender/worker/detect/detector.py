@@ -121,22 +121,32 @@ def ssd_anchors():
     return np.concatenate([(lo + hi) / 2, hi - lo], 1).astype(np.float32)
 
 
-def tf_resize_bilinear(rgb, size=INPUT_SIZE):
-    """TensorFlow's legacy ResizeBilinear (align_corners and half-pixel
-    centres off) of an (H, W, 3) image to (size, size, 3) float32."""
-    h, w = rgb.shape[:2]
-    img = rgb.astype(np.float32)
+_RESIZE_TABLES = {}
 
-    def axis(n_in):
+
+def _resize_table(n_in, size):
+    key = (n_in, size)
+    if key not in _RESIZE_TABLES:
         src = np.arange(size, dtype=np.float32) * np.float32(n_in / size)
         lo = np.floor(src).astype(np.int64)
-        return lo, np.minimum(lo + 1, n_in - 1), (src - lo).astype(np.float32)
-    y0, y1, fy = axis(h)
-    x0, x1, fx = axis(w)
-    top, bottom = img[y0], img[y1]
+        _RESIZE_TABLES[key] = (lo, np.minimum(lo + 1, n_in - 1),
+                               (src - lo).astype(np.float32))
+    return _RESIZE_TABLES[key]
+
+
+def tf_resize_bilinear(rgb, size=INPUT_SIZE):
+    """TensorFlow's legacy ResizeBilinear (align_corners and half-pixel
+    centres off) of an (H, W, 3) image to (size, size, 3) float32: source =
+    destination * in / out, interpolated along x first, then y, in float32."""
+    h, w = rgb.shape[:2]
+    y0, y1, fy = _resize_table(h, size)
+    x0, x1, fx = _resize_table(w, size)
     fx = fx[None, :, None]
-    top = top[:, x0] + (top[:, x1] - top[:, x0]) * fx
-    bottom = bottom[:, x0] + (bottom[:, x1] - bottom[:, x0]) * fx
+    rows = (rgb[y0], rgb[y1])   # gather the needed rows before converting
+    top, bottom = (np.take(r, x0, axis=1).astype(np.float32) for r in rows)
+    top_r, bottom_r = (np.take(r, x1, axis=1).astype(np.float32) for r in rows)
+    top = top + (top_r - top) * fx
+    bottom = bottom + (bottom_r - bottom) * fx
     return top + (bottom - top) * fy[:, None, None]
 
 
