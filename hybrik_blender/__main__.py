@@ -64,6 +64,8 @@ def main(argv=None):
                      help="people to capture at once (default 1); each becomes a character")
     cap.add_argument("--max-people", type=int, default=None, metavar="M",
                      help="persons kept in the result (fragments merged first)")
+    cap.add_argument("--hands", action="store_true",
+                     help="also capture the fingers (see the worker's --hands)")
     cap.add_argument("--result", help="where to keep the result file (default: beside the .blend)")
     cap.add_argument("--worker-python", default=sys.executable,
                      help="Python of the worker environment (torch, mediapipe); default: this one")

@@ -112,6 +112,9 @@ class HYBRIK_PG_settings(bpy.types.PropertyGroup):
                              description="First video frame to capture (0-based)")
     frame_end: IntProperty(name="End", min=0, default=0,
                            description="Stop before this frame; 0 = to the end")
+    hands: BoolProperty(name="Hands", default=False,
+                        description="Also capture the fingers (mediapipe hand landmarks, "
+                                    "seeded from the pose); a little slower")
     per_frame_betas: BoolProperty(
         name="Per-frame shape", default=False,
         description="Key the body shape on every frame instead of the clip's average shape")
@@ -383,7 +386,8 @@ class HYBRIK_OT_capture(bpy.types.Operator):
             python, video, out, backend=settings.backend, checkpoint=checkpoint,
             smpl_model=model if model.lower().endswith((".pkl", ".npz")) else "",
             device=prefs.device if prefs else "auto", start=settings.frame_start,
-            end=settings.frame_end or None, resume=self.resume, people=settings.people)
+            end=settings.frame_end or None, resume=self.resume, people=settings.people,
+            hands=settings.hands)
         _start('CAPTURE', job, out, video)
         self.report({'INFO'}, f"Capture started: {os.path.basename(video)}")
         return {'FINISHED'}
@@ -561,6 +565,7 @@ class HYBRIK_PT_main(SidebarPanel, bpy.types.Panel):
         row = col.row(align=True)
         row.prop(settings, "frame_start")
         row.prop(settings, "frame_end")
+        col.prop(settings, "hands")
         job = context.window_manager.hybrik_job
         row = layout.row(align=True)
         row.scale_y = 1.4

@@ -153,7 +153,8 @@ def run_capture(args):
                              smpl_model=args.smpl_model or "", device=args.device,
                              start=args.start, end=args.end, batch_size=args.batch_size,
                              people=getattr(args, "people", 1),
-                             max_people=getattr(args, "max_people", None))
+                             max_people=getattr(args, "max_people", None),
+                             hands=getattr(args, "hands", False))
     bar = ProgressBar()
     try:
         while job.proc.poll() is None:

@@ -106,6 +106,7 @@ class BatchOptions:
     retry_failed: bool = False
     export: tuple = ()
     progress_interval: float = 1.0
+    hands: bool = False
     people: int = 1
     max_people: int = None
     detect_every: int = 5
@@ -583,7 +584,7 @@ def run_batch(opts, progress=None):
     frames_here = 0
     worker_opts = {"backend": opts.backend, "checkpoint": opts.checkpoint,
                    "smpl_model": opts.smpl_model, "batch_size": opts.batch_size,
-                   "cleanup": opts.cleanup, "people": opts.people,
+                   "cleanup": opts.cleanup, "hands": opts.hands, "people": opts.people,
                    "max_people": opts.max_people, "detect_every": opts.detect_every,
                    "device": ("cuda" if opts.gpus_per_worker > 0
                               else "cpu" if opts.device == "auto" else opts.device)}

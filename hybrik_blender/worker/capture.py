@@ -30,6 +30,7 @@ from ..core.formats.result import (Result, ResultFormatError, load_tracks, pick_
                                    save_result)
 from .landmarks import body as mpb
 from .detect.tracking import CHUNK, PersonTracker
+from .landmarks.hands import HAND_EXTRAS, HandTracker, add_hands, hand_extras
 from .video.reader import VideoError, VideoSource
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class CaptureOptions:
     people: int = 1         # people followed at once; 0: everybody (see detect/multi.py)
     max_people: int = None  # persons kept in the result (fragments merged first)
     detect_every: int = 5   # several people: person detector every N frames (and on losses)
+    hands: bool = False     # finger rotations from mediapipe's hand landmarker (landmarks/hands.py)
 
 
 # --- backends -------------------------------------------------------------
@@ -111,7 +113,7 @@ class MediapipeBackend:
     def finish(self, cols, valid, focal, principal):
         sol = mpb.solve_clip(cols["mp_world"], cols["mp_image"], cols["mp_visibility"],
                              valid, focal, principal, self.body_model)
-        sol.pop("rest29")
+        self.rest29 = sol.pop("rest29")
         return sol, {k: cols[k].astype(np.float32) for k in ("mp_world", "mp_image",
                                                              "mp_visibility")}
 
@@ -241,17 +243,23 @@ class _MultiTrack:
         self.tracker.close()
 
 
-def _producer(source, tracks, backend, first, end, batch_size, q, stop):
+def _producer(source, tracks, backend, first, end, batch_size, q, stop, hands=None):
     """Decode, track and crop; put (items, last frame index) per batch of
-    frames. Items are per track: {"index", "time", "track", "det", ...}."""
+    frames. Items are per track: {"index", "time", "track", "det", ...}.
+    `hands`: a callable (track id) -> that person's HandTracker, or None."""
     from .hybrik import preprocess
     try:
         batch, frames, last = [], 0, None
         for index, t, rgb in source.frames(first, end):
             if stop.is_set():
                 break
+            if hands is not None:
+                hands.frame(index)
             for track, det, extra in tracks.observe(index, rgb):
                 item = {"index": index, "time": t, "track": track, "det": det, **extra}
+                if hands is not None:  # per track: this person's pose seeds the hands
+                    item["hands"] = hands(track)(index, rgb, det and det.image_xy,
+                                                 det and det.visibility)
                 if backend.needs_crops and det is not None:
                     crop, square, _ = preprocess.crop_person(rgb, det.box)
                     item.update(crop=crop, square_box=np.asarray(square, np.float64),
@@ -285,6 +293,9 @@ def _previous(opts, info, backend):
     if several != (opts.people != 1):
         raise CaptureError(EXIT_USAGE, f"cannot resume: {opts.out} was captured with "
                                        f"--people {'N' if several else '1'}")
+    if bool(opts.hands) != ("hand_world" in prev.extras):
+        raise CaptureError(EXIT_USAGE, f"cannot resume: {opts.out} was made "
+                                       f"{'without' if opts.hands else 'with'} --hands")
     if prev.complete:
         return takes, None
     nums = [int(t.frame_index[-1]) for t in takes if t.num_frames]
@@ -309,8 +320,33 @@ def _keep_rows(prev, go_on, backend):
                        square_box=prev.extras["square_box"][i])
         if "appearance" in prev.extras:
             row["appearance"] = prev.extras["appearance"][i]
+        row.update({k: prev.extras[k][i] for k in HAND_EXTRAS if k in prev.extras})
         rows.append(row)
     return rows
+
+
+class _Hands:
+    """One HandTracker per person. With several people they all start afresh
+    at every chunk boundary (so a resumed run matches an uninterrupted one);
+    the single person's own tracker does that itself."""
+
+    def __init__(self, width, height, several):
+        self.width, self.height, self.several = width, height, several
+        self.trackers = {}
+
+    def frame(self, index):
+        if self.several and index % CHUNK == 0:
+            self.close()
+
+    def __call__(self, track):
+        if track not in self.trackers:
+            self.trackers[track] = HandTracker(self.width, self.height)
+        return self.trackers[track]
+
+    def close(self):
+        for t in self.trackers.values():
+            t.close()
+        self.trackers = {}
 
 
 def _make_tracks(opts, info, kept):
@@ -378,6 +414,7 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
         thumbs = {t.track_id: t.thumbnail for t in prev or []
                   if t.thumbnail is not None and t.track_id in kept}
         tracks.tracker.restart(memory, go_on, thumbs)
+    hands = _Hands(info.width, info.height, opts.people != 1) if opts.hands else None
     end = opts.end if opts.end is not None else None
     total_end = min(end, info.frame_count) if end is not None else info.frame_count
     total = max(total_end - opts.start, 1)
@@ -387,7 +424,8 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     q = queue.Queue(maxsize=2)
     stop = threading.Event()
     thread = threading.Thread(target=_producer, daemon=True,
-                              args=(source, tracks, backend, go_on, end, opts.batch_size, q, stop))
+                              args=(source, tracks, backend, go_on, end, opts.batch_size, q, stop,
+                                    hands))
     t0 = time.perf_counter()
     done_here = 0
     cancelled = False
@@ -406,6 +444,7 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
             for item, out in zip(items, backend.process(items) if items else []):
                 out.update(index=item["index"], time=item["time"], valid=item["det"] is not None,
                            bbox=item["det"].box if item["det"] is not None else np.zeros(4))
+                out.update(item.get("hands") or {})
                 if backend.name == "mediapipe":
                     out["confidence"] = item["det"].score if item["det"] is not None else 0.0
                 if "appearance" in item:
@@ -431,6 +470,8 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
             except queue.Empty:
                 thread.join(0.05)
         tracks.close()
+        if hands is not None:
+            hands.close()
 
     if not rows or not any(rows.values()):
         if last_index is None:
@@ -441,6 +482,9 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     if several:
         from .detect.fragments import fill_gaps, merge_fragments
         placeholder = backend.process([{"index": 0, "time": 0.0, "det": None}])[0]
+        if opts.hands:
+            placeholder.update(hand_image=np.zeros((2, 21, 3)), hand_world=np.zeros((2, 21, 3)),
+                               hand_score=np.zeros(2))
         rows = {k: fill_gaps(v, times, placeholder) for k, v in rows.items() if v}
         if opts.max_people and len(rows) > opts.max_people:
             rows = merge_fragments(rows, opts.max_people, placeholder, times)
@@ -454,7 +498,7 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     takes = []
     for track_id in sorted(rows):
         take = _finish_take(rows[track_id], track_id, backend, info, focal, principal,
-                            cancelled, several)
+                            cancelled, several, opts.hands, progress)
         if opts.cleanup is not None and not cancelled and take.valid.any():
             from ..core.motion.cleanup import clean_take
             progress({"event": "progress", "stage": "cleanup", "done": 0, "total": 1})
@@ -489,7 +533,8 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     return result
 
 
-def _finish_take(rows, track_id, backend, info, focal, principal, cancelled, several):
+def _finish_take(rows, track_id, backend, info, focal, principal, cancelled, several,
+                 with_hands=False, progress=None):
     """One track's rows -> its Result (the backend's per-track finish)."""
     valid = np.array([r["valid"] for r in rows])
     cols = {k: np.stack([np.asarray(r[k], np.float64) for r in rows])
@@ -498,6 +543,12 @@ def _finish_take(rows, track_id, backend, info, focal, principal, cancelled, sev
     if backend.name == "hybrik":
         extras = {"square_box": cols["square_box"].astype(np.float32),
                   "raw_root": cols["root_translation"].astype(np.float32)}
+    if with_hands:
+        if progress is not None:
+            progress({"event": "progress", "stage": "hands", "done": 0, "total": 1})
+        fields = add_hands(fields, cols, valid, cols["time"], info.fps, backend.body_model,
+                           getattr(backend, "rest29", None))
+        extras = dict(extras, **hand_extras(cols))
     if several:
         extras["appearance"] = cols["appearance"].astype(np.float32)
     confidence = np.clip(fields.pop("confidence", cols["confidence"]), 0, 1)

@@ -75,7 +75,7 @@ def _capture(args):
         video=args.video, out=args.out, backend=args.backend, checkpoint=args.checkpoint,
         smpl_model=args.smpl_model, device=args.device, batch_size=max(1, args.batch_size),
         start=args.start, end=args.end, resume=args.resume, focal_length=args.focal_length,
-        flip_test=args.flip_test, cleanup=cleanup_options_from_args(args),
+        flip_test=args.flip_test, cleanup=cleanup_options_from_args(args), hands=args.hands,
         people=args.people, max_people=args.max_people, detect_every=max(1, args.detect_every))
     token = cap.CancelToken(args.cancel_file or (args.out + ".cancel"))
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -104,7 +104,7 @@ def _batch(args):
         batch_size=max(1, args.batch_size), cleanup=cleanup_options_from_args(args),
         ray_address=args.ray_address, num_cpus=args.num_cpus, workers=args.workers,
         cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
-        max_retries=max(0, args.max_retries), retry_failed=args.retry_failed,
+        max_retries=max(0, args.max_retries), retry_failed=args.retry_failed, hands=args.hands,
         export=tuple(f.strip() for f in args.export.split(",") if f.strip()),
         people=args.people, max_people=args.max_people, detect_every=max(1, args.detect_every))
     terminal = batch.TerminalLine(sys.stderr)
@@ -212,6 +212,10 @@ def _check(args):
     return 0 if all(ok for ok, _ in lines) else codes.EXIT_ENVIRONMENT
 
 
+HANDS_HELP = ("also capture the fingers (mediapipe hand landmarks seeded from the pose): "
+              "hand_rotmats in SMPL-X order; about 5-15 ms more per frame")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m hybrik_blender.worker",
                                      description="hybrik-blender capture worker")
@@ -231,6 +235,7 @@ def main(argv=None):
     c.add_argument("--focal-length", type=float, default=None,
                    help="focal length in pixels (default: a 65 degree field of view)")
     c.add_argument("--flip-test", action="store_true", help="hybrik: average with the mirrored crop")
+    c.add_argument("--hands", action="store_true", help=HANDS_HELP)
     add_people_arguments(c)
     c.add_argument("--cancel-file", help="stop when this file appears (default: OUT.cancel)")
     c.add_argument("--parent-pid", type=int, help="stop when this process ends (the add-on "
@@ -251,6 +256,7 @@ def main(argv=None):
     b.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: cuda with --gpus-per-worker, else cpu")
     b.add_argument("--batch-size", type=int, default=16)
+    b.add_argument("--hands", action="store_true", help=HANDS_HELP)
     b.add_argument("--ray-address", default="local",
                    help="'local' (default: start a cluster on this machine), 'auto' (the "
                         "cluster this machine belongs to) or ray://HEAD:10001")
