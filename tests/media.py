@@ -5,11 +5,11 @@ import os
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import DATA, ROOT
 
 
 def media_path(name):
-    for folder in (os.environ.get("HYBRIK_TEST_MEDIA"), os.path.join(ROOT, ".tools", "media"),
+    for folder in (DATA, os.environ.get("HYBRIK_TEST_MEDIA"), os.path.join(ROOT, ".tools", "media"),
                    "/usr/share/doc/opencv-doc/examples/data"):
         if folder and os.path.isfile(os.path.join(folder, name)):
             return os.path.join(folder, name)

@@ -136,21 +136,18 @@ def test_headless_import_writes_one_fbx_per_person(tmp_path):
 
 
 def two_people_clip(path, n=20):
-    """The astronaut and the man from the carphone clip side by side (real
-    photos pasted on a grey background), drifting a little."""
+    """The astronaut and the ball player of OpenCV's basketball1.png side by
+    side (real photos pasted on a grey background), drifting a little."""
     import cv2
-    from hybrik_blender.core.samples import carphone_path
     from tests.conftest import DATA
     astro = cv2.resize(cv2.imread(os.path.join(DATA, "astronaut.png")), (150, 150))
-    cap = cv2.VideoCapture(carphone_path())
-    ok, car = cap.read()
-    cap.release()
-    car = cv2.resize(car, (170, 140))
+    player = cv2.imread(os.path.join(DATA, "basketball1.png"))[60:480, 0:200]
+    car = cv2.resize(player, (100, 210))
     wr = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (400, 240))
     for i in range(n):
         f = np.full((240, 400, 3), 90, np.uint8)
         f[60:210, 10 + i:160 + i] = astro
-        f[70:210, 220 - i:390 - i] = car
+        f[15:225, 260 - i:360 - i] = car
         wr.write(f)
     wr.release()
     return str(path)
