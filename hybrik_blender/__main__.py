@@ -2,6 +2,11 @@
 
     python -m hybrik_blender capture [VIDEO] -o take.blend [--fbx take.fbx] [--backend ...]
     python -m hybrik_blender import RESULT -o take.blend [--smpl-model M] [--fbx ...]
+    python -m hybrik_blender retarget take.blend --target RIG.fbx -o out.blend [--fbx ...]
+
+``--smpl-model`` takes an SMPL or an SMPL-X file (or a HybrIK / HybrIK-X
+checkpoint); an SMPL-X file builds the SMPL-X character (55 bones with
+fingers, expression keys).
 
 ``capture`` runs the capture worker on the video (in its own process, with a
 progress bar), then builds the animated character, a camera matching the
@@ -22,12 +27,23 @@ import sys
 def _import_options(p):
     p.add_argument("-o", "--output", required=True, help="the .blend to write")
     p.add_argument("--smpl-model",
-                   help="SMPL model (.pkl/.npz) or HybrIK checkpoint (.pth); without one, "
-                        "an armature on the built-in average skeleton")
+                   help="SMPL or SMPL-X model (.pkl/.npz) or HybrIK / HybrIK-X checkpoint "
+                        "(.pth); the character type follows the file. Without one, an "
+                        "armature on the built-in average skeleton")
+    p.add_argument("--body-model", choices=("auto", "smpl", "smplx"), default="auto",
+                   help="character type: with a model file it must match the file; without "
+                        "one, auto builds an SMPL-X rig for SMPL-X takes (default auto)")
+    p.add_argument("--kid-template", metavar="NPY",
+                   help="children's template (smplx_kid_template.npy) for takes with "
+                        "HybrIK-X's kid shape (default: looked for beside the model file)")
+    p.add_argument("--no-hands", action="store_true",
+                   help="SMPL-X: leave the fingers unkeyed at rest")
+    p.add_argument("--no-expressions", action="store_true",
+                   help="SMPL-X: no expression shape keys")
     p.add_argument("--per-frame-betas", action="store_true",
                    help="key the shape per frame (default: the clip's average shape)")
     p.add_argument("--no-correctives", action="store_true",
-                   help="skip the 207 pose-corrective shape keys")
+                   help="skip the pose-corrective shape keys (207 SMPL, 486 SMPL-X)")
     p.add_argument("--fbx", metavar="PATH", help="also export the take as FBX")
     p.add_argument("--fbx-preset", choices=("generic", "unity", "unreal"),
                    default="generic", help="FBX axes and units (default: generic)")
@@ -75,7 +91,12 @@ def main(argv=None):
     imp.add_argument("--video", help="the captured video, for the camera background "
                                      "(default: looked for beside the result file)")
     _import_options(imp)
+    from .blender.retarget_cli import add_arguments as _retarget_arguments
+    _retarget_arguments(sub)
     args = parser.parse_args(argv)
+    if args.command == "retarget":
+        from .blender import retarget_cli
+        return retarget_cli.run(args)
     if args.command == "capture":
         text = str(args.people).lower()
         if text != "all" and not (text.isdigit() and int(text) >= 1):

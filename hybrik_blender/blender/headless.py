@@ -5,7 +5,7 @@ import time
 
 import bpy
 
-from ..core.body.model import BodyModelError, load_body_model
+from ..core.body.model import BodyModelError, load_character_model
 from ..core.motion.cleanup import cleanup_options_from_args
 from ..core.formats.result import ResultFormatError, load_tracks, pick_track
 from .animation import import_result
@@ -18,7 +18,8 @@ def run_import(args, video_path=None, model_path=None):
     model_path = model_path or args.smpl_model
     person = getattr(args, "person", None)
     try:
-        model = load_body_model(model_path) if model_path else None
+        kid = getattr(args, "kid_template", None)
+        model = load_character_model(model_path, kid_template=kid) if model_path else None
         takes = load_tracks(args.result)
         several = len(takes) > 1 or "appearance" in takes[0].extras
         ids = None if person in (None, "all") else [int(p) for p in str(person).split(",")]
@@ -32,7 +33,10 @@ def run_import(args, video_path=None, model_path=None):
             video_path = guess if os.path.exists(guess) else None
         bpy.ops.wm.read_factory_settings(use_empty=True)
         kw = dict(per_frame_betas=args.per_frame_betas, pose_correctives=not args.no_correctives,
-                  cleanup=cleanup_options_from_args(args), video_path=video_path)
+                  cleanup=cleanup_options_from_args(args), video_path=video_path,
+                  body_model=getattr(args, "body_model", "auto"),
+                  hands=not getattr(args, "no_hands", False),
+                  expressions=not getattr(args, "no_expressions", False))
         if several:
             from .people import import_people
             people_takes = import_people(takes, model, [t.track_id for t in chosen], **kw)
@@ -43,6 +47,8 @@ def run_import(args, video_path=None, model_path=None):
     except (BodyModelError, ResultFormatError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for note in take.notes:
+        print(f"note: {note}", file=sys.stderr)
     out = os.path.abspath(args.output)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     bpy.ops.wm.save_as_mainfile(filepath=out, check_existing=False)
