@@ -18,8 +18,16 @@ on them, each run in its own process so that its peak RSS is its own:
   astronaut clip, where no hand is visible, gives the worst case: the
   tracker retries its acquisition every frame.
 
+* several people (needs the opencv-doc media: scripts/fetch_test_media.sh):
+  a 640x480 clip composited from real photos with 3 people (tests/composite.py),
+  mediapipe backend with --people 3, on --multi-frames and twice as many
+  frames (target: >= 15 fps end to end; peak RSS flat), the single-person
+  path on the same clip (--people 1, the baseline), and the person detector
+  alone on full 640x480 frames (target: >= 40 fps).
+
 Usage: python scripts/bench_capture.py [--frames 3000] [--hybrik-frames 300] [--demo-frames 60]
                                        [--hands-frames 300] [--only-hands]
+                                       [--multi-frames 300] [--multi-only]
 """
 import argparse
 import json
@@ -160,6 +168,65 @@ def bench_hands(tmp, n, worker):
               f"{med:12.1f} / {mean:<10.1f} {per_frame:17.2f} {calls:12.2f}")
     print("(target: hands add <= 15 ms per frame on 2 cores; the tracker runs in the decoding "
           "thread, both hands in parallel inside mediapipe)")
+def make_people_clip(path, n):
+    """3 people crossing over a real background, looped to n frames."""
+    from tests import composite
+    acts = [composite.Actor(composite.person("ballplayer"), 330,
+                            lambda f: (20 + 300 * abs(((f / 150) % 2) - 1), 120), 1.0),
+            composite.Actor(composite.person("astronaut"), 250,
+                            lambda f: (380 - 360 * abs(((f / 150) % 2) - 1), 230), 2.0),
+            composite.Actor(composite.person("carphone"), 200,
+                            lambda f: (440 - 40 * abs(((f / 75) % 2) - 1), 20), 0.5)]
+    frames, _ = composite.render(acts, min(n, 300))
+    wr = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (640, 480))
+    for i in range(n):
+        wr.write(cv2.cvtColor(frames[i % len(frames)], cv2.COLOR_RGB2BGR))
+    wr.release()
+
+
+def bench_detector(video, n):
+    from hybrik_blender.worker.detect.detector import PersonDetector
+    from hybrik_blender.worker.video.reader import VideoSource
+    det = PersonDetector()
+    frames = [rgb for _, _, rgb in VideoSource(video).frames(0, n)]
+    det(frames[0])
+    t = time.perf_counter()
+    for f in frames:
+        det(f)
+    return len(frames) / (time.perf_counter() - t)
+
+
+def multi_person(args, py, tmp):
+    try:
+        from tests.media import media_path  # noqa: F401
+        clip = os.path.join(tmp, "people480.mp4")
+        make_people_clip(clip, 2 * args.multi_frames)
+    except BaseException as exc:  # noqa: BLE001 - pytest.skip raises a BaseException
+        print(f"several people: skipped ({exc}); run scripts/fetch_test_media.sh")
+        return
+    worker = [py, "-m", "hybrik_blender.worker", "capture"]
+    rows = []
+    for n in (args.multi_frames, 2 * args.multi_frames):
+        out = os.path.join(tmp, "people.npz")
+        secs, rss, last = run(worker + [clip, "--out", out, "--end", str(n), "--people", "3"])
+        done = json.loads(last)
+        rows.append((f"mediapipe 640x480, 3 people, {n} frames", n / secs,
+                     n / done["seconds"], rss, len(done.get("people", []))))
+    secs, rss, last = run(worker + [clip, "--out", os.path.join(tmp, "one.npz"), "--end",
+                                    str(args.multi_frames)])
+    done = json.loads(last)
+    rows.append((f"mediapipe 640x480, --people 1 (baseline), {args.multi_frames} frames",
+                 args.multi_frames / secs, args.multi_frames / done["seconds"], rss, 1))
+    det_fps = bench_detector(clip, 100)
+    print(f"{'several people':58s} {'end-to-end fps':>15s} {'steady fps':>11s} "
+          f"{'peak RSS':>10s} {'people':>7s}")
+    for name, e2e, steady, rss, k in rows:
+        print(f"{name:58s} {e2e:15.1f} {steady:11.1f} {rss:8.0f} MiB {k:7d}")
+    print(f"3 people at 640x480: {rows[0][1]:.1f} fps end to end (target >= 15), "
+          f"{rows[0][2] / rows[2][2]:.2f}x the single-person speed on the same clip")
+    print(f"person detector alone, full 640x480 frames: {det_fps:.1f} fps (target >= 40)")
+    print(f"peak RSS with 3 people at {rows[0][0].split(', ')[-1]} vs "
+          f"{rows[1][0].split(', ')[-1]}: {rows[0][3]:.0f} vs {rows[1][3]:.0f} MiB")
 
 
 def main():
@@ -169,6 +236,8 @@ def main():
     ap.add_argument("--demo-frames", type=int, default=60)
     ap.add_argument("--hands-frames", type=int, default=300)
     ap.add_argument("--only-hands", action="store_true", help="run only the hands benchmark")
+    ap.add_argument("--multi-frames", type=int, default=300)
+    ap.add_argument("--multi-only", action="store_true", help="only the several-people runs")
     ap.add_argument("--demo-way", nargs=3, metavar=("VIDEO", "CKPT", "FRAMES"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -181,6 +250,10 @@ def main():
     if args.only_hands:
         with tempfile.TemporaryDirectory() as tmp:
             bench_hands(tmp, args.hands_frames, [py, "-m", "hybrik_blender.worker", "capture"])
+        return
+    if args.multi_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            multi_person(args, py, tmp)
         return
     with tempfile.TemporaryDirectory() as tmp:
         hd, vga = os.path.join(tmp, "clip720.mp4"), os.path.join(tmp, "clip480.mp4")
@@ -233,6 +306,8 @@ def main():
     if args.hands_frames:
         with tempfile.TemporaryDirectory() as tmp:
             bench_hands(tmp, args.hands_frames, [py, "-m", "hybrik_blender.worker", "capture"])
+    with tempfile.TemporaryDirectory() as tmp:
+        multi_person(args, py, tmp)
 
 
 if __name__ == "__main__":

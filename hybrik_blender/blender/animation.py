@@ -88,7 +88,7 @@ def _animated_bones(result, kind, hands, count):
 def import_result(result, model, *, name=None, per_frame_betas=False,
                   pose_correctives=True, frame_offset=1, collection=None,
                   set_scene=True, cleanup=None, camera=True, video_path=None,
-                  body_model="auto", hands=True, expressions=True):
+                  body_model="auto", hands=True, expressions=True, camera_to_world=None):
     """Build a character and key the result's valid frames onto it.
 
     Source frame k becomes scene frame ``frame_offset + k`` (video frame 0 ->
@@ -121,14 +121,21 @@ def import_result(result, model, *, name=None, per_frame_betas=False,
     With ``camera`` a camera matching the capture camera is added (and made
     the scene camera when ``set_scene``), with the video at `video_path` as
     its background when the file exists.
+
+    ``camera_to_world`` (4x4) places the take with that camera pose instead
+    of its own (several people share one camera and one floor; see
+    blender/people.py).
     """
     valid = np.asarray(result.valid, bool)
     if not valid.any():
         raise ResultFormatError("the result has no frame with a person in it")
+    shared = camera_to_world
     kind = character_type(result, model, body_model)
     camera_to_world = result.camera_to_world
     if cleanup is not None:
         result, camera_to_world = clean_take(result, model, cleanup)
+    if shared is not None:
+        camera_to_world = np.asarray(shared, np.float64)
     frames = (frame_offset + result.frame_index[valid]).astype(np.float64)
     root = result.root_translation[valid].astype(np.float64)
     rest_betas = clip_betas(result)
