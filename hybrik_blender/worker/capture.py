@@ -18,9 +18,11 @@ import time
 
 import numpy as np
 
-from ..core.body.model import load_body_model
+from ..core.body.model import load_body_model, rest_joints_29
 from ..core.formats.result import Result, ResultFormatError, load_result, save_result
+from .camera import finish_camera, start_camera
 from .landmarks import body as mpb
+from .refine import joint_confidence_from_29, settle_and_align
 from .detect.tracking import CHUNK, PersonTracker
 from .video.reader import VideoError, VideoSource
 
@@ -71,9 +73,18 @@ class CaptureOptions:
     focal_length: float = None
     flip_test: bool = False
     cleanup: object = None  # core.cleanup.CleanupOptions, applied to complete runs
+    camera: str = "auto"    # "static", "auto" or "moving" (see worker.camera)
 
 
 # --- backends -------------------------------------------------------------
+
+def clip_betas_of(betas, confidence, valid):
+    """The clip's shape as the import computes it (core.formats.result.clip_betas)."""
+    b = np.asarray(betas, np.float64)[valid]
+    w = np.asarray(confidence, np.float64)[valid]
+    w = w if w.sum() > 0 else np.ones_like(w)
+    return (b * w[:, None]).sum(0) / w.sum()
+
 
 class MediapipeBackend:
     """Stores landmarks per frame; solves the whole clip at the end (shape
@@ -100,9 +111,15 @@ class MediapipeBackend:
     def finish(self, cols, valid, focal, principal):
         sol = mpb.solve_clip(cols["mp_world"], cols["mp_image"], cols["mp_visibility"],
                              valid, focal, principal, self.body_model)
-        sol.pop("rest29")
-        return sol, {k: cols[k].astype(np.float32) for k in ("mp_world", "mp_image",
-                                                             "mp_visibility")}
+        rest29 = sol.pop("rest29")
+        uv, conf = mpb.image_evidence(cols["mp_image"], cols["mp_visibility"])
+        betas = sol["betas"][valid][0] if self.body_model is not None and valid.any() else None
+        sol, extras, self.alignment = settle_and_align(
+            sol, rest29, uv, conf, mpb.joint_confidence(cols["mp_visibility"]), valid,
+            cols["time"], cols["bbox"], focal, principal, self.body_model, betas)
+        extras.update({k: cols[k].astype(np.float32) for k in ("mp_world", "mp_image",
+                                                               "mp_visibility")})
+        return sol, extras
 
 
 class HybrIKBackend:
@@ -164,7 +181,8 @@ class HybrIKBackend:
             if rows[i] is None:
                 rows[i] = {"rotmats": np.tile(np.eye(3), (24, 1, 1)), "betas": np.zeros(10),
                            "root_translation": np.zeros(3), "joints29": np.zeros((29, 3)),
-                           "confidence": 0.0, "square_box": np.array([0.0, 0.0, 256.0, 256.0])}
+                           "confidence": 0.0, "square_box": np.array([0.0, 0.0, 256.0, 256.0]),
+                           "uv29": np.zeros((29, 2)), "uv29_confidence": np.zeros(29)}
         return rows
 
     def finish(self, cols, valid, focal, principal):
@@ -177,8 +195,28 @@ class HybrIKBackend:
         k = focal[0] * 256.0 / (1000.0 * np.maximum(box_w, 1e-6))
         root = cols["root_translation"] * k[:, None]
         joints = cols["joints29"] - cols["root_translation"][:, None] + root[:, None]
-        return {"rotmats": cols["rotmats"], "betas": cols["betas"], "root_translation": root,
-                "joints29": joints, "confidence": cols["confidence"]}, {}
+        fields = {"rotmats": cols["rotmats"], "betas": cols["betas"], "root_translation": root,
+                  "joints29": joints, "confidence": cols["confidence"]}
+        extras = {"square_box": cols["square_box"].astype(np.float32),
+                  "raw_root": cols["root_translation"].astype(np.float32),
+                  "raw_rotmats": cols["rotmats"].astype(np.float32),
+                  "raw_betas": cols["betas"].astype(np.float32)}
+        # the heatmaps' 2D joints in image pixels; joints outside the image
+        # are not evidence of anything
+        sq = cols["square_box"]
+        centre = 0.5 * (sq[:, :2] + sq[:, 2:])
+        uv = centre[:, None] + cols["uv29"] * box_w[:, None, None]
+        w, h = 2 * principal[0], 2 * principal[1]
+        inside = ((uv[..., 0] >= 0) & (uv[..., 0] <= w) & (uv[..., 1] >= 0) & (uv[..., 1] <= h))
+        conf = cols["uv29_confidence"] * inside
+        if valid.any():
+            betas0 = clip_betas_of(cols["betas"], cols["confidence"], valid)
+            rest29 = rest_joints_29(self.body_model, betas0)[None]
+            fields, more, self.alignment = settle_and_align(
+                fields, rest29, uv, conf, joint_confidence_from_29(conf), valid, cols["time"],
+                cols["bbox"], focal, principal, self.body_model, betas0)
+            extras.update(more)
+        return fields, extras
 
 
 # --- the run ----------------------------------------------------------------
@@ -202,7 +240,7 @@ def _load_backend(opts):
     raise CaptureError(EXIT_USAGE, f"unknown backend '{opts.backend}'")
 
 
-def _producer(source, tracker, backend, first, end, batch_size, q, stop):
+def _producer(source, tracker, backend, first, end, batch_size, q, stop, camera=None):
     from .hybrik import preprocess
     try:
         batch = []
@@ -210,6 +248,8 @@ def _producer(source, tracker, backend, first, end, batch_size, q, stop):
             if stop.is_set():
                 break
             det = tracker(index, rgb)
+            if camera is not None:  # every person of the frame is masked out
+                camera.feed(index, rgb, [det.box] if det is not None else ())
             item = {"index": index, "time": t, "det": det}
             if backend.needs_crops and det is not None:
                 crop, square, _ = preprocess.crop_person(rgb, det.box)
@@ -255,9 +295,13 @@ def _keep_rows(prev, go_on, backend):
             row.update({k: prev.extras[k][i] for k in ("mp_world", "mp_image", "mp_visibility")})
         else:
             raw = prev.extras["raw_root"][i]
-            row.update(rotmats=prev.rotmats[i], betas=prev.betas[i], root_translation=raw,
-                       joints29=prev.joints29[i] - prev.root_translation[i] + raw,
-                       square_box=prev.extras["square_box"][i])
+            sq = prev.extras["square_box"][i]
+            # the refined joints replace HybrIK's own; finish() does not need those
+            row.update(rotmats=prev.extras["raw_rotmats"][i], betas=prev.extras["raw_betas"][i],
+                       root_translation=raw, square_box=sq, joints29=prev.joints29[i],
+                       uv29=(prev.extras["uv29"][i] - 0.5 * (sq[:2] + sq[2:]))
+                       / max(float(sq[2] - sq[0]), 1e-6),
+                       uv29_confidence=prev.extras["uv29_confidence"][i])
         rows.append(row)
     return rows
 
@@ -288,6 +332,10 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
 
     focal = float(opts.focal_length or mpb.default_focal_length(info.width, info.height))
     principal = (info.width / 2.0, info.height / 2.0)
+    try:
+        camera = start_camera(opts, info, focal, source, rows)
+    except ValueError as exc:
+        raise CaptureError(EXIT_USAGE, str(exc)) from None
     tracker = PersonTracker(info.fps, info.width, info.height)
     last_valid = [r for r in rows if r["valid"]]
     if last_valid:
@@ -299,7 +347,8 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     q = queue.Queue(maxsize=2)
     stop = threading.Event()
     thread = threading.Thread(target=_producer, daemon=True,
-                              args=(source, tracker, backend, go_on, end, opts.batch_size, q, stop))
+                              args=(source, tracker, backend, go_on, end, opts.batch_size, q, stop,
+                                    camera))
     t0 = time.perf_counter()
     done_here = 0
     cancelled = False
@@ -346,17 +395,17 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     cols = {k: np.stack([np.asarray(r[k], np.float64) for r in rows])
             for k in rows[0] if k not in ("valid",)}
     progress({"event": "progress", "stage": "solve", "done": 0, "total": 1})
+    estimate = finish_camera(camera, cols["index"], focal)
+    focal = estimate.focal
     fields, extras = backend.finish(cols, valid, (focal, focal), principal)
-    if backend.name == "hybrik":
-        extras = {"square_box": cols["square_box"].astype(np.float32),
-                  "raw_root": cols["root_translation"].astype(np.float32)}
     confidence = np.clip(fields.pop("confidence", cols["confidence"]), 0, 1)
     result = Result.from_frames(
         valid=valid, frame_index=cols["index"].astype(np.int64), time_s=cols["time"],
         bbox=cols["bbox"], confidence=confidence, fps=info.fps,
         image_size=(info.width, info.height), focal_length=(focal, focal),
         principal_point=principal, source=info.name, backend=backend.name,
-        model=backend.model_name, complete=not cancelled, extras=extras, **fields)
+        model=backend.model_name, complete=not cancelled, extras=extras,
+        camera=estimate.track(), warnings=estimate.warnings, **fields)
     if opts.cleanup is not None and not cancelled:
         from ..core.motion.cleanup import clean_take
         progress({"event": "progress", "stage": "cleanup", "done": 0, "total": 1})
@@ -369,7 +418,8 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
                                        f"{exc.strerror or exc}") from None
     progress({"event": "done", "frames": result.num_frames, "valid": int(valid.sum()),
               "output": opts.out, "complete": result.complete,
-              "seconds": round(time.perf_counter() - t0, 2)})
+              "seconds": round(time.perf_counter() - t0, 2), "camera": estimate.mode,
+              "focal_px": round(focal, 2), "warnings": list(estimate.warnings)})
     if cancelled:
         raise CaptureError(EXIT_CANCELLED, f"cancelled: {result.num_frames} frames kept in "
                                            f"{opts.out}; run again with --resume to go on")
