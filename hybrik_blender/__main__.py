@@ -53,6 +53,10 @@ def main(argv=None):
     cap.add_argument("--start", type=int, default=0, help="first frame (0-based)")
     cap.add_argument("--end", type=int, default=None, help="stop before this frame")
     cap.add_argument("--batch-size", type=int, default=16)
+    cap.add_argument("--camera", choices=("static", "auto", "moving"), default="auto",
+                     help="static: a fixed camera; moving: measure the camera's rotation from "
+                          "the background and animate the Blender camera with it; auto "
+                          "(default): moving only when the camera turned")
     cap.add_argument("--result", help="where to keep the result file (default: beside the .blend)")
     cap.add_argument("--worker-python", default=sys.executable,
                      help="Python of the worker environment (torch, mediapipe); default: this one")

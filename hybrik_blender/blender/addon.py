@@ -99,6 +99,11 @@ class HYBRIK_PG_settings(bpy.types.PropertyGroup):
                              description="First video frame to capture (0-based)")
     frame_end: IntProperty(name="End", min=0, default=0,
                            description="Stop before this frame; 0 = to the end")
+    camera: EnumProperty(name="Camera", default='auto', items=[
+        ('auto', "Auto", "Measure the camera's rotation from the background and follow it "
+                         "only if the camera turned"),
+        ('static', "Static", "A fixed camera: no camera solve"),
+        ('moving', "Moving", "Always follow the measured camera rotation")])
     per_frame_betas: BoolProperty(
         name="Per-frame shape", default=False,
         description="Key the body shape on every frame instead of the clip's average shape")
@@ -315,7 +320,7 @@ class HYBRIK_OT_capture(bpy.types.Operator):
             python, video, out, backend=settings.backend, checkpoint=checkpoint,
             smpl_model=model if model.lower().endswith((".pkl", ".npz")) else "",
             device=prefs.device if prefs else "auto", start=settings.frame_start,
-            end=settings.frame_end or None, resume=self.resume)
+            end=settings.frame_end or None, resume=self.resume, camera=settings.camera)
         _start('CAPTURE', job, out, video)
         self.report({'INFO'}, f"Capture started: {os.path.basename(video)}")
         return {'FINISHED'}
@@ -445,6 +450,7 @@ class HYBRIK_PT_main(SidebarPanel, bpy.types.Panel):
         row = col.row(align=True)
         row.prop(settings, "frame_start")
         row.prop(settings, "frame_end")
+        col.prop(settings, "camera")
         job = context.window_manager.hybrik_job
         row = layout.row(align=True)
         row.scale_y = 1.4

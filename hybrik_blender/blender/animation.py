@@ -7,7 +7,8 @@ import numpy as np
 
 from ..core.body import model as bm
 from ..core.body.average import fitted_average_skeleton
-from ..core.blender_space import pose_channels
+from ..core.blender_space import CAMERA_TO_BLENDER, homogeneous, pose_channels
+from ..core.motion.world import frame_camera_to_world, is_moving
 from ..core.motion.cleanup import clean_take
 from ..core.body.kinematics import pose_corrective_features
 from ..core.formats.result import ResultFormatError, clip_betas
@@ -57,7 +58,11 @@ def import_result(result, model, *, name=None, per_frame_betas=False,
     the motion first; the character is then placed in a Z-up world with the
     floor at z = 0 (or as the root mode says). Without it the result's own
     ``camera_to_world`` is used when present, else the camera sits at the
-    origin looking down +Y.
+    origin looking down +Y. With a moving camera (the result's camera track)
+    the character moves in that world frame (the camera's turns taken out)
+    and the camera is animated with the recovered rotation and lens, so the
+    overlay on the video stays exact; root mode "camera" keeps the motion
+    in the camera's space with a still camera.
 
     With ``camera`` a camera matching the capture camera is added (and made
     the scene camera when ``set_scene``), with the video at `video_path` as
@@ -69,6 +74,10 @@ def import_result(result, model, *, name=None, per_frame_betas=False,
     camera_to_world = result.camera_to_world
     if cleanup is not None:
         result, camera_to_world = clean_take(result, model, cleanup)
+    # a moving camera: each frame's capture camera turned from the reference
+    # one, for the character and for the Blender camera alike
+    moving = is_moving(result) and (cleanup is None or cleanup.root_mode != "camera")
+    base = homogeneous(CAMERA_TO_BLENDER) if camera_to_world is None else camera_to_world
     frames = (frame_offset + result.frame_index[valid]).astype(np.float64)
     rot = result.rotmats[valid].astype(np.float64)
     root = result.root_translation[valid].astype(np.float64)
@@ -87,8 +96,10 @@ def import_result(result, model, *, name=None, per_frame_betas=False,
         joints = bm.rest_joints(model, rest_betas)[None]
     if model is not None:
         rig, mesh = build_character(model, rest_betas, name, pose_correctives, collection)
+    pose_camera = (frame_camera_to_world(result, base, result.frame_index[valid]) if moving
+                   else camera_to_world)
     quats, locs = pose_channels(rest_matrices(rig), rot, joints, root,
-                                camera_to_world=camera_to_world)
+                                camera_to_world=pose_camera)
 
     arm = ActionWriter(rig, f"{rig.name}_motion")
     for i, bname in enumerate(JOINT_NAMES):
@@ -119,6 +130,12 @@ def import_result(result, model, *, name=None, per_frame_betas=False,
         set_scene_timing(bpy.context.scene, result.fps, start, end)
     cam = None
     if camera:
+        track = None
+        if moving:
+            cam_track = result.camera
+            track = (cam_track.frame_index, frame_camera_to_world(result, base,
+                                                                  cam_track.frame_index),
+                     cam_track.focal)
         cam = build_camera(result, f"{rig.name}_camera", camera_to_world, video_path,
-                           collection, set_scene)
+                           collection, set_scene, frame_offset, track)
     return ImportedTake(rig, mesh, start, end, num_keys, cam)

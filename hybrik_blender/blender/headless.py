@@ -101,7 +101,8 @@ def run_capture(args):
     job = jobs.start_capture(args.worker_python, os.path.abspath(video), result_path,
                              backend=args.backend, checkpoint=args.checkpoint or "",
                              smpl_model=args.smpl_model or "", device=args.device,
-                             start=args.start, end=args.end, batch_size=args.batch_size)
+                             start=args.start, end=args.end, batch_size=args.batch_size,
+                             camera=getattr(args, "camera", "auto"))
     bar = ProgressBar()
     try:
         while job.proc.poll() is None:

@@ -180,7 +180,8 @@ def worker_env():
 
 
 def capture_args(python, video, out, backend="mediapipe", checkpoint="", smpl_model="",
-                 device="auto", start=0, end=None, batch_size=16, resume=False):
+                 device="auto", start=0, end=None, batch_size=16, resume=False,
+                 camera="auto"):
     """The worker command line for a capture."""
     args = [python, "-m", f"{PACKAGE_NAME}.worker", "capture", video, "--out", out,
             "--backend", backend, "--device", device, "--batch-size", str(batch_size),
@@ -195,6 +196,8 @@ def capture_args(python, video, out, backend="mediapipe", checkpoint="", smpl_mo
         args += ["--end", str(int(end))]
     if resume:
         args.append("--resume")
+    if camera and camera != "auto":
+        args += ["--camera", camera]
     return args
 
 

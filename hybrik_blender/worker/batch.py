@@ -94,6 +94,7 @@ class BatchOptions:
     device: str = "auto"
     batch_size: int = 16
     cleanup: object = None
+    camera: str = "auto"         # --camera static|auto|moving (see worker.camera)
     ray_address: str = "local"   # "local", "auto", "ray://host:10001", or None: already connected
     num_cpus: int = None         # size of a local cluster (default: all cores)
     workers: int = None          # default: what the cluster's resources allow
@@ -557,7 +558,7 @@ def run_batch(opts, progress=None):
     frames_here = 0
     worker_opts = {"backend": opts.backend, "checkpoint": opts.checkpoint,
                    "smpl_model": opts.smpl_model, "batch_size": opts.batch_size,
-                   "cleanup": opts.cleanup,
+                   "cleanup": opts.cleanup, "camera": opts.camera,
                    "device": ("cuda" if opts.gpus_per_worker > 0
                               else "cpu" if opts.device == "auto" else opts.device)}
     exporter = ThreadPoolExecutor(max_workers=1) if opts.export else None
