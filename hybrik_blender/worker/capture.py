@@ -109,6 +109,7 @@ class MediapipeBackend:
         return rows
 
     def finish(self, cols, valid, focal, principal):
+        self.alignment = None
         sol = mpb.solve_clip(cols["mp_world"], cols["mp_image"], cols["mp_visibility"],
                              valid, focal, principal, self.body_model)
         rest29 = sol.pop("rest29")
@@ -191,6 +192,7 @@ class HybrIKBackend:
         # F / f_frame keeps the root's projection and expresses it for the one
         # real camera F of the clip (the official demo's transl_camsys does
         # the same for F = 1000); the body around it keeps its metric size.
+        self.alignment = None
         box_w = cols["square_box"][:, 2] - cols["square_box"][:, 0]
         k = focal[0] * 256.0 / (1000.0 * np.maximum(box_w, 1e-6))
         root = cols["root_translation"] * k[:, None]
@@ -306,6 +308,14 @@ def _keep_rows(prev, go_on, backend):
     return rows
 
 
+def _rounded(alignment):
+    """The 2D alignment summary for the JSON line (None where nothing was seen)."""
+    if not alignment:
+        return None
+    return {k: {q: (round(float(v), 5) if np.isfinite(v) else None) for q, v in d.items()}
+            for k, d in alignment.items()}
+
+
 def load_backend(opts):
     """The backend that opts names, built once; pass it to run_capture to reuse
     its model for several videos (the batch actors do)."""
@@ -419,7 +429,8 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     progress({"event": "done", "frames": result.num_frames, "valid": int(valid.sum()),
               "output": opts.out, "complete": result.complete,
               "seconds": round(time.perf_counter() - t0, 2), "camera": estimate.mode,
-              "focal_px": round(focal, 2), "warnings": list(estimate.warnings)})
+              "focal_px": round(focal, 2), "warnings": list(estimate.warnings),
+              "alignment": _rounded(getattr(backend, "alignment", None))})
     if cancelled:
         raise CaptureError(EXIT_CANCELLED, f"cancelled: {result.num_frames} frames kept in "
                                            f"{opts.out}; run again with --resume to go on")

@@ -7,6 +7,7 @@ import logging
 
 import numpy as np
 
+from ..core.align.metric import fk29, reprojection_error
 from ..core.align.refine import align_to_evidence, evidence_weight
 from ..core.body.skeleton import CHILDREN_29
 from ..core.motion.hidden import hold_hidden_joints
@@ -31,6 +32,8 @@ def settle_and_align(fields, rest29, uv29, conf29, joint_conf, valid, time_s, bb
     written to every valid row)."""
     valid = np.asarray(valid, bool)
     rot = np.asarray(fields["rotmats"], np.float64)
+    raw, _ = fk29(rot, rest29, fields["root_translation"])
+    before = reprojection_error(raw, uv29, conf29, focal, principal, bbox, valid)
     if hold:
         rot = hold_hidden_joints(rot, evidence_weight(joint_conf), valid, time_s)
     out = align_to_evidence(rot, rest29, fields["root_translation"], uv29, conf29, valid,
@@ -44,7 +47,8 @@ def settle_and_align(fields, rest29, uv29, conf29, joint_conf, valid, time_s, bb
         b[valid] = out["betas"]
         fields["betas"] = b
     fields["joint_confidence"] = np.clip(joint_conf, 0, 1)
-    summary = {"before": out["before"].summary(), "after": out["after"].summary()}
+    # before: the backend alone, as it was without this step
+    summary = {"before": before.summary(), "after": out["after"].summary()}
     log.info("2D alignment: median %.1f px (%.1f%% of the box) -> %.1f px (%.1f%%)",
              summary["before"]["median_px"], 100 * summary["before"]["median_box"],
              summary["after"]["median_px"], 100 * summary["after"]["median_box"])

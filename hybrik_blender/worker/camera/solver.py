@@ -33,7 +33,7 @@ At the end (:meth:`CameraSolver.finish`), with every frame's point pairs:
 * translation is detected: a camera that moves through the scene (walking
   with it) shows parallax, which no rotation explains. A frame is
   translation-dominated when the background moved by more than
-  ``3 x threshold_px`` and fewer than half of its tracked points follow the
+  ``3 x threshold_px`` and fewer than 3/4 of its tracked points follow the
   fitted rotation; when more than ``translation_fraction`` of the frames
   that moved are, the motion is reported and the track falls back to a
   static camera (the motion stays in camera space);
@@ -50,7 +50,7 @@ import numpy as np
 
 from . import geometry as geo
 
-LK_WINDOW = (21, 21)
+LK_WINDOW = (15, 15)
 LK_LEVELS = 3
 LK_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.01)
 CAMERA_CHOICES = ("static", "auto", "moving")
@@ -275,7 +275,7 @@ class CameraSolver:
         explained = np.sum(live & (resid < 2 * self.threshold), 1) / cnt
         moved = _row_median(motion, live)
         moving = moved > 3 * self.threshold
-        parallax = moving & (explained < 0.5)
+        parallax = moving & (explained < 0.75)
         frac = float(parallax.sum() / max(moving.sum(), 1))
         mode = "moving" if self.mode == "moving" else "static"
         weak = np.array([m.sum() < self.min_background for m in self.inliers[1:]])
