@@ -46,7 +46,11 @@ def sample(tmp_path_factory):
 def photo(tmp_path_factory):
     folder = tmp_path_factory.mktemp("p")
     video = write_video(folder / "photo.mp4", photo_frames(40, size=(320, 240), step=2))
-    return video, cap.run_capture(cap.CaptureOptions(video=video, out=str(folder / "p.npz")))
+    events = []
+    res = cap.run_capture(cap.CaptureOptions(video=video, out=str(folder / "p.npz")),
+                          progress=events.append)
+    res.done_event = events[-1]
+    return video, res
 
 
 # --- real footage -----------------------------------------------------------------
@@ -67,6 +71,18 @@ def test_real_photo_drifting_across_the_frame_sits_on_the_person(photo):
     after = metric.result_alignment(res)
     assert after.points > 200 and before > 0.04
     assert after.median_fraction() <= 0.02, after.summary()
+    done = res.done_event        # the worker's JSON line says it too
+    assert done["camera"] == res.camera.mode and done["focal_px"] > 0
+    assert abs(done["alignment"]["after"]["median_box"] - after.median_fraction()) < 1e-4
+    assert abs(done["alignment"]["before"]["median_box"] - before) < 1e-4
+
+
+def test_camera_choice_is_checked(tmp_path, photo):
+    video, _ = photo
+    with pytest.raises(cap.CaptureError) as err:
+        cap.run_capture(cap.CaptureOptions(video=video, out=str(tmp_path / "x.npz"),
+                                           camera="sideways"))
+    assert err.value.code == cap.EXIT_USAGE and "--camera" in str(err.value)
 
 
 def test_hidden_joints_of_the_sample_clip_do_not_jitter(sample):

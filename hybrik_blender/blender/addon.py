@@ -231,8 +231,11 @@ def finish_capture(context, state):
         context.scene.hybrik.last_result = out
         context.scene.hybrik.last_partial = not result.complete
         partial = "" if result.complete else " (partial: cancelled)"
+        camera = " with a moving camera" if result.camera and result.camera.mode == "moving" \
+            else ""
+        notes = "".join(f"; {w}" for w in result.warnings)
         _set_job_props(wm, state, f"Imported {take.rig.name}, frames {take.frame_start}-"
-                                  f"{take.frame_end}{partial}")
+                                  f"{take.frame_end}{camera}{partial}{notes}")
         return True
     _set_job_props(wm, state, f"Capture failed: {state.error}", error=True)
     print(f"hybrik-blender: capture failed: {state.error}", file=sys.stderr)
