@@ -3,6 +3,10 @@
     python -m hybrik_blender capture [VIDEO] -o take.blend [--fbx take.fbx] [--backend ...]
     python -m hybrik_blender import RESULT -o take.blend [--smpl-model M] [--fbx ...]
 
+``--smpl-model`` takes an SMPL or an SMPL-X file (or a HybrIK / HybrIK-X
+checkpoint); an SMPL-X file builds the SMPL-X character (55 bones with
+fingers, expression keys).
+
 ``capture`` runs the capture worker on the video (in its own process, with a
 progress bar), then builds the animated character, a camera matching the
 video with the video as its background, and saves the .blend (and the
@@ -22,12 +26,23 @@ import sys
 def _import_options(p):
     p.add_argument("-o", "--output", required=True, help="the .blend to write")
     p.add_argument("--smpl-model",
-                   help="SMPL model (.pkl/.npz) or HybrIK checkpoint (.pth); without one, "
-                        "an armature on the built-in average skeleton")
+                   help="SMPL or SMPL-X model (.pkl/.npz) or HybrIK / HybrIK-X checkpoint "
+                        "(.pth); the character type follows the file. Without one, an "
+                        "armature on the built-in average skeleton")
+    p.add_argument("--body-model", choices=("auto", "smpl", "smplx"), default="auto",
+                   help="character type: with a model file it must match the file; without "
+                        "one, auto builds an SMPL-X rig for SMPL-X takes (default auto)")
+    p.add_argument("--kid-template", metavar="NPY",
+                   help="children's template (smplx_kid_template.npy) for takes with "
+                        "HybrIK-X's kid shape (default: looked for beside the model file)")
+    p.add_argument("--no-hands", action="store_true",
+                   help="SMPL-X: leave the fingers unkeyed at rest")
+    p.add_argument("--no-expressions", action="store_true",
+                   help="SMPL-X: no expression shape keys")
     p.add_argument("--per-frame-betas", action="store_true",
                    help="key the shape per frame (default: the clip's average shape)")
     p.add_argument("--no-correctives", action="store_true",
-                   help="skip the 207 pose-corrective shape keys")
+                   help="skip the pose-corrective shape keys (207 SMPL, 486 SMPL-X)")
     p.add_argument("--fbx", metavar="PATH", help="also export the take as FBX")
     p.add_argument("--fbx-preset", choices=("generic", "unity", "unreal"),
                    default="generic", help="FBX axes and units (default: generic)")
@@ -57,6 +72,8 @@ def main(argv=None):
                      help="static: a fixed camera; moving: measure the camera's rotation from "
                           "the background and animate the Blender camera with it; auto "
                           "(default): moving only when the camera turned")
+    cap.add_argument("--hands", action="store_true",
+                     help="also capture the fingers (see the worker's --hands)")
     cap.add_argument("--result", help="where to keep the result file (default: beside the .blend)")
     cap.add_argument("--worker-python", default=sys.executable,
                      help="Python of the worker environment (torch, mediapipe); default: this one")

@@ -21,10 +21,16 @@ on them, each run in its own process so that its peak RSS is its own:
   the median reprojection error of the visible joints against the 2D
   evidence, in pixels and % of the box height, for the backend's own fit
   and after the refinement (target: <= 2%), and mediapipe at 640x480 with
-  ``--camera static`` vs the default ``auto`` (the solver's cost).
+  ``--camera static`` vs the default ``auto`` (the solver's cost);
+* hands (--hands-frames frames, default 300): mediapipe at 640x480 on a clip
+  of a real photo with an open hand (OpenCV's basketball sample), with and
+  without --hands, and the hand tracker alone in this process (ms per
+  frame, both hands; target: hands add <= 15 ms per frame on 2 cores). The
+  astronaut clip, where no hand is visible, gives the worst case: the
+  tracker retries its acquisition every frame.
 
 Usage: python scripts/bench_capture.py [--frames 3000] [--hybrik-frames 300] [--demo-frames 60]
-       [--pan-frames 300]
+                                       [--pan-frames 300] [--hands-frames 300] [--only-hands]
 """
 import argparse
 import json
@@ -40,6 +46,17 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 DATA = os.path.join(ROOT, "tests", "data")
+
+
+def make_hand_clip(path, n):
+    """640x480: OpenCV's basketball photo (a man with an open hand) drifting
+    by a few pixels, as a hand-held camera would."""
+    img = cv2.imread(os.path.join(DATA, "basketball1.png"))
+    wr = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (640, 480))
+    for i in range(n):
+        m = np.float32([[1, 0, 8 * np.sin(i / 25)], [0, 1, 5 * np.cos(i / 31)]])
+        wr.write(cv2.warpAffine(img, m, (640, 480), borderMode=cv2.BORDER_REFLECT))
+    wr.release()
 
 
 def make_clip(path, n, size):
@@ -151,12 +168,66 @@ def demo_way(video, checkpoint, frames, folder):
     print(json.dumps({"frames": len(paths), "seconds": time.perf_counter() - t0}))
 
 
+def hand_tracker_ms(video, frames):
+    """Median and mean ms per frame of the hand tracker alone (both hands,
+    seeded from the pose), on frames where the person was found."""
+    from hybrik_blender.worker.detect.tracking import PersonTracker
+    from hybrik_blender.worker.landmarks.hands import HandTracker
+    from hybrik_blender.worker.video.reader import VideoSource
+    src = VideoSource(video)
+    tracker = PersonTracker(src.info.fps, src.info.width, src.info.height)
+    hands = HandTracker(src.info.width, src.info.height)
+    times, seen = [], 0
+    for i, _, rgb in src.frames(0, frames):
+        det = tracker(i, rgb)
+        if det is None:
+            continue
+        t = time.perf_counter()
+        out = hands(i, rgb, det.image_xy, det.visibility)
+        times.append(time.perf_counter() - t)
+        seen += int((out["hand_score"] >= 0.5).sum())
+    tracker.close()
+    hands.close()
+    t = np.array(times[1:]) * 1e3
+    return float(np.median(t)), float(t.mean()), seen / max(len(times), 1), hands.calls / max(
+        len(times), 1)
+
+
+def bench_hands(tmp, n, worker):
+    clip = os.path.join(tmp, "hands480.mp4")
+    make_hand_clip(clip, n)
+    rows = []
+    for label, video in (("open hand", clip), ("no hand visible (astronaut)",
+                                               os.path.join(tmp, "clip480.mp4"))):
+        if not os.path.exists(video):
+            make_clip(video, n, (640, 480))
+        fps = {}
+        for flag in ("", "--hands"):
+            out = os.path.join(tmp, "hands.npz")
+            secs, rss, last = run(worker + [video, "--out", out, "--end", str(n)]
+                                  + ([flag] if flag else []))
+            done = json.loads(last)
+            fps[flag] = done["frames"] / done["seconds"]
+        med, mean, per_frame, calls = hand_tracker_ms(video, n)
+        rows.append((label, fps[""], fps["--hands"], med, mean, per_frame, calls))
+    print(f"\nhands, mediapipe 640x480, {n} frames (steady fps = the worker's frames / seconds)")
+    print(f"{'clip':30s} {'fps off':>8s} {'fps on':>8s} {'added ms/frame':>15s} "
+          f"{'tracker ms (median/mean)':>25s} {'hands seen/frame':>17s} {'calls/frame':>12s}")
+    for label, off, on, med, mean, per_frame, calls in rows:
+        print(f"{label:30s} {off:8.1f} {on:8.1f} {1000 / on - 1000 / off:15.1f} "
+              f"{med:12.1f} / {mean:<10.1f} {per_frame:17.2f} {calls:12.2f}")
+    print("(target: hands add <= 15 ms per frame on 2 cores; the tracker runs in the decoding "
+          "thread, both hands in parallel inside mediapipe)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=3000)
     ap.add_argument("--hybrik-frames", type=int, default=300)
     ap.add_argument("--demo-frames", type=int, default=60)
     ap.add_argument("--pan-frames", type=int, default=300)
+    ap.add_argument("--hands-frames", type=int, default=300)
+    ap.add_argument("--only-hands", action="store_true", help="run only the hands benchmark")
     ap.add_argument("--demo-way", nargs=3, metavar=("VIDEO", "CKPT", "FRAMES"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -166,6 +237,10 @@ def main():
         return
 
     py = sys.executable
+    if args.only_hands:
+        with tempfile.TemporaryDirectory() as tmp:
+            bench_hands(tmp, args.hands_frames, [py, "-m", "hybrik_blender.worker", "capture"])
+        return
     with tempfile.TemporaryDirectory() as tmp:
         hd, vga = os.path.join(tmp, "clip720.mp4"), os.path.join(tmp, "clip480.mp4")
         ckpt = os.path.join(tmp, "res34_random.pth")
@@ -259,6 +334,9 @@ def main():
     print("target: refined median <= 2% of the box height on real clips (the sample clip, the "
           "photo drifting across the frame); hybrik with random weights is measured against "
           "its own heatmap joints")
+    if args.hands_frames:
+        with tempfile.TemporaryDirectory() as tmp:
+            bench_hands(tmp, args.hands_frames, [py, "-m", "hybrik_blender.worker", "capture"])
 
 
 if __name__ == "__main__":

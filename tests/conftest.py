@@ -38,3 +38,24 @@ def model_arrays():
 def body_model(model_arrays):
     from hybrik_blender.core.body.model import body_model_from_arrays
     return body_model_from_arrays(model_arrays, source="synthetic")
+
+
+SYNTHETIC_SMPLX_MODEL = os.path.join(DATA, "synthetic_smplx_neutral.npz")
+SYNTHETIC_SMPLX_KID = os.path.join(DATA, "synthetic_smplx_kid_template.npy")
+
+
+@pytest.fixture(scope="session")
+def smplx_model():
+    """The synthetic SMPL-X model (golden_x §1) with its children's template."""
+    from hybrik_blender.core.body.model import load_body_model
+    return load_body_model(SYNTHETIC_SMPLX_MODEL, kid_template=SYNTHETIC_SMPLX_KID)
+
+
+def smplx_oracle(batch_size, kid=True, model_file=None):
+    """The independent reference: ``smplx.SMPLX`` on the synthetic file, in
+    float64, full-rotation hands (no PCA, no mean added)."""
+    import torch
+    import smplx
+    kw = dict(age="kid", kid_template_path=SYNTHETIC_SMPLX_KID) if kid else {}
+    return smplx.SMPLX(model_file or SYNTHETIC_SMPLX_MODEL, ext="npz", use_pca=False,
+                       flat_hand_mean=True, dtype=torch.float64, batch_size=batch_size, **kw)

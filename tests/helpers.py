@@ -71,3 +71,41 @@ def write_random_checkpoint(path, arch="res34_cam", seed=1):
     state.update(hybrik_smpl_buffers(synthetic_arrays(posedirs_scale=0)))
     torch.save({"model": state}, path)
     return str(path)
+
+
+SMPLX_MODEL_FILE = "synthetic_smplx_neutral.npz"
+SMPLX_KID_FILE = "synthetic_smplx_kid_template.npy"
+
+
+def random_motion_x(n, seed=0, spread=0.5, finger_spread=0.5):
+    """Smoothly varying random SMPL-X poses (N, 55, 3, 3), upright in camera:
+    body, jaw, eyes and fingers all move."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 1, n)[:, None, None]
+    scale = np.full((1, 55, 1), spread)
+    scale[:, 25:] = finger_spread
+    a, b = rng.normal(0, 1, (2, 1, 55, 3)) * scale
+    aa = a + (b - a) * t + 0.1 * np.sin(7 * t + rng.normal(0, 1, (1, 55, 3)))
+    rot = rotations.axis_angle_to_matrix(aa)
+    upright = rotations.axis_angle_to_matrix(np.array([np.pi, 0.0, 0.0]))
+    rot[:, 0] = upright @ rot[:, 0]
+    return rot
+
+
+def make_smplx_result(rot55, betas=None, expression=None, kid=None, seed=0, **kw):
+    """An SMPL-X take (result format v2) from (N, 55, 3, 3) rotations: body
+    rows 0-21 in ``rotmats`` (22-23 identity), jaw, eyes and fingers in their
+    own fields."""
+    rot55 = np.asarray(rot55)
+    n = len(rot55)
+    rng = np.random.default_rng(seed + 1000)
+    body = np.tile(np.eye(3), (n, 24, 1, 1))
+    body[:, :22] = rot55[:, :22]
+    if expression is None:
+        expression = rng.normal(0, 1, (n, 10))
+    fields = dict(body_model="smplx", jaw_rotmat=rot55[:, 22], eye_rotmats=rot55[:, 23:25],
+                  hand_rotmats=rot55[:, 25:55], expression=expression)
+    if kid is not None:
+        fields["kid"] = kid
+    fields.update(kw)
+    return make_result(body, betas=betas, seed=seed, **fields)

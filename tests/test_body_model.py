@@ -189,7 +189,7 @@ def test_checkpoint_with_foreign_global_is_refused(tmp_path):
 def test_wrong_files_give_clear_errors(tmp_path, model_arrays):
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    with pytest.raises(bm.BodyModelError, match="not an SMPL model"):
+    with pytest.raises(bm.BodyModelError, match="not an SMPL/SMPL-X model"):
         bm.load_body_model(text)
 
     other = tmp_path / "other.npz"
@@ -199,7 +199,12 @@ def test_wrong_files_give_clear_errors(tmp_path, model_arrays):
 
     smplx_like = dict(model_arrays, v_template=np.zeros((10475, 3)))
     with pytest.raises(bm.BodyModelError, match="10475 vertices.*SMPL-X"):
+        bm.body_model_from_arrays(smplx_like, model_type="smpl")
+    # detected as SMPL-X by its vertex count, then refused for SMPL-sized arrays
+    with pytest.raises(bm.BodyModelError, match=r"shapedirs has shape \(6890, 3, 10\)"):
         bm.body_model_from_arrays(smplx_like)
+    with pytest.raises(bm.BodyModelError, match="6890 vertices; an SMPL-X model has 10475"):
+        bm.body_model_from_arrays(model_arrays, model_type="smplx")
 
     bad_tree = dict(model_arrays, kintree_table=np.stack([np.r_[-1, np.zeros(23)], np.arange(24)]))
     with pytest.raises(bm.BodyModelError, match="kinematic tree"):

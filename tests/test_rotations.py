@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from hybrik_blender.core import rotations as R
 from hybrik_blender.core.blender_space import (CAMERA_TO_BLENDER, SMPL_TO_BLENDER, bone_basis,
@@ -55,3 +56,24 @@ def test_bone_basis_reproduces_skinning_for_any_rest_orientation():
         local = rest[i] if p < 0 else rigid_inverse(rest[p]) @ rest[i]
         pose[:, i] = (local if p < 0 else pose[:, p] @ local) @ basis[:, i]
     assert np.abs(pose @ rigid_inverse(rest) - skin).max() < 1e-12
+
+
+@pytest.mark.parametrize("per_frame_joints", [False, True])
+def test_pose_channels_equal_the_skinning_definition(per_frame_joints):
+    """The FK-free pose channels equal bone_basis(blender_skinning(...)) for
+    the 55-joint SMPL-X tree, random rest orientations, camera and joints."""
+    from hybrik_blender.core.blender_space import blender_skinning, pose_channels
+    from hybrik_blender.core.body.skeleton import SMPLX_PARENTS
+    rng = np.random.default_rng(4)
+    n, j = 6, 55
+    rest = homogeneous(R.axis_angle_to_matrix(rng.normal(0, 2, (j, 3))), rng.normal(0, 1, (j, 3)))
+    rot = R.axis_angle_to_matrix(rng.normal(0, 1, (n, j, 3)))
+    joints = rng.normal(0, 1, (n if per_frame_joints else 1, j, 3))
+    root = rng.normal(0, 1, (n, 3))
+    cam = homogeneous(R.axis_angle_to_matrix(rng.normal(0, 1, 3)), rng.normal(0, 1, 3))
+    basis = bone_basis(rest, blender_skinning(rot, joints, root, SMPLX_PARENTS, cam), SMPLX_PARENTS)
+    quats, locs = pose_channels(rest, rot, joints, root, SMPLX_PARENTS, cam)
+    assert np.abs(locs - basis[..., :3, 3]).max() < 1e-12
+    assert np.abs(R.quaternion_to_matrix(quats) - basis[..., :3, :3]).max() < 1e-12
+    with pytest.raises(ValueError, match="rotations and 24 parents"):
+        pose_channels(rest, rot, joints, root)

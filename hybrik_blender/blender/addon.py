@@ -14,7 +14,7 @@ import bpy
 from bpy.props import (BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
                        StringProperty)
 
-from ..core.body.model import BodyModelError, load_body_model
+from ..core.body.model import BodyModelError, load_character_model
 from ..core.motion.cleanup import CleanupOptions
 from ..core.formats.result import ResultFormatError, load_result
 from . import export, jobs, retarget_ops
@@ -61,8 +61,12 @@ class HYBRIK_AP_preferences(bpy.types.AddonPreferences):
                     "the environment made by Set up Worker Environment")
     body_model_path: StringProperty(
         name="Body model", subtype='FILE_PATH',
-        description="SMPL neutral model (.pkl or .npz), or a HybrIK checkpoint (.pth) with "
-                    "its embedded SMPL buffers; empty: armature only")
+        description="SMPL or SMPL-X neutral model (.pkl or .npz), or a HybrIK / HybrIK-X "
+                    "checkpoint (.pth) with its embedded body model; empty: armature only")
+    kid_template_path: StringProperty(
+        name="Children's template", subtype='FILE_PATH',
+        description="smplx_kid_template.npy, for HybrIK-X's children's shape; empty: looked "
+                    "for beside the SMPL-X model")
     checkpoint_path: StringProperty(
         name="HybrIK checkpoint", subtype='FILE_PATH',
         description="Official HybrIK checkpoint (.pth), for the HybrIK backend")
@@ -86,6 +90,7 @@ class HYBRIK_AP_preferences(bpy.types.AddonPreferences):
             col.label(text=line, icon='CHECKMARK' if line.startswith("ok") else 'ERROR')
         col.separator()
         col.prop(self, "body_model_path")
+        col.prop(self, "kid_template_path")
         col.prop(self, "checkpoint_path")
         col.prop(self, "device")
         col.prop(self, "default_backend")
@@ -104,12 +109,25 @@ class HYBRIK_PG_settings(bpy.types.PropertyGroup):
                          "only if the camera turned"),
         ('static', "Static", "A fixed camera: no camera solve"),
         ('moving', "Moving", "Always follow the measured camera rotation")])
+    hands: BoolProperty(name="Hands", default=False,
+                        description="Also capture the fingers (mediapipe hand landmarks, "
+                                    "seeded from the pose); a little slower")
     per_frame_betas: BoolProperty(
         name="Per-frame shape", default=False,
         description="Key the body shape on every frame instead of the clip's average shape")
     pose_correctives: BoolProperty(
         name="Pose correctives", default=True,
-        description="Add and key SMPL's 207 pose-corrective shape keys")
+        description="Add and key the pose-corrective shape keys (207 SMPL, 486 SMPL-X)")
+    body_model_type: EnumProperty(name="Character", default='AUTO', items=[
+        ('AUTO', "Auto", "The body model file's type; without one, SMPL-X for takes with "
+                         "hands or face, else SMPL"),
+        ('SMPL', "SMPL", "24 bones, paddle hands"),
+        ('SMPLX', "SMPL-X", "55 bones: body, jaw, eyes and fingers; expression keys")])
+    import_hands: BoolProperty(name="Hands", default=True,
+                               description="SMPL-X: key the fingers (else they stay at rest)")
+    import_expressions: BoolProperty(name="Expressions", default=True,
+                                     description="SMPL-X: add and key the expression "
+                                                 "shape keys")
     cleanup: BoolProperty(name="Clean up motion", default=True,
                           description="Smooth, ground and foot-lock the motion on import")
     smoothing: EnumProperty(name="Smoothing", default='offline', items=[
@@ -205,7 +223,9 @@ def import_with_settings(context, result_path, video_path=None, model_path=None)
     settings = context.scene.hybrik
     if not model_path:
         model_path = prefs.body_model_path if prefs else ""
-    model = load_body_model(bpy.path.abspath(model_path)) if model_path else None
+    kid = bpy.path.abspath(prefs.kid_template_path) if prefs and prefs.kid_template_path \
+        else None
+    model = load_character_model(bpy.path.abspath(model_path), kid) if model_path else None
     result = load_result(result_path)
     if video_path is None:  # look beside the result file
         guess = os.path.join(os.path.dirname(result_path), result.source)
@@ -214,7 +234,9 @@ def import_with_settings(context, result_path, video_path=None, model_path=None)
         bpy.ops.object.mode_set(mode='OBJECT')
     take = import_result(result, model, per_frame_betas=settings.per_frame_betas,
                          pose_correctives=settings.pose_correctives,
-                         cleanup=settings.cleanup_options(), video_path=video_path)
+                         cleanup=settings.cleanup_options(), video_path=video_path,
+                         body_model=settings.body_model_type.lower(),
+                         hands=settings.import_hands, expressions=settings.import_expressions)
     return take, result
 
 
@@ -323,7 +345,8 @@ class HYBRIK_OT_capture(bpy.types.Operator):
             python, video, out, backend=settings.backend, checkpoint=checkpoint,
             smpl_model=model if model.lower().endswith((".pkl", ".npz")) else "",
             device=prefs.device if prefs else "auto", start=settings.frame_start,
-            end=settings.frame_end or None, resume=self.resume, camera=settings.camera)
+            end=settings.frame_end or None, resume=self.resume, camera=settings.camera,
+            hands=settings.hands)
         _start('CAPTURE', job, out, video)
         self.report({'INFO'}, f"Capture started: {os.path.basename(video)}")
         return {'FINISHED'}
@@ -415,6 +438,8 @@ class HYBRIK_OT_import_result(bpy.types.Operator):
         note = "" if result.complete else " (partial result)"
         self.report({'INFO'}, f"Imported {os.path.basename(self.filepath)}{note}: "
                               f"frames {take.frame_start}-{take.frame_end} on {take.rig.name}")
+        for text in take.notes:
+            self.report({'WARNING'}, text)
         return {'FINISHED'}
 
 
@@ -454,6 +479,7 @@ class HYBRIK_PT_main(SidebarPanel, bpy.types.Panel):
         row.prop(settings, "frame_start")
         row.prop(settings, "frame_end")
         col.prop(settings, "camera")
+        col.prop(settings, "hands")
         job = context.window_manager.hybrik_job
         row = layout.row(align=True)
         row.scale_y = 1.4
@@ -472,6 +498,11 @@ class HYBRIK_PT_import_options(SubPanel, bpy.types.Panel):
     def draw(self, context):
         s = context.scene.hybrik
         col = self.layout.column()
+        col.prop(s, "body_model_type")
+        row = col.row(align=True)
+        row.active = s.body_model_type != 'SMPL'
+        row.prop(s, "import_hands", toggle=True)
+        row.prop(s, "import_expressions", toggle=True)
         col.prop(s, "per_frame_betas")
         col.prop(s, "pose_correctives")
         col.prop(s, "cleanup")

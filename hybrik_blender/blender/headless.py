@@ -5,7 +5,7 @@ import time
 
 import bpy
 
-from ..core.body.model import BodyModelError, load_body_model
+from ..core.body.model import BodyModelError, load_character_model
 from ..core.motion.cleanup import cleanup_options_from_args
 from ..core.formats.result import ResultFormatError, load_result
 from .animation import import_result
@@ -17,7 +17,8 @@ def run_import(args, video_path=None, model_path=None):
         video_path = os.path.abspath(args.video)
     model_path = model_path or args.smpl_model
     try:
-        model = load_body_model(model_path) if model_path else None
+        kid = getattr(args, "kid_template", None)
+        model = load_character_model(model_path, kid_template=kid) if model_path else None
         result = load_result(args.result)
         if video_path is None:  # look beside the result file
             guess = os.path.join(os.path.dirname(os.path.abspath(args.result)), result.source)
@@ -25,10 +26,15 @@ def run_import(args, video_path=None, model_path=None):
         bpy.ops.wm.read_factory_settings(use_empty=True)
         take = import_result(result, model, per_frame_betas=args.per_frame_betas,
                              pose_correctives=not args.no_correctives,
-                             cleanup=cleanup_options_from_args(args), video_path=video_path)
+                             cleanup=cleanup_options_from_args(args), video_path=video_path,
+                             body_model=getattr(args, "body_model", "auto"),
+                             hands=not getattr(args, "no_hands", False),
+                             expressions=not getattr(args, "no_expressions", False))
     except (BodyModelError, ResultFormatError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for note in take.notes:
+        print(f"note: {note}", file=sys.stderr)
     out = os.path.abspath(args.output)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     bpy.ops.wm.save_as_mainfile(filepath=out, check_existing=False)
@@ -102,7 +108,8 @@ def run_capture(args):
                              backend=args.backend, checkpoint=args.checkpoint or "",
                              smpl_model=args.smpl_model or "", device=args.device,
                              start=args.start, end=args.end, batch_size=args.batch_size,
-                             camera=getattr(args, "camera", "auto"))
+                             camera=getattr(args, "camera", "auto"),
+                             hands=getattr(args, "hands", False))
     bar = ProgressBar()
     try:
         while job.proc.poll() is None:

@@ -180,7 +180,7 @@ def worker_env():
 
 
 def capture_args(python, video, out, backend="mediapipe", checkpoint="", smpl_model="",
-                 device="auto", start=0, end=None, batch_size=16, resume=False,
+                 device="auto", start=0, end=None, batch_size=16, resume=False, hands=False,
                  camera="auto"):
     """The worker command line for a capture."""
     args = [python, "-m", f"{PACKAGE_NAME}.worker", "capture", video, "--out", out,
@@ -198,6 +198,8 @@ def capture_args(python, video, out, backend="mediapipe", checkpoint="", smpl_mo
         args.append("--resume")
     if camera and camera != "auto":
         args += ["--camera", camera]
+    if hands:
+        args.append("--hands")
     return args
 
 

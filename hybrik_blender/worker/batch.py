@@ -104,6 +104,7 @@ class BatchOptions:
     retry_failed: bool = False
     export: tuple = ()
     progress_interval: float = 1.0
+    hands: bool = False
 
 
 @dataclasses.dataclass
@@ -558,7 +559,7 @@ def run_batch(opts, progress=None):
     frames_here = 0
     worker_opts = {"backend": opts.backend, "checkpoint": opts.checkpoint,
                    "smpl_model": opts.smpl_model, "batch_size": opts.batch_size,
-                   "cleanup": opts.cleanup, "camera": opts.camera,
+                   "cleanup": opts.cleanup, "hands": opts.hands, "camera": opts.camera,
                    "device": ("cuda" if opts.gpus_per_worker > 0
                               else "cpu" if opts.device == "auto" else opts.device)}
     exporter = ThreadPoolExecutor(max_workers=1) if opts.export else None

@@ -24,6 +24,7 @@ from .camera import finish_camera, start_camera
 from .landmarks import body as mpb
 from .refine import joint_confidence_from_29, settle_and_align
 from .detect.tracking import CHUNK, PersonTracker
+from .landmarks.hands import HAND_EXTRAS, HandTracker, add_hands, hand_extras
 from .video.reader import VideoError, VideoSource
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class CaptureOptions:
     flip_test: bool = False
     cleanup: object = None  # core.cleanup.CleanupOptions, applied to complete runs
     camera: str = "auto"    # "static", "auto" or "moving" (see worker.camera)
+    hands: bool = False     # finger rotations from mediapipe's hand landmarker (landmarks/hands.py)
 
 
 # --- backends -------------------------------------------------------------
@@ -112,7 +114,7 @@ class MediapipeBackend:
         self.alignment = None
         sol = mpb.solve_clip(cols["mp_world"], cols["mp_image"], cols["mp_visibility"],
                              valid, focal, principal, self.body_model)
-        rest29 = sol.pop("rest29")
+        rest29 = self.rest29 = sol.pop("rest29")
         uv, conf = mpb.image_evidence(cols["mp_image"], cols["mp_visibility"])
         betas = sol["betas"][valid][0] if self.body_model is not None and valid.any() else None
         sol, extras, self.alignment = settle_and_align(
@@ -242,7 +244,8 @@ def _load_backend(opts):
     raise CaptureError(EXIT_USAGE, f"unknown backend '{opts.backend}'")
 
 
-def _producer(source, tracker, backend, first, end, batch_size, q, stop, camera=None):
+def _producer(source, tracker, backend, first, end, batch_size, q, stop, hand_tracker=None,
+              camera=None):
     from .hybrik import preprocess
     try:
         batch = []
@@ -253,6 +256,9 @@ def _producer(source, tracker, backend, first, end, batch_size, q, stop, camera=
             if camera is not None:  # every person of the frame is masked out
                 camera.feed(index, rgb, [det.box] if det is not None else ())
             item = {"index": index, "time": t, "det": det}
+            if hand_tracker is not None:  # per track: this person's pose seeds the hands
+                item["hands"] = hand_tracker(index, rgb, det and det.image_xy,
+                                             det and det.visibility)
             if backend.needs_crops and det is not None:
                 crop, square, _ = preprocess.crop_person(rgb, det.box)
                 item.update(crop=crop, square_box=np.asarray(square, np.float64),
@@ -279,6 +285,9 @@ def _previous(opts, info, backend):
     if prev.source != info.name or prev.backend != backend.name:
         raise CaptureError(EXIT_USAGE, f"cannot resume: {opts.out} was made from "
                                        f"'{prev.source}' with {prev.backend}")
+    if bool(opts.hands) != ("hand_world" in prev.extras):
+        raise CaptureError(EXIT_USAGE, f"cannot resume: {opts.out} was made "
+                                       f"{'without' if opts.hands else 'with'} --hands")
     if prev.complete:
         return prev, None
     last = int(prev.frame_index[-1]) if prev.num_frames else opts.start - 1
@@ -304,6 +313,7 @@ def _keep_rows(prev, go_on, backend):
                        uv29=(prev.extras["uv29"][i] - 0.5 * (sq[:2] + sq[2:]))
                        / max(float(sq[2] - sq[0]), 1e-6),
                        uv29_confidence=prev.extras["uv29_confidence"][i])
+        row.update({k: prev.extras[k][i] for k in HAND_EXTRAS if k in prev.extras})
         rows.append(row)
     return rows
 
@@ -347,6 +357,7 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     except ValueError as exc:
         raise CaptureError(EXIT_USAGE, str(exc)) from None
     tracker = PersonTracker(info.fps, info.width, info.height)
+    hand_tracker = HandTracker(info.width, info.height) if opts.hands else None
     last_valid = [r for r in rows if r["valid"]]
     if last_valid:
         tracker.restart(last_valid[-1]["bbox"], last_valid[-1]["index"])
@@ -358,7 +369,7 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     stop = threading.Event()
     thread = threading.Thread(target=_producer, daemon=True,
                               args=(source, tracker, backend, go_on, end, opts.batch_size, q, stop,
-                                    camera))
+                                    hand_tracker, camera))
     t0 = time.perf_counter()
     done_here = 0
     cancelled = False
@@ -375,6 +386,7 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
             for item, out in zip(batch, backend.process(batch)):
                 out.update(index=item["index"], time=item["time"], valid=item["det"] is not None,
                            bbox=item["det"].box if item["det"] is not None else np.zeros(4))
+                out.update(item.get("hands") or {})
                 if backend.name == "mediapipe":
                     out["confidence"] = item["det"].score if item["det"] is not None else 0.0
                 rows.append(out)
@@ -396,6 +408,8 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
             except queue.Empty:
                 thread.join(0.05)
         tracker.close()
+        if hand_tracker is not None:
+            hand_tracker.close()
 
     if not rows:
         raise CaptureError(EXIT_VIDEO, f"'{info.name}' has no frames in the requested range")
@@ -408,6 +422,11 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     estimate = finish_camera(camera, cols["index"], focal)
     focal = estimate.focal
     fields, extras = backend.finish(cols, valid, (focal, focal), principal)
+    if opts.hands:
+        progress({"event": "progress", "stage": "hands", "done": 0, "total": 1})
+        fields = add_hands(fields, cols, valid, cols["time"], info.fps, backend.body_model,
+                           getattr(backend, "rest29", None))
+        extras = dict(extras, **hand_extras(cols))
     confidence = np.clip(fields.pop("confidence", cols["confidence"]), 0, 1)
     result = Result.from_frames(
         valid=valid, frame_index=cols["index"].astype(np.int64), time_s=cols["time"],

@@ -50,7 +50,8 @@ def _capture(args):
         video=args.video, out=args.out, backend=args.backend, checkpoint=args.checkpoint,
         smpl_model=args.smpl_model, device=args.device, batch_size=max(1, args.batch_size),
         start=args.start, end=args.end, resume=args.resume, focal_length=args.focal_length,
-        flip_test=args.flip_test, cleanup=cleanup_options_from_args(args), camera=args.camera)
+        flip_test=args.flip_test, cleanup=cleanup_options_from_args(args), hands=args.hands,
+        camera=args.camera)
     token = cap.CancelToken(args.cancel_file or (args.out + ".cancel"))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: token.set())
@@ -76,9 +77,10 @@ def _batch(args):
         inputs=args.inputs, out_dir=args.out_dir, backend=args.backend,
         checkpoint=args.checkpoint, smpl_model=args.smpl_model, device=args.device,
         batch_size=max(1, args.batch_size), cleanup=cleanup_options_from_args(args),
-        camera=args.camera, ray_address=args.ray_address, num_cpus=args.num_cpus, workers=args.workers,
+        camera=args.camera, ray_address=args.ray_address, num_cpus=args.num_cpus,
+        workers=args.workers,
         cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
-        max_retries=max(0, args.max_retries), retry_failed=args.retry_failed,
+        max_retries=max(0, args.max_retries), retry_failed=args.retry_failed, hands=args.hands,
         export=tuple(f.strip() for f in args.export.split(",") if f.strip()))
     terminal = batch.TerminalLine(sys.stderr)
     # stdout carries only the JSON lines: whatever else writes there (Ray's
@@ -176,6 +178,10 @@ def _check(args):
     return 0 if all(ok for ok, _ in lines) else codes.EXIT_ENVIRONMENT
 
 
+HANDS_HELP = ("also capture the fingers (mediapipe hand landmarks seeded from the pose): "
+              "hand_rotmats in SMPL-X order; about 5-15 ms more per frame")
+
+
 CAMERA_HELP = ("static: a fixed camera (no camera solve); moving: the camera's rotation "
                "is measured from the background and the motion is put in the world; auto "
                "(default): moving only when the camera turned (and not when it moved through "
@@ -207,6 +213,7 @@ def main(argv=None):
                    help="focal length in pixels (default: a 65 degree field of view)")
     c.add_argument("--flip-test", action="store_true", help="hybrik: average with the mirrored crop")
     add_camera_argument(c)
+    c.add_argument("--hands", action="store_true", help=HANDS_HELP)
     c.add_argument("--cancel-file", help="stop when this file appears (default: OUT.cancel)")
     c.add_argument("--parent-pid", type=int, help="stop when this process ends (the add-on "
                                                   "passes Blender's)")
@@ -227,6 +234,7 @@ def main(argv=None):
                    help="auto: cuda with --gpus-per-worker, else cpu")
     b.add_argument("--batch-size", type=int, default=16)
     add_camera_argument(b)
+    b.add_argument("--hands", action="store_true", help=HANDS_HELP)
     b.add_argument("--ray-address", default="local",
                    help="'local' (default: start a cluster on this machine), 'auto' (the "
                         "cluster this machine belongs to) or ray://HEAD:10001")

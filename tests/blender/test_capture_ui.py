@@ -193,6 +193,25 @@ def test_operator_refuses_a_missing_video(addon):
         bpy.ops.hybrik.capture()
 
 
+def test_hands_option_reaches_the_worker(addon, clip, monkeypatch):
+    """The panel's Hands checkbox: the operator starts the worker with --hands."""
+    from hybrik_blender.blender import jobs
+    started = []
+
+    def fake_start(python, video, out, **kw):
+        started.append(jobs.capture_args(python, video, out, **kw))
+        return jobs.Job([sys.executable, "-c", "pass"])
+    monkeypatch.setattr(addon, "worker_python", lambda prefs: sys.executable)
+    monkeypatch.setattr(addon.jobs, "start_capture", fake_start)
+    settings = bpy.context.scene.hybrik
+    settings.video_path = clip
+    for hands in (True, False):
+        settings.hands = hands
+        assert bpy.ops.hybrik.capture() == {'FINISHED'}
+        run_like_the_timer(addon)
+        assert ("--hands" in started[-1]) is hands
+
+
 def test_worker_environment_setup_and_check(tmp_path):
     from hybrik_blender.blender import jobs
     req = tmp_path / "requirements.txt"

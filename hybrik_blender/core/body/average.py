@@ -67,3 +67,44 @@ def fitted_average_skeleton(joints29, valid=None):
     ref = np.linalg.norm(rest[c] - rest[p], axis=-1)
     ratio = np.median(seen / ref) if len(j) and np.all(seen > 0) else 1.0
     return rest * float(ratio)
+
+
+# --- SMPL-X: the 71 rest points of an armature-only SMPL-X rig ---------------
+# Face points relative to the head joint (15), model frame, metres for a
+# 1.70 m adult: jaw, left eye, right eye, lower lip, left pupil, right pupil.
+_FACE = np.array([(0.0, 0.023, 0.015), (0.032, 0.087, 0.051), (-0.032, 0.087, 0.051),
+                  (0.0, 0.027, 0.071), (0.032, 0.087, 0.063), (-0.032, 0.087, 0.063)])
+
+
+def average_rest_points_x(rest29=None, hand_points=None):
+    """(71, 3) SMPL-X rest joints and tail points (the layout of
+    ``core.blender_space.rest_bones_x``) on the average skeleton.
+
+    rest29: the SMPL-layout body to build on (default the average adult;
+    pass :func:`fitted_average_skeleton`'s output to follow a take's limbs).
+    hand_points: (20, 3) left-hand joints and tips relative to the left wrist
+    (15 joints in SMPL-X order, then 5 tips: the rest-hand layout of
+    :mod:`.hand`); default the average hand of
+    :func:`.hand.average_hand_rest` at the body's stature. The right hand is
+    its mirror image (x -> -x)."""
+    from .hand import average_hand_rest
+    ref = average_rest_joints_29()
+    j = ref if rest29 is None else np.asarray(rest29, np.float64)
+    scale = np.linalg.norm(j[24] - j[0]) / np.linalg.norm(ref[24] - ref[0])
+    hand = (average_hand_rest("left", STATURE * scale) if hand_points is None
+            else np.asarray(hand_points, np.float64))
+    if hand.shape != (20, 3):
+        raise ValueError(f"hand points have shape {hand.shape}, expected (20, 3)")
+    mirror = np.array([-1.0, 1.0, 1.0])
+    face = _FACE * scale + j[15]
+    out = np.empty((71, 3))
+    out[:22] = j[:22]
+    out[22:25] = face[:3]
+    out[25:40] = j[20] + hand[:15]
+    out[40:55] = j[21] + hand[:15] * mirror
+    out[55] = j[24]
+    out[56:58] = j[27:29]
+    out[58:61] = face[3:]
+    out[61:66] = j[20] + hand[15:]
+    out[66:71] = j[21] + hand[15:] * mirror
+    return out

@@ -1,11 +1,12 @@
-"""Forward kinematics and linear blend skinning for SMPL, batched over frames.
+"""Forward kinematics and linear blend skinning for SMPL and SMPL-X, batched
+over frames.
 
 Same maths as smplx's ``lbs.py`` in numpy: rotations are parent-relative
 3x3 matrices (joint 0 = global orientation), joints are SMPL rest joints.
 """
 import numpy as np
 
-from .model import rest_joints, shaped_vertices
+from .model import model_joints, shaped_vertices
 from .skeleton import PARENTS
 
 
@@ -43,22 +44,28 @@ def skinning_transforms(glob, posed_joints, rest_joints_):
 
 
 def pose_corrective_features(rotmats):
-    """(..., 24, 3, 3) -> (..., 207): (R_j - I) flattened for joints 1..23,
-    the weights of SMPL's pose blend shapes."""
+    """(..., J, 3, 3) -> (..., 9 (J - 1)): (R_j - I) flattened for joints
+    1..J-1, the weights of the pose blend shapes (207 for SMPL, 486 for
+    SMPL-X)."""
     r = np.asarray(rotmats, dtype=np.float64)[..., 1:, :, :] - np.eye(3)
     return r.reshape(r.shape[:-3] + (-1,))
 
 
-def lbs(model, betas, rotmats, root_position=None, pose_correctives=True):
-    """Posed SMPL vertices and joints (..., V, 3), (..., 24, 3).
+def lbs(model, betas, rotmats, root_position=None, pose_correctives=True, expression=None,
+        kid=None):
+    """Posed vertices and joints (..., V, 3), (..., J, 3) of an SMPL or SMPL-X
+    model; rotmats (..., J, 3, 3) with J = model.num_joints (55 for SMPL-X:
+    body, jaw, eyes, fingers), expression and kid as for
+    :func:`.model.shaped_vertices`.
 
     With root_position None the pelvis stays at its rest position (smplx with
     transl = 0); otherwise the pelvis joint is placed at root_position.
     """
-    betas = np.asarray(betas, dtype=np.float64)
     rotmats = np.asarray(rotmats, dtype=np.float64)
-    verts = shaped_vertices(model, betas)
-    joints = rest_joints(model, betas)
+    if rotmats.shape[-3] != model.num_joints:
+        raise ValueError(f"{rotmats.shape[-3]} rotations for a {model.num_joints}-joint model")
+    verts = shaped_vertices(model, betas, expression, kid)
+    joints = model_joints(model, betas, expression, kid)
     if pose_correctives:
         feat = pose_corrective_features(rotmats)
         verts = verts + np.einsum("vcp,...p->...vc", model.posedirs, feat)

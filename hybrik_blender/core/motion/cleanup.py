@@ -8,7 +8,10 @@ Order of the steps (each one can be switched off):
 2. **Smoothing** (``smoothing``): ``"offline"`` zero-phase filtering of all
    24 rotations in the log map and, separately, of the root translation
    (:mod:`.filters`); ``"one_euro"`` the causal filter (what a live preview
-   gets); ``"off"``. Strength 0 leaves that channel bit-identical.
+   gets); ``"off"``. Strength 0 leaves that channel bit-identical. An SMPL-X
+   take's finger, jaw and eye rotations and its expression coefficients are
+   filtered the same way with the rotation strength (fingers and face move
+   as fast as the body's joints; the body-only steps below leave them alone).
 3. **Floor** (needed by ``root_mode`` "world"/"in_place" and by foot
    locking): fitted to the soles of the smoothed motion (:mod:`.ground`),
    giving the 4x4 ``camera_to_world`` into a Z-up world with the floor at 0.
@@ -34,8 +37,8 @@ import numpy as np
 
 from ..body.average import fitted_average_skeleton
 from ..blender_space import CAMERA_TO_BLENDER, homogeneous
-from .filters import (one_euro_rotations, one_euro_translation, smooth_rotations,
-                      smooth_translation)
+from .filters import (ROTATION_BASE_CUTOFF_HZ, one_euro_rotations, one_euro_translation,
+                      smooth_rotations, smooth_translation, strength_to_cutoff)
 from .footlock import lock_feet
 from ..body.model import rest_joints_29
 from .ground import SOLE_JOINTS, Skeleton, estimate_floor, posed_skeleton, transform_points
@@ -168,11 +171,22 @@ def _clean(result, model, opt):
     if not valid.any():
         return dataclasses.replace(result), default_m
 
-    track_betas = robust_betas(result.betas, result.confidence, valid)
+    use_kid = result.kid is not None and model is not None and model.has_kid
+    if use_kid:  # the children's coefficient is an 11th beta (HybrIK-X)
+        both = robust_betas(np.concatenate([result.betas, result.kid[:, None]], axis=1),
+                            result.confidence, valid)
+        track_betas, track_kid = both[:-1], float(both[-1])
+    else:
+        track_betas = robust_betas(result.betas, result.confidence, valid)
+        track_kid = None
     betas = result.betas
+    kid = result.kid
     if opt.shape == "track":
         betas = result.betas.copy()
         betas[valid] = track_betas.astype(betas.dtype)
+        if use_kid:
+            kid = result.kid.copy()
+            kid[valid] = track_kid
     skeleton = None
 
     rot = result.rotmats
@@ -190,7 +204,7 @@ def _clean(result, model, opt):
     need_floor = opt.root_mode != "camera" or opt.foot_locking != "off"
     matrix = default_m
     if need_floor:
-        skeleton = _skeleton(model, track_betas, result)
+        skeleton = _skeleton(model, track_betas, result, track_kid)
         rot64 = np.asarray(rot, np.float64)
         root64 = np.asarray(root, np.float64)
         _, _, soles = posed_skeleton(rot64[valid], skeleton, root64[valid])
@@ -213,31 +227,64 @@ def _clean(result, model, opt):
         if opt.root_mode != "camera":
             matrix = world
 
+    extras = _smooth_smplx_fields(result, opt, fps, valid)
+    if kid is not result.kid:
+        extras["kid"] = kid
     changed = rot is not result.rotmats or root is not result.root_translation
     if not changed and betas is result.betas:
-        return dataclasses.replace(result), matrix
+        return dataclasses.replace(result, **extras), matrix
     rot = _keep_invalid(np.asarray(rot, np.float32), result.rotmats, valid)
     root = _keep_invalid(np.asarray(root, np.float32), result.root_translation, valid)
     joints29 = result.joints29
     if changed or opt.shape == "track":
         if skeleton is None:
-            skeleton = _skeleton(model, track_betas, result)
+            skeleton = _skeleton(model, track_betas, result, track_kid)
         joints29 = result.joints29.copy()
         if opt.shape == "per_frame":
             # bone lengths of each frame's own shape
-            j29 = _per_frame_joints(rot[valid], rest_joints_29(model, betas[valid]),
-                                    root[valid])
+            rest29 = rest_joints_29(model, betas[valid], kid=kid[valid] if use_kid else None)
+            j29 = _per_frame_joints(rot[valid], rest29, root[valid])
         else:
             _, j29, _ = posed_skeleton(rot[valid].astype(np.float64), skeleton,
                                        root[valid].astype(np.float64))
         joints29[valid] = j29.astype(joints29.dtype)
     return dataclasses.replace(result, rotmats=rot, betas=betas, root_translation=root,
-                               joints29=joints29), matrix
+                               joints29=joints29, **extras), matrix
 
 
-def _skeleton(model, betas, result):
+_EXTRA_ROTATIONS = {"hand_rotmats": 30, "jaw_rotmat": None, "eye_rotmats": 2}
+
+
+def _smooth_smplx_fields(result, opt, fps, valid):
+    """The SMPL-X-only fields of a take, smoothed like the body rotations."""
+    out = {}
+    if opt.smoothing == "off" or strength_to_cutoff(opt.rotation_strength,
+                                                    ROTATION_BASE_CUTOFF_HZ) is None:
+        return out
+    for key, joints in _EXTRA_ROTATIONS.items():
+        rot = getattr(result, key, None)
+        if rot is None:
+            continue
+        r = rot.reshape((len(rot), joints or 1, 3, 3))
+        if opt.smoothing == "offline":
+            new = smooth_rotations(r, fps, opt.rotation_strength, valid, opt.method)
+        else:
+            new = one_euro_rotations(r, fps, opt.rotation_strength, valid, result.time_s)
+        out[key] = _keep_invalid(np.asarray(new, np.float32).reshape(rot.shape), rot, valid)
+    if result.expression is not None:
+        e = result.expression
+        if opt.smoothing == "offline":
+            cutoff = strength_to_cutoff(opt.rotation_strength, ROTATION_BASE_CUTOFF_HZ)
+            new = smooth_translation(e, fps, valid=valid, method=opt.method, cutoff_hz=cutoff)
+        else:
+            new = one_euro_translation(e, fps, opt.rotation_strength, valid, result.time_s)
+        out["expression"] = _keep_invalid(np.asarray(new, np.float32), e, valid)
+    return out
+
+
+def _skeleton(model, betas, result, kid=None):
     if model is not None:
-        return Skeleton.from_model(model, betas)
+        return Skeleton.from_model(model, betas, kid)
     return Skeleton.from_rest29(fitted_average_skeleton(result.joints29, result.valid))
 
 

@@ -51,19 +51,19 @@ SOLE_FOOT = np.array([0, 0, 1, 1])
 FOOT_JOINTS_29 = np.array([[7, 10, 27], [8, 11, 28]])
 
 
-def sole_points_rest(model, betas, band=0.01):
+def sole_points_rest(model, betas, band=0.01, kid=None):
     """(4, 3) rest positions (SMPL frame) of the left heel, left toe, right
     heel, right toe, from the shaped mesh: among the vertices mostly bound to
     the ankle (heel) or foot joint (toe) and within ``band`` metres of that
     group's lowest vertex, the rearmost (heel) or foremost (toe) one, with
     its height set to the group's lowest."""
-    verts = shaped_vertices(model, np.asarray(betas, np.float64))
+    verts = shaped_vertices(model, np.asarray(betas, np.float64), kid=kid)
     owner = np.argmax(model.weights, axis=1)
     out = np.empty((4, 3))
     for k, j in enumerate(SOLE_JOINTS):
         v = verts[owner == j]
         if len(v) == 0:  # unusual model: fall back to the joint itself
-            out[k] = rest_joints(model, betas)[j]
+            out[k] = rest_joints(model, betas, kid=kid)[j]
             continue
         low = v[v[:, 1] <= v[:, 1].min() + band]
         heel = j in (LEFT_ANKLE, RIGHT_ANKLE)
@@ -81,10 +81,13 @@ class Skeleton:
     soles: np.ndarray
 
     @classmethod
-    def from_model(cls, model, betas):
+    def from_model(cls, model, betas, kid=None):
+        """Rest data of an SMPL or SMPL-X model (its 24-joint view, see
+        core.body.model); kid: HybrIK-X's children's coefficient, for an
+        SMPL-X model with a children's template."""
         betas = np.asarray(betas, np.float64)
-        return cls(rest_joints(model, betas), leaf_joints(model, betas),
-                   sole_points_rest(model, betas))
+        return cls(rest_joints(model, betas, kid=kid), leaf_joints(model, betas, kid=kid),
+                   sole_points_rest(model, betas, kid=kid))
 
     @classmethod
     def from_rest29(cls, rest29):
