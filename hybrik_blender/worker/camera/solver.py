@@ -216,19 +216,27 @@ class CameraSolver:
 
     # --- the whole clip --------------------------------------------------------
 
-    def _relative(self, focal):
-        """Rotation of every frame relative to its keyframe, and residuals."""
-        n = len(self.frames)
-        a, b, w = geo.pad_sets(self.pairs, self.store_points)
-        inl = np.zeros_like(w)
-        for i, m in enumerate(self.inliers):
-            inl[i, :len(m)] = m[:inl.shape[1]]
-        rot, _ = geo.robust_rotation(a, b, inl, focal, self.principal, self.threshold)
-        rot[np.array(self.keys) < 0] = np.eye(3)
-        resid = geo.rotation_residual_px(geo.bearings(a, focal, self.principal),
-                                         geo.bearings(b, focal, self.principal), rot, focal)
-        motion = np.linalg.norm(a - b, axis=-1)
-        return rot[:n], resid, motion, w
+    def _relative(self, focal, chunk=2048):
+        """Rotation of every frame relative to its keyframe (F, 3, 3), and
+        per point the residual, the motion since the keyframe and whether it
+        is a point (F, M); in chunks of frames, so memory stays bounded."""
+        rots, resids, motions, ws = [], [], [], []
+        for c in range(0, len(self.frames), chunk):
+            a, b, w = geo.pad_sets(self.pairs[c:c + chunk], self.store_points)
+            a, b, w = (_pad_to(x, self.store_points) for x in (a, b, w))
+            inl = np.zeros_like(w)
+            for i, m in enumerate(self.inliers[c:c + chunk]):
+                inl[i, :len(m)] = m[:inl.shape[1]]
+            rot, _ = geo.robust_rotation(a, b, inl, focal, self.principal, self.threshold)
+            rot[np.array(self.keys[c:c + chunk]) < 0] = np.eye(3)
+            rots.append(rot)
+            resids.append(geo.rotation_residual_px(geo.bearings(a, focal, self.principal),
+                                                   geo.bearings(b, focal, self.principal),
+                                                   rot, focal).astype(np.float32))
+            motions.append(np.linalg.norm(a - b, axis=-1).astype(np.float32))
+            ws.append(w > 0)
+        return (np.concatenate(rots), np.concatenate(resids), np.concatenate(motions),
+                np.concatenate(ws))
 
     def _estimate_focal(self):
         a, b, w = geo.pad_sets(self.pairs, self.store_points)
@@ -318,3 +326,12 @@ def _row_median(values, mask):
     for i in np.flatnonzero(mask.any(1)):
         out[i] = np.median(values[i][mask[i]])
     return out
+
+
+def _pad_to(x, m):
+    """Pad axis 1 of x with zeros to length m (chunks share one width)."""
+    if x.shape[1] >= m:
+        return x
+    pad = [(0, 0)] * x.ndim
+    pad[1] = (0, m - x.shape[1])
+    return np.pad(x, pad)
