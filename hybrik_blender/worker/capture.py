@@ -213,11 +213,14 @@ class HybrIKBackend:
         w, h = 2 * principal[0], 2 * principal[1]
         inside = ((uv[..., 0] >= 0) & (uv[..., 0] <= w) & (uv[..., 1] >= 0) & (uv[..., 1] <= h))
         conf = cols["uv29_confidence"] * inside
+        # the same fields and extras with or without anybody (tracks must match)
+        extras.update(uv29=uv.astype(np.float32), uv29_confidence=conf.astype(np.float32))
+        fields["joint_confidence"] = joint_confidence_from_29(conf)
         if valid.any():
             betas0 = clip_betas_of(cols["betas"], cols["confidence"], valid)
             rest29 = rest_joints_29(self.body_model, betas0)[None]
             fields, more, self.alignment = settle_and_align(
-                fields, rest29, uv, conf, joint_confidence_from_29(conf), valid, cols["time"],
+                fields, rest29, uv, conf, fields["joint_confidence"], valid, cols["time"],
                 cols["bbox"], focal, principal, self.body_model, betas0)
             extras.update(more)
         return fields, extras
