@@ -2,6 +2,7 @@
 
     python -m hybrik_blender capture [VIDEO] -o take.blend [--fbx take.fbx] [--backend ...]
     python -m hybrik_blender import RESULT -o take.blend [--smpl-model M] [--fbx ...]
+    python -m hybrik_blender retarget take.blend --target RIG.fbx -o out.blend [--fbx ...]
 
 ``--smpl-model`` takes an SMPL or an SMPL-X file (or a HybrIK / HybrIK-X
 checkpoint); an SMPL-X file builds the SMPL-X character (55 bones with
@@ -83,7 +84,12 @@ def main(argv=None):
     imp.add_argument("--video", help="the captured video, for the camera background "
                                      "(default: looked for beside the result file)")
     _import_options(imp)
+    from .blender.retarget_cli import add_arguments as _retarget_arguments
+    _retarget_arguments(sub)
     args = parser.parse_args(argv)
+    if args.command == "retarget":
+        from .blender import retarget_cli
+        return retarget_cli.run(args)
     from .blender import headless
     return headless.run_capture(args) if args.command == "capture" else headless.run_import(args)
 

@@ -1,13 +1,21 @@
 """Retarget speed: the numpy world-delta retarget vs constraints + nla.bake.
 
-    python scripts/bench_retarget.py [--frames 10000] [--bake-frames 300]
+    python scripts/bench_retarget.py [--frames 10000] [--bake-frames 1000]
+                                     [--rigs mixamo_like,lafan1_bvh]
 
-Imports a random clip onto the synthetic SMPL model, builds a Mixamo-like
-target (cm bones, 0.01 scale, 90 degree X turn, other proportions), then
-times ``hybrik_blender.blender.retarget.retarget`` on the whole clip, and the
-usual constraint set-up (Copy Rotation per mapped bone + Copy Location on the
-hips, world space) baked with ``bpy.ops.nla.bake(visual_keying=True)`` on a
-shorter clip. Prints frames per second for both and their ratio.
+Imports a random clip onto the synthetic SMPL model and, for each target,
+times ``hybrik_blender.blender.retarget.retarget`` on the whole clip against
+the usual constraint set-up (Copy Rotation per mapped bone + Copy Location
+on the hips, world space) baked with ``bpy.ops.nla.bake(visual_keying=True)``
+on a shorter clip, measured in the same run. Targets:
+
+* mixamo_like: a Mixamo-named rig built on the SMPL joints (cm bones, 0.01
+  scale, 90 degree X turn, other proportions), quaternion bones;
+* lafan1_bvh: a real-layout rig, LaFAN1's BVH layout (every bone along +X
+  at rest, Euler channels) imported with Blender's BVH importer, from the
+  test suite's BVH writer (tests/blender/rigs.py).
+
+Prints frames per second for both methods and their ratio per target.
 """
 import argparse
 import os
@@ -22,32 +30,37 @@ import bpy  # noqa: E402
 from hybrik_blender.blender.animation import import_result  # noqa: E402
 from hybrik_blender.blender.retarget import resolve_bone_map, retarget  # noqa: E402
 from hybrik_blender.core.body.model import load_body_model  # noqa: E402
+from tests.blender import rigs  # noqa: E402
 from tests.blender.test_retarget import (MIXAMO, MIXAMO_WORLD, build_rig,  # noqa: E402
                                          humanoid_bones)
 from tests.conftest import SYNTHETIC_MODEL  # noqa: E402
 from tests.helpers import make_result, random_motion  # noqa: E402
 
 
-def setup(frames):
+def setup(frames, rig="mixamo_like"):
     bpy.ops.wm.read_factory_settings(use_empty=True)
     model = load_body_model(SYNTHETIC_MODEL)
     take = import_result(make_result(random_motion(frames, seed=1)), model,
-                         pose_correctives=False)
-    tgt = build_rig("Armature", humanoid_bones(take.rig, MIXAMO, leg_scale=1.2, arm_scale=0.9),
-                    roll_deg=90.0, world=MIXAMO_WORLD, prefix="mixamorig:")
+                         pose_correctives=False, camera=False)
+    if rig == "mixamo_like":
+        tgt = build_rig("Armature", humanoid_bones(take.rig, MIXAMO, leg_scale=1.2,
+                                                   arm_scale=0.9),
+                        roll_deg=90.0, world=MIXAMO_WORLD, prefix="mixamorig:")
+    else:
+        tgt, _ = rigs.import_bvh("LAFAN1")
     return take, tgt
 
 
-def bench_numpy(frames):
-    take, tgt = setup(frames)
+def bench_numpy(frames, rig):
+    take, tgt = setup(frames, rig)
     t0 = time.perf_counter()
     rep = retarget(take.rig, tgt)
     dt = time.perf_counter() - t0
     return dt, rep.num_frames
 
 
-def bench_bake(frames):
-    take, tgt = setup(frames)
+def bench_bake(frames, rig):
+    take, tgt = setup(frames, rig)
     mapping = resolve_bone_map(tgt)[1]
     t0 = time.perf_counter()
     for smpl, name in mapping.items():
@@ -75,16 +88,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=10000)
     parser.add_argument("--bake-frames", type=int, default=1000)
+    parser.add_argument("--rigs", default="mixamo_like,lafan1_bvh")
     args = parser.parse_args()
     print(f"bpy {bpy.app.version_string}")
-    dt, n = bench_numpy(args.frames)
-    fps_numpy = n / dt
-    print(f"numpy retarget : {n:6d} frames in {dt:7.3f} s = {fps_numpy:10.0f} frames/s")
-    dt_b, n_b = bench_bake(args.bake_frames)
-    fps_bake = n_b / dt_b
-    print(f"constraints + nla.bake: {n_b:6d} frames in {dt_b:7.3f} s = {fps_bake:10.0f} frames/s")
-    print(f"speed-up: {fps_numpy / fps_bake:.0f}x; {args.frames} frames in "
-          f"{args.frames / fps_numpy:.2f} s (target: >= 20x and <= 5 s)")
+    for rig in args.rigs.split(","):
+        dt, n = bench_numpy(args.frames, rig)
+        fps_numpy = n / dt
+        print(f"[{rig}] numpy retarget : {n:6d} frames in {dt:7.3f} s = {fps_numpy:10.0f} "
+              "frames/s")
+        dt_b, n_b = bench_bake(args.bake_frames, rig)
+        fps_bake = n_b / dt_b
+        print(f"[{rig}] constraints + nla.bake: {n_b:6d} frames in {dt_b:7.3f} s = "
+              f"{fps_bake:10.0f} frames/s")
+        print(f"[{rig}] speed-up: {fps_numpy / fps_bake:.0f}x; {args.frames} frames in "
+              f"{args.frames / fps_numpy:.2f} s (target: >= 20x and <= 5 s)")
+        sys.stdout.flush()
     sys.stdout.flush()
     os._exit(0)
 

@@ -13,8 +13,16 @@
     writes UnitScaleFactor = 1 without touching the data).
   All: no leaf bones, no curve simplification (it adds jitter), one take:
   the armature's active action only (no NLA strips, not every action).
-* BVH of the armature alone.
-* glTF binary (.glb) sampled at the scene fps, the active action only.
+  The FBX take is named after the action.
+* BVH of the armature alone (Blender's exporter keeps Euler angles
+  continuous from frame to frame).
+* glTF binary (.glb) sampled at the scene fps, the active action only, the
+  animation named after the action. Blender's glTF exporter turns frames
+  into seconds with fps * fps_base instead of fps / fps_base, so NTSC rates
+  (23.976, 29.97, 59.94: fps 24/30/60 with fps_base 1.001) come out 0.2%
+  fast; the export runs at the integer rate and the sampler times in the
+  written file are then set to frame / (fps / fps_base) (core/glb.py
+  rewrites the GLB's accessors in place, min and max included).
 
 Each export uses the scene frame range, set to the action's range unless
 given, and restores the selection, the active object and the frame range.
@@ -25,6 +33,7 @@ import os
 import bpy
 import numpy as np
 
+from ..core import glb
 from .keyframes import fcurves_of
 from .panels import SubPanel
 
@@ -113,9 +122,22 @@ def export_fbx(path, rig, preset='GENERIC', frame_range=None, with_meshes=True):
         opts.update(apply_scale_options='FBX_SCALE_ALL', apply_unit_scale=True)
     else:
         opts.update(apply_scale_options='FBX_SCALE_NONE', apply_unit_scale=True)
-    with _export_context(objects, frame_range):
+    with _export_context(objects, frame_range), _take_named(rig.animation_data.action.name):
         bpy.ops.export_scene.fbx(**opts)
     return path
+
+
+@contextlib.contextmanager
+def _take_named(name):
+    """Blender's FBX exporter names its one take after the scene: rename the
+    scene for the export."""
+    scene = bpy.context.scene
+    saved = scene.name
+    try:
+        scene.name = name
+        yield
+    finally:
+        scene.name = saved
 
 
 def _scaled_copy(rig, with_meshes, factor):
@@ -180,12 +202,13 @@ def _export_fbx_unreal(path, rig, frame_range, with_meshes):
     ctx = bpy.context
     selected = [o for o in ctx.view_layer.objects if o.select_get()]
     active = ctx.view_layer.objects.active
+    take = rig.animation_data.action.name
     coll, rig_copy, meshes, renames = _scaled_copy(rig, with_meshes, UNREAL_SCALE)
     try:
         opts = _fbx_common(path, frame_range)
         opts.update(apply_scale_options='FBX_SCALE_ALL', apply_unit_scale=True,
                     global_scale=1.0 / UNREAL_SCALE)
-        with _export_context([rig_copy] + meshes, frame_range):
+        with _export_context([rig_copy] + meshes, frame_range), _take_named(take):
             bpy.ops.export_scene.fbx(**opts)
     finally:
         action = rig_copy.animation_data.action
@@ -227,13 +250,26 @@ def export_glb(path, rig, frame_range=None, with_meshes=True):
     frame_range = frame_range or action_frame_range(rig)
     path = os.path.abspath(path)
     objects = [rig] + (_meshes_of(rig) if with_meshes else [])
-    with _export_context(objects, frame_range):
-        bpy.ops.export_scene.gltf(filepath=path, export_format='GLB', use_selection=True,
-                                  export_animations=True, export_skins=True,
-                                  export_morph=True, export_animation_mode='ACTIVE_ACTIONS',
-                                  export_force_sampling=True, export_frame_range=True,
-                                  export_frame_step=1, export_anim_slide_to_zero=False,
-                                  export_optimize_animation_size=False, export_yup=True)
+    render = bpy.context.scene.render
+    fps, fps_base = render.fps, render.fps_base
+    try:
+        render.fps_base = 1.0  # the exporter's seconds are then frame / fps exactly
+        with _export_context(objects, frame_range):
+            bpy.ops.export_scene.gltf(filepath=path, export_format='GLB', use_selection=True,
+                                      export_animations=True, export_skins=True,
+                                      export_morph=True,
+                                      export_animation_mode='ACTIVE_ACTIONS',
+                                      export_force_sampling=True, export_frame_range=True,
+                                      # not every action of a lone armature, only
+                                      # its active one (a retargeted rig keeps
+                                      # its previous action with a fake user)
+                                      export_anim_single_armature=False,
+                                      export_frame_step=1, export_anim_slide_to_zero=False,
+                                      export_optimize_animation_size=False, export_yup=True)
+    finally:
+        render.fps, render.fps_base = fps, fps_base
+    glb.fix_animation_times(path, exported_fps=float(fps), true_fps=fps / fps_base,
+                            name=rig.animation_data.action.name)
     return path
 
 

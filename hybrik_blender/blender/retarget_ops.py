@@ -6,21 +6,42 @@ from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, PointerPr
                        StringProperty)
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
-from ..core.retarget import solve as rt
-from ..core.retarget.solve import BoneMapError
-from ..core.body.skeleton import JOINT_NAMES
+from ..core.body.skeleton import HAND_JOINT_NAMES, JOINT_NAMES
+from ..core.retarget import maps
+from ..core.retarget.maps import BoneMapError
 from .panels import SubPanel
-from .retarget import PRESET_ITEMS, RetargetError, find_source_rig, resolve_bone_map, retarget
+from .retarget import (PRESET_ITEMS, ROOT_ITEMS, RetargetError, constraint_table,
+                       find_source_rig, guess_bone_map, retarget)
 
 
 def _is_armature(self, obj):
     return obj.type == 'ARMATURE'
 
 
+def _edited(self, context):
+    """A row edited by hand makes the map the one used."""
+    props = getattr(context.scene, "hybrik_retarget", None)
+    if props is not None and not props.filling and props.preset != 'CUSTOM':
+        props.preset = 'CUSTOM'
+
+
 class HYBRIK_PG_bone_pair(bpy.types.PropertyGroup):
     source: StringProperty(name="SMPL bone")
-    target: StringProperty(name="Target bone", description="Bone of the target armature "
-                           "(empty: not mapped)")
+    target: StringProperty(name="Target bone", update=_edited,
+                           description="Bone of the target armature (empty: not mapped)")
+
+
+def ensure_rows(props):
+    """One row per source bone (SMPL and SMPL-X), empty where unmapped."""
+    have = [p.source for p in props.bone_map]
+    if have == list(maps.BONE_NAMES):
+        return
+    old = {p.source: p.target for p in props.bone_map}
+    fill_map(props, old)
+
+
+def _target_changed(self, context):
+    ensure_rows(self)
 
 
 class HYBRIK_PG_retarget(bpy.types.PropertyGroup):
@@ -28,16 +49,19 @@ class HYBRIK_PG_retarget(bpy.types.PropertyGroup):
         type=bpy.types.Object, poll=_is_armature, name="Source",
         description="The imported HybrIK (SMPL) armature; empty: the active or newest one")
     target: PointerProperty(type=bpy.types.Object, poll=_is_armature, name="Target",
-                            description="The armature that receives the motion")
+                            description="The armature that receives the motion",
+                            update=_target_changed)
     preset: EnumProperty(name="Bone map", items=PRESET_ITEMS, default='AUTO')
     rotation_mode: EnumProperty(
         name="Rotations", default='KEEP',
         items=[('KEEP', "Keep bone modes", "Key each bone in the rotation mode it uses"),
                ('QUATERNION', "Quaternions", "Switch the mapped pose bones to quaternions")])
-    root_motion: BoolProperty(
-        name="Root motion", default=True,
-        description="Move the hips like the source, scaled by the ratio of leg lengths")
+    root_motion: EnumProperty(name="Root", items=ROOT_ITEMS, default='WORLD')
     bone_map: CollectionProperty(type=HYBRIK_PG_bone_pair)
+    filling: BoolProperty(options={'HIDDEN', 'SKIP_SAVE'})
+    show_map: BoolProperty(name="Bone Map", default=True)
+    show_hands: BoolProperty(name="Fingers and Face", default=False,
+                             description="Rows for SMPL-X's fingers, jaw and eyes")
 
 
 def settings(context):
@@ -76,7 +100,9 @@ class HYBRIK_OT_retarget_pick_target(bpy.types.Operator):
 
 
 class HYBRIK_OT_bone_map_fill(bpy.types.Operator):
-    """Fill the editable bone map from the chosen preset (or auto-detection)"""
+    """Fill the editable bone map: from the chosen preset, or (Auto-detect and
+    Custom) from the best preset's names, then the hierarchy and geometry
+    for a rig no preset knows"""
     bl_idname = "hybrik.bone_map_fill"
     bl_label = "Fill Bone Map"
     bl_options = {'REGISTER', 'UNDO'}
@@ -86,25 +112,42 @@ class HYBRIK_OT_bone_map_fill(bpy.types.Operator):
         if props.target is None:
             self.report({'ERROR'}, "pick a target armature first")
             return {'CANCELLED'}
-        preset = 'AUTO' if props.preset == 'CUSTOM' else props.preset
+        names = [b.name for b in props.target.data.bones]
+        parents = [names.index(b.parent.name) if b.parent else -1
+                   for b in props.target.data.bones]
+        follows, keyable = constraint_table(props.target)
         try:
-            used, mapping = resolve_bone_map(props.target, preset)
+            if props.preset in ('AUTO', 'CUSTOM'):
+                used, mapping = guess_bone_map(props.target)
+            else:
+                used = props.preset
+                mapping = maps.check_map(maps.resolve_preset(used, names, parents, follows,
+                                                             keyable), names)
         except (RetargetError, BoneMapError) as exc:
             self.report({'ERROR'}, str(exc))
             return {'CANCELLED'}
         fill_map(props, mapping)
         props.preset = 'CUSTOM'
-        self.report({'INFO'}, f"{rt.PRESETS[used]['label'] if used in rt.PRESETS else used}: "
-                              f"{len(mapping)} bones mapped")
+        label = maps.PRESETS[used]["label"] if used in maps.PRESETS else "hierarchy guess"
+        missing = maps.missing_core(mapping)
+        if missing:
+            self.report({'WARNING'}, f"{label}: {len(mapping)} bones mapped; pick the bones for "
+                                     f"{', '.join(missing)} to retarget")
+        else:
+            self.report({'INFO'}, f"{label}: {len(mapping)} bones mapped")
         return {'FINISHED'}
 
 
 def fill_map(props, mapping):
-    props.bone_map.clear()
-    for name in JOINT_NAMES:
-        item = props.bone_map.add()
-        item.source = name
-        item.target = mapping.get(name, "")
+    props.filling = True
+    try:
+        props.bone_map.clear()
+        for name in maps.BONE_NAMES:
+            item = props.bone_map.add()
+            item.source = name
+            item.target = mapping.get(name, "")
+    finally:
+        props.filling = False
 
 
 class HYBRIK_OT_bone_map_save(bpy.types.Operator, ExportHelper):
@@ -117,14 +160,13 @@ class HYBRIK_OT_bone_map_save(bpy.types.Operator, ExportHelper):
     def execute(self, context):
         props = settings(context)
         mapping = custom_map(props)
-        if not mapping and props.target is not None and props.preset != 'CUSTOM':
-            try:
-                mapping = resolve_bone_map(props.target, props.preset)[1]
-            except RetargetError as exc:
-                self.report({'ERROR'}, str(exc))
-                return {'CANCELLED'}
+        if not mapping and props.target is not None and props.preset not in ('CUSTOM', 'AUTO'):
+            names = [b.name for b in props.target.data.bones]
+            mapping = maps.resolve_preset(props.preset, names)
+        elif not mapping and props.target is not None and props.preset == 'AUTO':
+            mapping = guess_bone_map(props.target)[1]
         try:
-            rt.save_map(self.filepath, mapping,
+            maps.save_map(self.filepath, mapping,
                         name=os.path.splitext(os.path.basename(self.filepath))[0])
         except (BoneMapError, OSError) as exc:
             self.report({'ERROR'}, f"could not save the bone map: {exc}")
@@ -144,13 +186,24 @@ class HYBRIK_OT_bone_map_load(bpy.types.Operator, ImportHelper):
     def execute(self, context):
         props = settings(context)
         try:
-            name, mapping = rt.load_map(self.filepath)
+            name, mapping = maps.load_map(self.filepath)
         except (BoneMapError, OSError, UnicodeDecodeError) as exc:
             self.report({'ERROR'}, f"could not load the bone map: {exc}")
             return {'CANCELLED'}
         fill_map(props, mapping)
         props.preset = 'CUSTOM'
         self.report({'INFO'}, f"loaded bone map {name!r} ({len(mapping)} bones)")
+        return {'FINISHED'}
+
+
+class HYBRIK_OT_bone_map_rows(bpy.types.Operator):
+    """Show a row for every SMPL and SMPL-X bone in the bone map"""
+    bl_idname = "hybrik.bone_map_rows"
+    bl_label = "Edit Bone Map"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    def execute(self, context):
+        ensure_rows(settings(context))
         return {'FINISHED'}
 
 
@@ -199,21 +252,40 @@ class HYBRIK_PT_retarget(SubPanel, bpy.types.Panel):
         row.operator(HYBRIK_OT_bone_map_fill.bl_idname, icon='BONE_DATA')
         row.operator(HYBRIK_OT_bone_map_load.bl_idname, text="", icon='FILEBROWSER')
         row.operator(HYBRIK_OT_bone_map_save.bl_idname, text="", icon='FILE_TICK')
-        if props.preset == 'CUSTOM' and len(props.bone_map):
-            box = layout.box()
-            for item in props.bone_map:
-                row = box.row(align=True)
-                row.label(text=item.source)
-                if props.target is not None:
-                    row.prop_search(item, "target", props.target.data, "bones", text="")
-                else:
-                    row.prop(item, "target", text="")
         layout.operator(HYBRIK_OT_retarget.bl_idname, icon='ARMATURE_DATA')
+        box = layout.box()
+        box.prop(props, "show_map", icon='TRIA_DOWN' if props.show_map else 'TRIA_RIGHT',
+                 emboss=False)
+        if not props.show_map:
+            return
+        if props.preset != 'CUSTOM':
+            box.label(text="Rows edited here make the map Custom", icon='INFO')
+        rows = {p.source: p for p in props.bone_map}
+        if len(rows) != len(maps.BONE_NAMES):
+            box.operator(HYBRIK_OT_bone_map_rows.bl_idname, icon='ADD')
+            return
+        self._rows(box, props, rows, JOINT_NAMES)
+        box.prop(props, "show_hands", icon='TRIA_DOWN' if props.show_hands else 'TRIA_RIGHT',
+                 emboss=False)
+        if props.show_hands:
+            self._rows(box, props, rows, maps.FACE_NAMES + HAND_JOINT_NAMES)
+
+    @staticmethod
+    def _rows(box, props, rows, names):
+        col = box.column(align=True)
+        for name in names:
+            item = rows[name]
+            row = col.row(align=True)
+            row.label(text=name)
+            if props.target is not None:
+                row.prop_search(item, "target", props.target.data, "bones", text="")
+            else:
+                row.prop(item, "target", text="")
 
 
 CLASSES = (HYBRIK_PG_bone_pair, HYBRIK_PG_retarget, HYBRIK_OT_retarget_pick_target,
            HYBRIK_OT_bone_map_fill, HYBRIK_OT_bone_map_save, HYBRIK_OT_bone_map_load,
-           HYBRIK_OT_retarget, HYBRIK_PT_retarget)
+           HYBRIK_OT_bone_map_rows, HYBRIK_OT_retarget, HYBRIK_PT_retarget)
 
 
 def register_properties():

@@ -11,7 +11,7 @@ import pytest
 import hybrik_blender
 from hybrik_blender.blender.animation import import_result
 from hybrik_blender.blender.export import ExportError, export_bvh, export_fbx, export_glb
-from hybrik_blender.blender.keyframes import ActionWriter
+from hybrik_blender.blender.keyframes import ActionWriter, fcurves_of
 from hybrik_blender.blender.retarget import retarget
 from hybrik_blender.core.formats.result import save_result
 from tests.conftest import ROOT, SYNTHETIC_MODEL
@@ -255,3 +255,136 @@ def test_cli_exports(tmp_path):
     for path in out.values():
         assert path.stat().st_size > 1000, path
         assert f"wrote {path}" in run.stdout
+
+
+def _raw_glb(path):
+    """JSON and BIN chunks of a GLB, read with struct (not the add-on's reader)."""
+    import json
+    import struct
+    data = open(path, "rb").read()
+    magic, version, length = struct.unpack_from("<III", data, 0)
+    assert (magic, version, length) == (0x46546C67, 2, len(data))
+    jlen, jtype = struct.unpack_from("<II", data, 12)
+    assert jtype == 0x4E4F534A
+    doc = json.loads(data[20:20 + jlen])
+    blen, btype = struct.unpack_from("<II", data, 20 + jlen)
+    assert btype == 0x004E4942
+    return doc, data[28 + jlen:28 + jlen + blen]
+
+
+def _times(doc, binary, accessor):
+    acc = doc["accessors"][accessor]
+    view = doc["bufferViews"][acc["bufferView"]]
+    start = view.get("byteOffset", 0) + acc.get("byteOffset", 0)
+    return np.frombuffer(binary, "<f4", acc["count"], start)
+
+
+@pytest.mark.parametrize("fps", [29.97, 23.976, 59.94, 25.0])
+def test_glb_key_times_exact_at_ntsc_rates(body_model, tmp_path, fps):
+    """Blender's glTF exporter would write frame / (fps * fps_base): 0.2% fast
+    at 29.97. The export's times are frame / 29.97 to the last float32 bit,
+    the animation is named after the action, and a re-import at the same
+    rate puts every key back on its frame."""
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    n = 9
+    take = import_result(make_result(random_motion(n, seed=4), fps=fps, seed=3), body_model,
+                         pose_correctives=False, camera=False)
+    scene = bpy.context.scene
+    assert scene.render.fps / scene.render.fps_base == pytest.approx(fps)
+    saved = (scene.render.fps, scene.render.fps_base)
+    path = export_glb(tmp_path / "ntsc.glb", take.rig, with_meshes=False)
+    assert (scene.render.fps, scene.render.fps_base) == saved
+    doc, binary = _raw_glb(path)
+    (anim,) = doc["animations"]
+    assert anim["name"] == take.rig.animation_data.action.name
+    frames = np.arange(1, n + 1)
+    expect = (frames / fps).astype(np.float32)
+    for acc in sorted({s["input"] for s in anim["samplers"]}):
+        t = _times(doc, binary, acc)
+        assert np.array_equal(t, expect), (t * fps)[:3]
+        assert np.float32(doc["accessors"][acc]["min"][0]) == expect[0]
+        assert np.float32(doc["accessors"][acc]["max"][0]) == expect[-1]
+    ref = bone_world(take.rig, (1, 5, n))
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    # Blender's glTF importer has the same slip (seconds * fps * fps_base):
+    # give it a base whose product is the true rate
+    bpy.context.scene.render.fps = saved[0]
+    bpy.context.scene.render.fps_base = fps / saved[0]
+    bpy.ops.import_scene.gltf(filepath=str(path))
+    rig = next(o for o in bpy.context.scene.objects if o.type == 'ARMATURE')
+    got = bone_world(rig, (1, 5, n))
+    assert max_error(ref, got) < 1e-4
+
+
+def test_fbx_take_is_named_after_the_action(body_model, tmp_path):
+    take = make_take(body_model)
+    action = take.rig.animation_data.action.name
+    scene_name = bpy.context.scene.name
+    for preset in ("GENERIC", "UNREAL"):
+        path = export_fbx(tmp_path / f"{preset}.fbx", take.rig, preset)
+        assert bpy.context.scene.name == scene_name
+        assert action.encode() in open(path, "rb").read()
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.ops.import_scene.fbx(filepath=str(path))
+    assert any(a.name.endswith("|" + action) for a in bpy.data.actions), \
+        [a.name for a in bpy.data.actions]
+
+
+def _bvh_rotation_steps(path):
+    """Largest frame-to-frame step (degrees) of any rotation channel."""
+    lines = open(path).read().splitlines()
+    rot_cols, col = [], 0
+    for line in lines:
+        parts = line.split()
+        if parts and parts[0] == "CHANNELS":
+            for name in parts[2:]:
+                if name.endswith("rotation"):
+                    rot_cols.append(col)
+                col += 1
+        if parts and parts[0] == "MOTION":
+            break
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("Frame Time")) + 1
+    motion = np.array([[float(v) for v in ln.split()] for ln in lines[start:] if ln.strip()])
+    assert motion.shape[1] == col
+    return float(np.abs(np.diff(motion[:, rot_cols], axis=0)).max())
+
+
+def seated_jitter(n=40, seed=0):
+    """A seated clip whose hidden legs jump up to 33 degrees a frame: thighs
+    flexed about 90 degrees (Euler rigs sit at gimbal lock there)."""
+    rng = np.random.default_rng(seed)
+    rot = random_motion(n, seed=seed, spread=0.2)
+    for hip in (1, 2):
+        flex = np.radians(90.0) + np.radians(rng.uniform(-33, 33, n)) * (np.arange(n) % 2)
+        aa = np.stack([-flex, 0.3 * rng.normal(size=n), 0.3 * rng.normal(size=n)], -1)
+        from hybrik_blender.core.rotations import axis_angle_to_matrix
+        rot[:, hip] = axis_angle_to_matrix(aa)
+    return rot
+
+
+def test_euler_channels_never_jump_half_a_turn(body_model, tmp_path):
+    """Seated, jittering legs retargeted onto an Euler-channel BVH rig: its
+    curves step by less than 180 degrees, and so does the BVH it exports."""
+    from tests.blender import rigs
+    from tests.blender.test_retarget import assert_directions_follow
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    take = import_result(make_result(seated_jitter(), fps=FPS, seed=1), body_model,
+                         pose_correctives=False, camera=False)
+    tgt, _ = rigs.import_bvh("MOCAP")
+    assert tgt.pose.bones["LeftHip"].rotation_mode not in ('QUATERNION', 'AXIS_ANGLE')
+    rep = retarget(take.rig, tgt)
+    steps = []
+    for fc in fcurves_of(tgt):
+        if fc.data_path.endswith("rotation_euler") and len(fc.keyframe_points) > 1:
+            co = np.empty(2 * len(fc.keyframe_points), np.float32)
+            fc.keyframe_points.foreach_get("co", co)
+            steps.append(np.degrees(np.abs(np.diff(co[1::2]))).max())
+    # the issue's bound is 180; taking the same Euler branch every frame and
+    # unwrapping each angle gives 179.5 here, the branch choice 112
+    assert steps and max(steps) < 150.0, max(steps)
+    frames = np.arange(rep.frame_start, rep.frame_end + 1)
+    assert_directions_follow(take.rig, tgt, rep.mapping, frames, tol=0.01)
+    path = export_bvh(tmp_path / "seated.bvh", tgt)
+    assert _bvh_rotation_steps(path) < 180.0
+    path = export_bvh(tmp_path / "source.bvh", take.rig)
+    assert _bvh_rotation_steps(path) < 180.0

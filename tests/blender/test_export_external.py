@@ -136,3 +136,13 @@ def test_retargeted_rig_exports_pass_both_readers(take, tmp_path):
     assert counts.get("Animations") == 1 and anims[0][0] == pytest.approx(NUM_FRAMES - 1)
     assert {b.name for b in tgt.data.bones} <= set(channels)
     assert bpy.context.scene.render.fps == int(FPS)
+
+
+def test_ntsc_glb_passes_khronos_validator(empty_scene, body_model, tmp_path):
+    """The GLB with its sampler times rewritten for 29.97 fps is still valid
+    (accessor bounds, buffer layout) and its animation runs k / 29.97 s."""
+    take = import_result(make_result(random_motion(NUM_FRAMES, seed=4), fps=29.97, seed=2),
+                         body_model, pose_correctives=False)
+    report = validate_glb(export_glb(tmp_path / "ntsc.glb", take.rig))
+    assert report["numErrors"] == 0, report["errors"]
+    assert report["info"]["animationCount"] == 1

@@ -11,7 +11,7 @@ from mathutils import Matrix
 from hybrik_blender.blender.animation import import_result
 from hybrik_blender.blender.keyframes import fcurves_of
 from hybrik_blender.blender.retarget import RetargetError, retarget
-from hybrik_blender.core.retarget.solve import angle_between, bone_directions
+from hybrik_blender.core.retarget.solve import angle_between
 from hybrik_blender.core.body.skeleton import JOINT_NAMES
 from tests.helpers import make_result, random_motion
 
@@ -157,15 +157,49 @@ def rig_state(rig):
             np.array(rig.matrix_world), [b.name for b in rig.data.bones])
 
 
-def assert_directions_follow(src, tgt, mapping, frames):
-    pairs = sorted(mapping.items())
-    ws = world_bone_matrices(src, [s for s, _ in pairs], frames)
-    wt = world_bone_matrices(tgt, [t for _, t in pairs], frames)
-    err = np.degrees(angle_between(bone_directions(ws), bone_directions(wt)))
+LIMB_SEGMENTS = [(f"{s}_{a}", f"{s}_{b}") for s in ("left", "right") for a, b in
+                 (("hip", "knee"), ("knee", "ankle"), ("ankle", "foot"),
+                  ("shoulder", "elbow"), ("elbow", "wrist"))]
+
+
+def world_heads(rig, names, frames, subframe=0.0):
+    """(F, B, 3) world positions of pose-bone heads, evaluated by Blender."""
+    out = np.empty((len(frames), len(names), 3))
+    mw = np.array(rig.matrix_world)
+    for i, f in enumerate(frames):
+        bpy.context.scene.frame_set(int(f), subframe=subframe)
+        for j, n in enumerate(names):
+            out[i, j] = (mw @ np.append(np.array(rig.pose.bones[n].head), 1.0))[:3]
+    return out
+
+
+def assert_directions_follow(src, tgt, mapping, frames, subframe=0.0, tol=MAX_ANGLE_DEG):
+    """Every limb segment (joint to joint: thigh, shin, foot, upper arm,
+    forearm) of the target points where the source's does, whatever the
+    bones' own axes."""
+    segs = [(a, b) for a, b in LIMB_SEGMENTS if a in mapping and b in mapping]
+    src_names = sorted({n for seg in segs for n in seg})
+    ws = world_heads(src, src_names, frames, subframe)
+    wt = world_heads(tgt, [mapping[n] for n in src_names], frames, subframe)
+    ia = [src_names.index(a) for a, _ in segs]
+    ib = [src_names.index(b) for _, b in segs]
+    ds, dt = ws[:, ib] - ws[:, ia], wt[:, ib] - wt[:, ia]
+    ds /= np.linalg.norm(ds, axis=-1, keepdims=True)
+    dt /= np.linalg.norm(dt, axis=-1, keepdims=True)
+    err = np.degrees(angle_between(ds, dt))
     worst = np.unravel_index(np.argmax(err), err.shape)
-    assert err.max() < MAX_ANGLE_DEG, \
-        f"{pairs[worst[1]]} at frame {frames[worst[0]]}: {err.max():.3f} deg"
+    assert err.max() < tol, f"{segs[worst[1]]} at frame {frames[worst[0]]}: {err.max():.3f} deg"
     return float(err.max())
+
+
+def held_at_rest(fc):
+    """A curve with a rest value at the clip's two ends only (zero location,
+    unit scale, identity rotation)."""
+    co = np.empty(2 * len(fc.keyframe_points), np.float32)
+    fc.keyframe_points.foreach_get("co", co)
+    rest = 1.0 if fc.data_path.endswith("scale") or (
+        fc.data_path.endswith("rotation_quaternion") and fc.array_index == 0) else 0.0
+    return len(co) <= 4 and np.allclose(co[1::2], rest)
 
 
 def assert_no_flips(rig):
@@ -231,25 +265,41 @@ def test_retarget_follows_source_directions(source_take, case):
 
 
 def test_root_motion_scaled_by_leg_length(source_take):
+    """Horizontally the hips move like the source's scaled by the leg-length
+    ratio; vertically the feet meet the floor where the source's do."""
     src = source_take.rig
     legs = 1.25
     bones = humanoid_bones(src, MIXAMO, leg_scale=legs, arm_scale=0.8, offset=(2.0, 1.0, 0.0))
     tgt = build_rig("mixamo", bones, roll_deg=90.0, world=MIXAMO_WORLD, prefix="mixamorig:")
     rep = retarget(src, tgt)
     assert rep.scale == pytest.approx(legs, rel=1e-6)
+    hs, ht = rep.foot_heights
+    assert hs > 0 and ht == pytest.approx(legs * hs)  # the source's from its mesh
     frames = [rep.frame_start, rep.frame_start + 7, rep.frame_end]
     hips = tgt.pose.bones["mixamorig:Hips"]
     rest_t = (np.array(tgt.matrix_world) @ np.array(hips.bone.matrix_local))[:3, 3]
     rest_s = np.array(src.data.bones["pelvis"].head_local)
+    feet_s = ["left_ankle", "right_ankle", "left_foot", "right_foot"]
+    feet_t = ["mixamorig:" + n for n in ("LeftFoot", "RightFoot", "LeftToeBase", "RightToeBase")]
     for f in frames:
         bpy.context.scene.frame_set(f)
         p_t = (np.array(tgt.matrix_world) @ np.array(hips.matrix))[:3, 3]
         p_s = (np.array(src.matrix_world) @ np.array(src.pose.bones["pelvis"].matrix))[:3, 3]
-        assert np.allclose(p_t - rest_t, legs * (p_s - rest_s), atol=1e-4)
-    # in-place option: no root location curve
+        assert np.allclose(p_t[:2] - rest_t[:2], legs * (p_s[:2] - rest_s[:2]), atol=1e-4)
+        low_s = world_heads(src, feet_s, [f])[0, :, 2].min()
+        low_t = world_heads(tgt, feet_t, [f])[0, :, 2].min()
+        assert low_t - ht == pytest.approx(legs * (low_s - hs), abs=1e-4)
+    # in place: the hips keep their rest position over the floor
+    retarget(src, tgt, root_motion='IN_PLACE')
+    for f in frames:
+        bpy.context.scene.frame_set(f)
+        p_t = (np.array(tgt.matrix_world) @ np.array(hips.matrix))[:3, 3]
+        assert np.allclose(p_t[:2], rest_t[:2], atol=1e-5)
+    # off: no root location curve but a rest key
     rep2 = retarget(src, tgt, root_motion=False)
-    assert not any(fc.data_path.endswith("location") and "Hips" in fc.data_path
-                   for fc in fcurves_of(tgt))
+    loc = [fc for fc in fcurves_of(tgt) if fc.data_path.endswith("location")
+           and '"mixamorig:Hips"' in fc.data_path]
+    assert loc and all(held_at_rest(fc) for fc in loc)
     assert rep2.action != rep.action and rep.action.use_fake_user
 
 
@@ -277,7 +327,7 @@ def test_retarget_refuses_bad_input(source_take):
 def test_euler_convention_matches_blender():
     from mathutils import Euler
 
-    from hybrik_blender.core.retarget.solve import EULER_ORDERS, euler_to_matrix, matrix_to_euler
+    from hybrik_blender.core.retarget.euler import EULER_ORDERS, euler_to_matrix, matrix_to_euler
     rng = np.random.default_rng(0)
     for order in EULER_ORDERS:
         for angles in rng.uniform(-1.4, 1.4, (5, 3)):

@@ -9,9 +9,9 @@ from bpy.props import PointerProperty, StringProperty
 import hybrik_blender
 from hybrik_blender.blender.animation import import_result
 from hybrik_blender.blender.retarget import resolve_bone_map, retarget, vrm_human_bones
-from hybrik_blender.core.retarget.solve import VRM_HUMAN_BONES
+from hybrik_blender.core.retarget.maps import BONE_NAMES, VRM_HUMAN_BONES
 from tests.blender.test_retarget import (MIXAMO, PLAIN2, PLAIN2_MAP, assert_directions_follow,
-                                         build_rig, humanoid_bones)
+                                         build_rig, held_at_rest, humanoid_bones)
 from tests.helpers import make_result, random_motion
 
 
@@ -56,9 +56,11 @@ def test_operators_retarget_with_preset_and_custom_map(addon, take, tmp_path):
     # undo-friendly: the whole step is one undoable operator
     assert 'UNDO' in bpy.types.HYBRIK_OT_retarget.bl_options
 
+    # picking a target shows a row for every SMPL and SMPL-X bone
+    assert [p.source for p in props.bone_map] == list(BONE_NAMES)
     # the editable map: fill from the preset, change it, save, load
     assert bpy.ops.hybrik.bone_map_fill() == {'FINISHED'}
-    assert props.preset == 'CUSTOM' and len(props.bone_map) == 24
+    assert props.preset == 'CUSTOM' and len(props.bone_map) == len(BONE_NAMES)
     by_source = {p.source: p for p in props.bone_map}
     assert by_source["left_hip"].target == "mixamorig:LeftUpLeg"
     by_source["left_foot"].target = ""   # unmap the toes
@@ -74,12 +76,14 @@ def test_operators_retarget_with_preset_and_custom_map(addon, take, tmp_path):
     assert bpy.ops.hybrik.retarget() == {'FINISHED'}
     second = tgt.animation_data.action
     assert second != first and first.use_fake_user
-    assert "mixamorig:LeftToeBase" not in {fc.data_path.split('"')[1] for fc in
-                                          _curves(tgt)}
+    # the unmapped toe is held at rest: one key per channel
+    toe = [fc for fc in _curves(tgt) if '"mixamorig:LeftToeBase"' in fc.data_path]
+    assert toe and all(held_at_rest(fc) for fc in toe)
 
     bad = tmp_path / "bad.json"
     bad.write_text('{"bones": {"left_hip": "mixamorig:LeftUpLeg", "tail": "x"}}')
-    assert "not an SMPL bone" in _error(bpy.ops.hybrik.bone_map_load, filepath=str(bad))
+    assert "not an SMPL or SMPL-X bone" in _error(bpy.ops.hybrik.bone_map_load,
+                                                  filepath=str(bad))
     by_source = {p.source: p for p in props.bone_map}
     by_source["left_hip"].target = "NoSuchBone"
     assert "no bone named" in _error(bpy.ops.hybrik.retarget)
@@ -156,3 +160,57 @@ def test_vrm_humanoid_data_wins_over_names(take):
         del bpy.types.Armature.vrm_addon_extension
         for cls in reversed(VRM_CLASSES):
             bpy.utils.unregister_class(cls)
+
+
+def test_fill_guesses_an_unknown_rig_and_saves_partial_maps(addon, take, tmp_path):
+    """Bones named Bone, Bone.001, ...: Fill guesses the body from the
+    hierarchy and geometry; a partial map saves, loads and shows its rows."""
+    props = addon
+    bones = humanoid_bones(take.rig, PLAIN2, apose_deg=20.0)
+    plain = [b[0] for b in bones]
+    anon = {n: f"Bone.{i:03d}" for i, n in enumerate(plain)}
+    tgt = build_rig("Thing", [(anon[n], anon.get(p), h, t) for n, p, h, t in bones],
+                    roll_deg=45.0)
+    props.target = tgt
+    assert len(props.bone_map) == len(BONE_NAMES) and not any(p.target for p in props.bone_map)
+    assert "could not recognise" in _error(bpy.ops.hybrik.retarget)
+    assert bpy.ops.hybrik.bone_map_fill() == {'FINISHED'}
+    got = {p.source: p.target for p in props.bone_map if p.target}
+    for smpl, name in PLAIN2_MAP.items():
+        assert got.get(smpl) == anon[name], smpl
+    assert props.preset == 'CUSTOM'
+    assert bpy.ops.hybrik.retarget() == {'FINISHED'}
+    assert_directions_follow(take.rig, tgt, got, np.arange(1, 11))
+    # a partial map: save, clear, load
+    by_source = {p.source: p for p in props.bone_map}
+    for smpl in ("left_knee", "head", "neck"):
+        by_source[smpl].target = ""
+    path = tmp_path / "partial.json"
+    assert bpy.ops.hybrik.bone_map_save(filepath=str(path)) == {'FINISHED'}
+    assert "left_knee" not in json.loads(path.read_text())["bones"]
+    props.bone_map.clear()
+    assert bpy.ops.hybrik.bone_map_load(filepath=str(path)) == {'FINISHED'}
+    assert len(props.bone_map) == len(BONE_NAMES)
+    assert {p.source: p.target for p in props.bone_map}["left_knee"] == ""
+    msg = _error(bpy.ops.hybrik.retarget)
+    assert "core bones" in msg and "left_knee" in msg
+
+
+def test_bad_map_error_names_the_bones(addon, take):
+    props = addon
+    tgt = build_rig("Plain", humanoid_bones(take.rig, PLAIN2), roll_deg=90.0)
+    props.target = tgt
+    bad = dict(PLAIN2_MAP, pelvis="Waist")  # a spine bone that does not carry the legs
+    del bad["spine1"]
+    from hybrik_blender.blender.retarget_ops import fill_map
+    fill_map(props, bad)
+    props.preset = 'CUSTOM'
+    msg = _error(bpy.ops.hybrik.retarget)
+    assert "'Waist'" in msg and "'Leg.L'" in msg and "does not carry" in msg
+    assert tgt.animation_data is None or tgt.animation_data.action is None
+    # editing a row by hand switches the preset to the custom map
+    props.preset = 'AUTO'
+    {p.source: p for p in props.bone_map}["pelvis"].target = "Pelvis"
+    assert props.preset == 'CUSTOM'
+    props.root_motion = 'IN_PLACE'
+    assert bpy.ops.hybrik.retarget() == {'FINISHED'}

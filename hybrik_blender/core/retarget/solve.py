@@ -1,278 +1,58 @@
-"""Retargeting: bone maps and the numpy retarget solve (no bpy).
+"""The numpy retarget solve (no bpy).
 
-Bone maps
----------
-A bone map sends SMPL bone names (``skeleton.JOINT_NAMES``, the source) to
-bone names of a target armature. Presets list, for each SMPL bone, candidate
-target names in order of preference; the first one present on the target
-wins. Names compare case-insensitively after dropping any namespace up to the
-last ``:`` (so ``mixamorig:Hips``, ``mixamorig1:Hips`` and ``Hips`` all match).
-SMPL bones may stay unmapped, and target bones between two mapped bones may
-be skipped (three SMPL spine bones onto two or five target bones).
+Both rigs are calibrated against anatomical frames (calibrate.py): for each
+mapped bone b, with Rs0, Rt0 the world rest rotations of the source and
+target bones and As, At their anatomical frames at rest, each frame's world
+rotation of the target bone is::
 
-The solve
----------
-Both rigs are taken to a calibrated reference pose: the source at its rest
-pose (SMPL's zero pose, a T-pose), the target at its rest pose with each
-mapped bone swung (minimal rotation) so that its direction in the world is
-the direction of its source bone. With Rs0, Rt0 those world rotations, each
-frame's world rotation of a mapped target bone is::
+    Rt(t) = Rs(t) @ Rs0^T @ As @ At^T @ Rt0
 
-    Rt(t) = Rs(t) @ Rs0^T @ Rt0
-
-which makes the bone's world direction follow the source's exactly, whatever
-its roll, length or rest pose (T or A). World rotations include the objects'
-rotations (a Mixamo rig's 0.01 scale and 90 degree X turn are absorbed).
-Pose-bone channels follow from Blender's evaluation (see blender_space.py)::
+so the target bone's anatomical frame turns exactly like the source's. That
+is independent of bone rolls, of where an importer pointed the bones, of
+lengths and of the rest pose (T, A or anything human). World rotations
+include the objects' rotations (a Mixamo rig's 0.01 scale and 90 degree X
+turn are absorbed). Pose-bone channels follow from Blender's evaluation
+(see blender_space.py)::
 
     Pose_i = Pose_parent @ (B_parent^-1 @ B_i) @ Basis_i
 
 solved parent before child; target bones that are not mapped keep their rest
-relation to their parent (identity basis). The root (the bone mapped to
-``pelvis``) also gets a location: its head moves from its rest position by the
-source pelvis displacement times the ratio of leg lengths.
-"""
-import json
+relation to their parent (identity basis).
 
+Root motion
+-----------
+The root (the bone mapped to ``pelvis``) gets a location channel. Scale
+``s`` is the ratio of leg lengths (hip -> knee -> ankle). Horizontally the
+root's head moves from its rest position by ``s`` times the source pelvis'
+displacement from its rest position. Vertically it is placed, frame by
+frame, so that the target's feet meet the floor where the source's do: with
+``low(t)`` the height of the lowest foot point (the ankle and toe heads
+mapped on both rigs) above a rig's floor and ``h`` its height when the rig
+stands flat,
+
+    low_target(t) - h_target = s * (low_source(t) - h_source).
+
+A rig's floor is the height of its object's origin. ``h`` comes from
+``Skeleton.sole`` when the caller knows where the soles are (from a mesh),
+else from the rest pose when the rig stands on its floor at rest (upright,
+feet within reach of the floor), else it is ``s`` times the other rig's. Root modes: "world"
+(the above), "in_place" (horizontal position held at rest, height still
+matched to the floor) and "none" (no location channel).
+"""
 import numpy as np
 
-from ..rotations import make_quaternions_continuous, matrix_to_quaternion, orthonormalize
-from ..body.skeleton import JOINT_NAMES
+from ..rotations import (make_quaternions_continuous, matrix_to_quaternion, orthonormalize,
+                         quaternion_to_matrix, skew)
+from . import calibrate
+from .euler import EULER_ORDERS, continuous_euler, euler_to_matrix, matrix_to_euler  # noqa: F401
+from .maps import (BONE_NAMES, CORE_BONES, MAP_FORMAT, MAP_VERSION, PRESETS,  # noqa: F401
+                   VRM_HUMAN_BONES, BoneMapError, best_partial_preset, check_map,
+                   detect_preset, hierarchy_problems, load_map, map_from_json, map_score,
+                   map_to_json, mapped_anatomical_parent, missing_core, normalize_name,
+                   resolve_preset, save_map, validate_hierarchy, vrm_map)
 
-MAP_FORMAT = "hybrik-blender.bone-map"
-MAP_VERSION = 1
+ROOT_MODES = ("world", "in_place", "none")
 
-# Bones that must all be mapped for a usable retarget.
-CORE_BONES = ("pelvis", "left_hip", "right_hip", "left_knee", "right_knee",
-              "left_shoulder", "right_shoulder", "left_elbow", "right_elbow")
-
-
-class BoneMapError(ValueError):
-    """A bone map that cannot be used (bad JSON, unknown names, duplicates)."""
-
-
-def _sided(center, sided, left, right):
-    """Expand '{s}' in the sided entries into the two sides' names."""
-    out = {k: list(v) for k, v in center.items()}
-    for prefix, tag in (("left_", left), ("right_", right)):
-        for key, names in sided.items():
-            out[prefix + key] = [n.format(s=tag) for n in names]
-    return out
-
-
-_LIMBS = ("collar", "shoulder", "elbow", "wrist", "hip", "knee", "ankle", "foot")
-_UE_LIMBS = dict(zip(_LIMBS, (["clavicle_{s}"], ["upperarm_{s}"], ["lowerarm_{s}"], ["hand_{s}"],
-                              ["thigh_{s}"], ["calf_{s}"], ["foot_{s}"], ["ball_{s}"])))
-
-PRESETS = {
-    "SMPL": {
-        "label": "SMPL / hybrik-blender",
-        "bones": {name: [name] for name in JOINT_NAMES},
-    },
-    "MIXAMO": {
-        "label": "Mixamo",
-        "bones": _sided(
-            {"pelvis": ["Hips"], "spine1": ["Spine"], "spine2": ["Spine1"],
-             "spine3": ["Spine2"], "neck": ["Neck"], "head": ["Head"]},
-            dict(zip(_LIMBS, (["{s}Shoulder"], ["{s}Arm"], ["{s}ForeArm"], ["{s}Hand"],
-                              ["{s}UpLeg"], ["{s}Leg"], ["{s}Foot"], ["{s}ToeBase"]))),
-            "Left", "Right"),
-    },
-    "RIGIFY_DEF": {
-        "label": "Rigify deform bones",
-        "bones": _sided(
-            {"pelvis": ["DEF-spine"], "spine1": ["DEF-spine.001"],
-             "spine2": ["DEF-spine.002"], "spine3": ["DEF-spine.003"],
-             "neck": ["DEF-spine.004"], "head": ["DEF-spine.006"]},
-            dict(zip(_LIMBS, (["DEF-shoulder.{s}"], ["DEF-upper_arm.{s}"],
-                              ["DEF-forearm.{s}"], ["DEF-hand.{s}"], ["DEF-thigh.{s}"],
-                              ["DEF-shin.{s}"], ["DEF-foot.{s}"], ["DEF-toe.{s}"]))),
-            "L", "R"),
-    },
-    "RIGIFY_FK": {
-        "label": "Rigify FK controls",
-        "bones": _sided(
-            {"pelvis": ["torso"], "spine2": ["spine_fk.002"], "spine3": ["spine_fk.003"],
-             "neck": ["neck"], "head": ["head"]},
-            dict(zip(_LIMBS, (["shoulder.{s}"], ["upper_arm_fk.{s}"], ["forearm_fk.{s}"],
-                              ["hand_fk.{s}"], ["thigh_fk.{s}"], ["shin_fk.{s}"],
-                              ["foot_fk.{s}"], ["toe_fk.{s}", "toe.{s}"]))),
-            "L", "R"),
-    },
-    "UE5": {
-        "label": "Unreal Engine 5 Manny / Quinn",
-        # five spine bones: SMPL's three go onto every other one
-        "bones": _sided(
-            {"pelvis": ["pelvis"], "spine1": ["spine_01"], "spine2": ["spine_03"],
-             "spine3": ["spine_05"], "neck": ["neck_01"], "head": ["head"]}, _UE_LIMBS,
-            "l", "r"),
-    },
-    "UE4": {
-        "label": "Unreal Engine 4 Mannequin",
-        "bones": _sided(
-            {"pelvis": ["pelvis"], "spine1": ["spine_01"], "spine2": ["spine_02"],
-             "spine3": ["spine_03"], "neck": ["neck_01"], "head": ["head"]}, _UE_LIMBS,
-            "l", "r"),
-    },
-    "VRM": {
-        "label": "VRM humanoid",
-        # By name only; blender/retarget.py prefers the VRM add-on's humanoid data.
-        "bones": _sided(
-            {"pelvis": ["J_Bip_C_Hips", "hips"], "spine1": ["J_Bip_C_Spine", "spine"],
-             "spine2": ["J_Bip_C_Chest", "chest"],
-             "spine3": ["J_Bip_C_UpperChest", "upperChest"],
-             "neck": ["J_Bip_C_Neck", "neck"], "head": ["J_Bip_C_Head", "head"]},
-            {"collar": ["J_Bip_{s[0]}_Shoulder", "{s[1]}Shoulder"],
-             "shoulder": ["J_Bip_{s[0]}_UpperArm", "{s[1]}UpperArm"],
-             "elbow": ["J_Bip_{s[0]}_LowerArm", "{s[1]}LowerArm"],
-             "wrist": ["J_Bip_{s[0]}_Hand", "{s[1]}Hand"],
-             "hip": ["J_Bip_{s[0]}_UpperLeg", "{s[1]}UpperLeg"],
-             "knee": ["J_Bip_{s[0]}_LowerLeg", "{s[1]}LowerLeg"],
-             "ankle": ["J_Bip_{s[0]}_Foot", "{s[1]}Foot"],
-             "foot": ["J_Bip_{s[0]}_ToeBase", "{s[1]}Toes"]},
-            ("L", "left"), ("R", "right")),
-    },
-    "METARIG": {
-        "label": "Blender human metarig",
-        "bones": _sided(
-            {"pelvis": ["spine"], "spine1": ["spine.001"], "spine2": ["spine.002"],
-             "spine3": ["spine.003"], "neck": ["spine.004"], "head": ["spine.006"]},
-            dict(zip(_LIMBS, (["shoulder.{s}"], ["upper_arm.{s}"], ["forearm.{s}"],
-                              ["hand.{s}"], ["thigh.{s}"], ["shin.{s}"], ["foot.{s}"],
-                              ["toe.{s}"]))),
-            "L", "R"),
-    },
-}
-
-# VRM 1.0 humanoid bone ids as the VRM add-on names its properties.
-VRM_HUMAN_BONES = _sided(
-    {"pelvis": ["hips"], "spine1": ["spine"], "spine2": ["chest"], "spine3": ["upper_chest"],
-     "neck": ["neck"], "head": ["head"]},
-    {"collar": ["{s}_shoulder"], "shoulder": ["{s}_upper_arm"], "elbow": ["{s}_lower_arm"],
-     "wrist": ["{s}_hand"], "hip": ["{s}_upper_leg"], "knee": ["{s}_lower_leg"],
-     "ankle": ["{s}_foot"], "foot": ["{s}_toes"]},
-    "left", "right")
-
-
-def normalize_name(name):
-    return str(name).rsplit(":", 1)[-1].strip().lower()
-
-
-def resolve_preset(preset, bone_names):
-    """{smpl bone: target bone} for the preset's names present in bone_names."""
-    if preset not in PRESETS:
-        raise BoneMapError(f"unknown bone map preset {preset!r}")
-    lookup = {}
-    for name in bone_names:
-        lookup.setdefault(name, name)
-    for name in bone_names:
-        lookup.setdefault(normalize_name(name), name)
-    out = {}
-    for smpl, candidates in PRESETS[preset]["bones"].items():
-        for cand in candidates:
-            hit = lookup.get(cand) or lookup.get(normalize_name(cand))
-            if hit is not None and hit not in out.values():
-                out[smpl] = hit
-                break
-    return out
-
-
-def vrm_map(human_bones):
-    """Bone map from VRM humanoid data: {vrm bone id: armature bone name}."""
-    out = {}
-    for smpl, (vrm_id,) in VRM_HUMAN_BONES.items():
-        name = human_bones.get(vrm_id)
-        if name:
-            out[smpl] = name
-    return out
-
-
-def map_score(mapping):
-    """How usable a map is: core bones first, then all mapped bones."""
-    return (sum(b in mapping for b in CORE_BONES), len(mapping))
-
-
-def detect_preset(bone_names, vrm_human_bones=None):
-    """(preset name, bone map) of the preset that matches best, or
-    (None, {}) when none maps all core bones. VRM humanoid data, when given
-    and complete, wins."""
-    if vrm_human_bones:
-        mapping = vrm_map(vrm_human_bones)
-        if all(b in mapping for b in CORE_BONES):
-            return "VRM", mapping
-    best, best_map, best_score = None, {}, (-1, -1)
-    for preset in PRESETS:
-        mapping = resolve_preset(preset, bone_names)
-        score = map_score(mapping)
-        if score > best_score:
-            best, best_map, best_score = preset, mapping, score
-    if best_score[0] < len(CORE_BONES):
-        return None, {}
-    return best, best_map
-
-
-def check_map(mapping, bone_names=None):
-    """Validate a bone map; returns a clean {str: str} copy."""
-    if not isinstance(mapping, dict):
-        raise BoneMapError("a bone map is a JSON object of SMPL bone -> target bone")
-    out = {}
-    for key, value in mapping.items():
-        if key not in JOINT_NAMES:
-            raise BoneMapError(f"{key!r} is not an SMPL bone (expected one of "
-                               f"{', '.join(JOINT_NAMES)})")
-        if value in (None, ""):
-            continue
-        if not isinstance(value, str):
-            raise BoneMapError(f"the target of {key!r} must be a bone name")
-        out[key] = value
-    seen = {}
-    for key, value in out.items():
-        if value in seen:
-            raise BoneMapError(f"{value!r} is mapped twice ({seen[value]!r} and {key!r})")
-        seen[value] = key
-    if bone_names is not None:
-        missing = sorted(v for v in out.values() if v not in set(bone_names))
-        if missing:
-            raise BoneMapError(f"the target has no bone named {', '.join(map(repr, missing))}")
-    return out
-
-
-def map_to_json(mapping, name="custom"):
-    clean = check_map(mapping)
-    doc = {"format": MAP_FORMAT, "version": MAP_VERSION, "name": str(name),
-           "bones": {k: clean[k] for k in JOINT_NAMES if k in clean}}
-    return json.dumps(doc, indent=2)
-
-
-def map_from_json(text):
-    """(name, bone map) from the JSON text written by map_to_json. A plain
-    {smpl bone: target bone} object is accepted too."""
-    try:
-        doc = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BoneMapError(f"the bone map is not valid JSON: {exc}") from None
-    if isinstance(doc, dict) and "bones" in doc:
-        if doc.get("format", MAP_FORMAT) != MAP_FORMAT:
-            raise BoneMapError(f"not a bone map file (format {doc.get('format')!r})")
-        if int(doc.get("version", MAP_VERSION)) > MAP_VERSION:
-            raise BoneMapError(f"bone map version {doc['version']} is newer than this "
-                               f"add-on reads ({MAP_VERSION})")
-        return str(doc.get("name", "custom")), check_map(doc["bones"])
-    return "custom", check_map(doc)
-
-
-def save_map(path, mapping, name="custom"):
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(map_to_json(mapping, name) + "\n")
-
-
-def load_map(path):
-    with open(path, "rb") as fh:
-        return map_from_json(fh.read().decode("utf-8", errors="strict"))
-
-
-# ---------------------------------------------------------------------------
-# the numpy solve
 
 def topological_order(parents):
     """Bone indices with every parent before its children."""
@@ -310,7 +90,6 @@ def _rows_times(x, m):
 
 def basis_from_channels(quats, locs=None):
     """(N, B, 4) quaternions and (N, B, 3) locations -> (N, B, 4, 4)."""
-    from ..rotations import quaternion_to_matrix
     out = np.zeros(np.shape(quats)[:-1] + (4, 4))
     out[..., :3, :3] = quaternion_to_matrix(quats)
     if locs is not None:
@@ -332,7 +111,6 @@ def swing(a, b):
         perp = np.cross(a, helper)
         perp /= np.linalg.norm(perp, axis=-1, keepdims=True)
         v = np.where(anti[..., None], perp, v)
-    from ..rotations import skew
     k = skew(v)
     scale = np.where(anti, 0.0, 1.0 / np.maximum(1.0 + c, 1e-12))[..., None, None]
     half_turn = 2.0 * v[..., :, None] * v[..., None, :] - np.eye(3)
@@ -354,13 +132,20 @@ def _times_each(x, m):
 
 class Skeleton:
     """What the solve needs of an armature: bone names, parent indices, rest
-    matrices (``bone.matrix_local``) and the object's world matrix."""
+    matrices (``bone.matrix_local``), the object's world matrix, and
+    optionally the bone tails (armature space; default: 0.1 along each
+    bone's Y axis) and ``sole``, the world height of the soles at rest when
+    it is known (from a mesh; None: unknown)."""
 
-    def __init__(self, names, parents, rest, world=None):
+    def __init__(self, names, parents, rest, world=None, tails=None, sole=None):
         self.names = list(names)
         self.parents = np.asarray(parents, dtype=np.int64)
         self.rest = np.asarray(rest, dtype=np.float64)
         self.world = np.eye(4) if world is None else np.asarray(world, dtype=np.float64)
+        if tails is None:
+            tails = self.rest[:, :3, 3] + 0.1 * self.rest[:, :3, 1]
+        self.tails = np.asarray(tails, dtype=np.float64)
+        self.sole = sole
         self.index = {n: i for i, n in enumerate(self.names)}
 
     @property
@@ -368,8 +153,16 @@ class Skeleton:
         """Rotation of the object matrix (uniform scale assumed)."""
         return orthonormalize(self.world[:3, :3])
 
+    @property
+    def floor(self):
+        """Height of the rig's floor: its object's origin."""
+        return float(self.world[2, 3])
+
     def world_rest(self):
         return self.world @ self.rest
+
+    def world_points(self, points):
+        return np.asarray(points) @ self.world[:3, :3].T + self.world[:3, 3]
 
     def ancestors(self, i):
         out = []
@@ -392,19 +185,80 @@ def leg_length(skel, mapping):
     return float(np.mean(lengths)) if lengths else None
 
 
+FOOT_POINTS = ("left_ankle", "right_ankle", "left_foot", "right_foot")
+
+
+def foot_bones(skel, mapping):
+    """Indices of the mapped ankle and toe bones (the foot points)."""
+    return [skel.index[mapping[n]] for n in FOOT_POINTS
+            if n in mapping and mapping[n] in skel.index]
+
+
+def standing_foot_height(skel, mapping):
+    """Height of the lowest foot point (mapped ankle and toe heads) above the
+    soles when the rig stands: from ``skel.sole`` when known, else from the
+    rest pose when the rig stands on its floor there (upright within 30
+    degrees, lowest foot point between 5% of the leg length below and 30%
+    above the floor); else None."""
+    legs = leg_length(skel, mapping)
+    feet = foot_bones(skel, mapping)
+    need = ("left_hip", "right_hip", "left_shoulder", "right_shoulder")
+    if not legs or not feet or not all(n in mapping for n in need):
+        return None
+    heads = skel.world_rest()[:, :3, 3]
+    low = float(heads[feet, 2].min())
+    if skel.sole is not None:
+        return max(low - float(skel.sole), 0.0)
+    _, up, _ = calibrate.body_axes({n: heads[skel.index[mapping[n]]] for n in need})
+    if not calibrate.is_upright(up):
+        return None
+    low -= skel.floor
+    if -0.05 * legs <= low <= 0.3 * legs:
+        return max(low, 0.0)
+    return None
+
+
+def rig_frames(skel, mapping):
+    """{source bone: anatomical world rest frame} of a mapped skeleton."""
+    wr = skel.world_rest()
+    heads = {s: wr[skel.index[t], :3, 3] for s, t in mapping.items()}
+    tails = {s: skel.world_points(skel.tails[skel.index[t]]) for s, t in mapping.items()}
+    return calibrate.anatomical_frames(heads, tails)
+
+
 class RetargetSolution:
     """Per mapped target bone: basis rotations (N, K, 3, 3) and continuous
-    quaternions (N, K, 4); the root bone's location channel (N, 3)."""
+    quaternions (N, K, 4); the root bone's location channel (N, 3); the
+    target bones held at rest (unmapped ancestors of mapped bones) and all
+    unmapped bones."""
 
     def __init__(self, bones, rotations, quaternions, root_bone, root_location, scale,
-                 rest_bones):
+                 rest_bones, unmapped=(), foot_heights=(None, None), world_rotations=None,
+                 root_head=None):
         self.bones = bones
         self.rotations = rotations
         self.quaternions = quaternions
         self.root_bone = root_bone
         self.root_location = root_location
         self.scale = scale
-        self.rest_bones = rest_bones  # unmapped ancestors, held at rest
+        self.rest_bones = rest_bones
+        self.unmapped = list(unmapped)
+        self.foot_heights = foot_heights  # (source, target) standing heights used
+        # what the channels make of the bones: world rotations (N, K, 3, 3)
+        # and the root's head (N, 3) in world, for rigs driven by constraints
+        self.world_rotations = world_rotations
+        self.root_head = root_head
+
+
+def _root_mode(root_motion):
+    if root_motion is True:
+        return "world"
+    if root_motion is False or root_motion is None:
+        return "none"
+    mode = str(root_motion).lower()
+    if mode not in ROOT_MODES:
+        raise ValueError(f"root motion {root_motion!r} is not one of {', '.join(ROOT_MODES)}")
+    return mode
 
 
 def solve(source, source_basis, target, mapping, root_motion=True):
@@ -412,25 +266,36 @@ def solve(source, source_basis, target, mapping, root_motion=True):
 
     source, target: Skeleton. source_basis: (N, Bs, 4, 4) basis matrices of
     the source's bones (rotation, and location for the root). mapping:
-    {source bone: target bone}. Returns a RetargetSolution.
+    {source bone: target bone}; it must map the core bones (maps.CORE_BONES).
+    root_motion: "world", "in_place" or "none" (True / False: "world" /
+    "none"). Returns a RetargetSolution.
     """
+    mode = _root_mode(root_motion)
     mapping = {s: t for s, t in mapping.items() if s in source.index and t in target.index}
     if not mapping:
         raise BoneMapError("no bone of the map exists on both armatures")
-    pairs = [(source.index[s], target.index[t]) for s, t in mapping.items()]
+    missing = missing_core(mapping)
+    if missing:
+        raise BoneMapError(f"the map leaves core bones unmapped: {', '.join(missing)}")
+    names = [s for s in BONE_NAMES if s in mapping]
+    pairs = [(source.index[s], target.index[mapping[s]]) for s in names]
     src_idx = np.array([p[0] for p in pairs])
     tgt_of = {t: k for k, (_, t) in enumerate(pairs)}
 
     src_pose = forward_pose(source.rest, source.parents, source_basis)
     rs_m, rt_m = source.world_rotation, target.world_rotation
     rs0 = rs_m @ source.rest[src_idx, :3, :3]
-    rt_rest = rt_m @ np.stack([target.rest[t, :3, :3] for _, t in pairs])
-    # Calibration: swing each target bone's rest direction (its Y axis) onto
-    # the direction of its source bone at the source's rest pose.
-    rt0 = swing(rt_rest[..., :, 1], rs0[..., :, 1]) @ rt_rest
-    offset = np.swapaxes(rs0, -1, -2) @ rt0
-    # armature-space rotations (N, K, 3, 3): rt_m^T rs_m P(t) offset
-    wanted = _times_each(_const_times(rt_m.T @ rs_m, src_pose[:, src_idx, :3, :3]), offset)
+    rt0 = rt_m @ np.stack([target.rest[t, :3, :3] for _, t in pairs])
+    a_s = rig_frames(source, {s: s for s in names})
+    a_t = rig_frames(target, mapping)
+    calib = np.stack([a_s[s] @ a_t[s].T for s in names])
+    offset = np.swapaxes(rs0, -1, -2) @ calib @ rt0
+    src_world = _const_times(rs_m, src_pose[:, src_idx, :3, :3])
+    tgt_world = _times_each(src_world, offset)
+    _follow_spine_curve(source, src_pose, target, mapping, names, tgt_world, a_s, a_t)
+    _follow_shoulders(source, src_pose, target, mapping, names, tgt_world, a_s, a_t)
+    # armature-space rotations (N, K, 3, 3)
+    wanted = _const_times(rt_m.T, tgt_world)
 
     needed = set()
     for _, t in pairs:
@@ -456,18 +321,30 @@ def solve(source, source_basis, target, mapping, root_motion=True):
     quats = np.where(quats[:1, :, :1] < 0, -quats, quats)
     quats = make_quaternions_continuous(quats, axis=0)
 
-    root_bone, root_loc, scale = None, None, 1.0
-    if "pelvis" in mapping and root_motion:
-        s_root, t_root = source.index["pelvis"], target.index[mapping["pelvis"]]
-        ls = leg_length(source, {s: s for s in mapping})
-        lt = leg_length(target, mapping)
-        scale = lt / ls if ls and lt else 1.0
+    t_root = target.index[mapping["pelvis"]]
+    ls = leg_length(source, {s: s for s in names})
+    lt = leg_length(target, mapping)
+    scale = lt / ls if ls and lt else 1.0
+    heights = _foot_heights(source, {s: s for s in names}, target, mapping, scale)
+    root_bone, root_loc, head_world = None, None, None
+    if mode != "none":
+        s_root = source.index["pelvis"]
         p_s = (source.world @ src_pose[:, s_root])[:, :3, 3]
         p_s0 = (source.world @ source.rest[s_root])[:3, 3]
         p_t0 = (target.world @ target.rest[t_root])[:3, 3]
-        head_world = p_t0 + scale * (p_s - p_s0)
-        head = (np.linalg.inv(target.world) @ np.concatenate(
-            [head_world, np.ones((n, 1))], axis=1).T).T[:, :3]
+        head_world = np.empty((n, 3))
+        if mode == "world":
+            head_world[:, :2] = p_t0[:2] + scale * (p_s[:, :2] - p_s0[:2])
+        else:
+            head_world[:, :2] = p_t0[:2]
+        src_feet = foot_bones(source, {s: s for s in names})
+        low_s = _lowest(source.world_points(src_pose[:, src_feet][..., :3, 3]))
+        # target foot points with the root at rest: positions relative to it
+        rel = _foot_offsets(target, mapping, names, tgt_world, t_root)
+        low_t0 = _lowest(rel) + p_t0[2] - target.floor
+        head_world[:, 2] = p_t0[2] + (heights[1] + scale * (low_s - source.floor - heights[0])
+                                      - low_t0)
+        head = (head_world - target.world[:3, 3]) @ np.linalg.inv(target.world[:3, :3]).T
         # Unmapped ancestors stay at rest, so the bone's parent frame is its
         # own rest matrix.
         frame = target.rest[t_root]
@@ -475,60 +352,205 @@ def solve(source, source_basis, target, mapping, root_motion=True):
         root_bone = target.names[t_root]
     mapped_targets = {t for _, t in pairs}
     held = [target.names[i] for i in sorted(needed - mapped_targets)]
+    unmapped = [nm for i, nm in enumerate(target.names) if i not in mapped_targets]
     return RetargetSolution([target.names[t] for _, t in pairs], basis, quats, root_bone,
-                            root_loc, scale, held)
+                            root_loc, scale, held, unmapped, heights, tgt_world, head_world)
 
 
-# ---------------------------------------------------------------------------
-# Euler angles, Blender's orders ('XYZ' applies X first: R = Rz @ Ry @ Rx)
-
-_AXIS = {"X": 0, "Y": 1, "Z": 2}
-EULER_ORDERS = ("XYZ", "XZY", "YXZ", "YZX", "ZXY", "ZYX")
+SPINE_CHAIN = ("pelvis", "spine1", "spine2", "spine3", "neck", "head")
 
 
-def _order_perm(order):
-    i, j, k = (_AXIS[c] for c in order)
-    perm = np.zeros((3, 3))
-    perm[0, i] = perm[1, j] = perm[2, k] = 1.0
-    return (i, j, k), perm, np.linalg.det(perm)
+def _curve_point(points, cum, f):
+    """Points (N, 3) at arc-length fraction f of polylines (N, M, 3) whose
+    vertices sit at fractions cum (M,)."""
+    k = int(np.clip(np.searchsorted(cum, f, side="right") - 1, 0, len(cum) - 2))
+    w = (f - cum[k]) / max(cum[k + 1] - cum[k], 1e-12)
+    return (1.0 - w) * points[:, k] + w * points[:, k + 1]
 
 
-def matrix_to_euler(rot, order="XYZ"):
-    """(..., 3, 3) -> (..., 3) angles about X, Y, Z (Blender's channel
-    order) for the given rotation order; middle angle in [-pi/2, pi/2]."""
-    (i, j, k), perm, parity = _order_perm(order)
-    # Relabel the axes so the order reads XYZ; an odd relabelling mirrors
-    # space and negates every angle.
-    m = perm @ np.asarray(rot, dtype=np.float64) @ perm.T
-    b = np.arcsin(np.clip(-m[..., 2, 0], -1.0, 1.0))
-    a = np.arctan2(m[..., 2, 1], m[..., 2, 2])
-    c = np.arctan2(m[..., 1, 0], m[..., 0, 0])
-    gimbal = np.abs(m[..., 2, 0]) > 1 - 1e-9
-    a = np.where(gimbal, np.arctan2(-m[..., 1, 2], m[..., 1, 1]), a)
-    c = np.where(gimbal, 0.0, c)
-    out = np.empty(np.shape(a) + (3,))
-    out[..., i], out[..., j], out[..., k] = a * parity, b * parity, c * parity
-    return out
+def _fractions(points):
+    d = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))])
+    return d / max(d[-1], 1e-12)
 
 
-def euler_to_matrix(angles, order="XYZ"):
-    angles = np.asarray(angles, dtype=np.float64)
-    mats = []
-    for axis in range(3):
-        t = angles[..., axis]
-        c, s = np.cos(t), np.sin(t)
-        m = np.zeros(t.shape + (3, 3))
-        a, b = (axis + 1) % 3, (axis + 2) % 3
-        m[..., axis, axis] = 1.0
-        m[..., a, a], m[..., a, b], m[..., b, a], m[..., b, b] = c, -s, s, c
-        mats.append(m)
-    i, j, k = (_AXIS[ch] for ch in order)
-    return mats[k] @ mats[j] @ mats[i]
+def _follow_spine_curve(source, src_pose, target, mapping, names, tgt_world, a_s, a_t):
+    """Bend the target's spine like the source's spine curve (in place on
+    the target bones' world rotations tgt_world (N, K, 3, 3)).
+
+    Both spines are polylines from the mid-hip point through the mapped spine
+    joints to the neck and head, with points addressed by their fraction of
+    its rest length. The source curve's displacement from its rest shape,
+    seen from the pelvis (in its anatomical frame) and scaled by the ratio
+    of spine lengths, is added to the target's rest curve; each mapped spine
+    bone is then turned by the smallest rotation that points it along the
+    displaced target curve between its own joints. At rest, and when only
+    the pelvis moves, that is no turn at all; otherwise the target's spine
+    joints follow the source's bending whatever the two rigs' spine bone
+    counts, spacing and rest curvature, while each bone keeps the twist its
+    own source bone gave it."""
+    chain = [n for n in SPINE_CHAIN if n in names]
+    if len(chain) < 3 or chain[0] != "pelvis":
+        return
+    end = chain[-1]
+    src_chain = list(SPINE_CHAIN[:SPINE_CHAIN.index(end) + 1])
+    t_idx = [target.index[mapping[n]] for n in chain]
+    s_idx = [source.index[n] for n in src_chain]
+    # the curves start at the mid-hip point, where the torso's up direction
+    # is measured from, not at the pelvis joint (which rigs put anywhere
+    # between the hips and the waist)
+    hips_t = [target.index[mapping[n]] for n in ("left_hip", "right_hip")]
+    hips_s = [source.index[n] for n in ("left_hip", "right_hip")]
+    t_rest = target.world_points(target.rest[t_idx, :3, 3])
+    t_rest[0] = target.world_points(target.rest[hips_t, :3, 3]).mean(axis=0)
+    s_rest = source.world_points(source.rest[s_idx, :3, 3])
+    s_rest[0] = source.world_points(source.rest[hips_s, :3, 3]).mean(axis=0)
+    s_pose = source.world_points(src_pose[:, s_idx][..., :3, 3])
+    s_pose[:, 0] = source.world_points(src_pose[:, hips_s][..., :3, 3]).mean(axis=1)
+    f_t, f_s = _fractions(t_rest), _fractions(s_rest)
+    length_t = np.sum(np.linalg.norm(np.diff(t_rest, axis=0), axis=1))
+    length_s = np.sum(np.linalg.norm(np.diff(s_rest, axis=0), axis=1))
+    ratio = length_t / max(length_s, 1e-12)
+    # source pelvis motion: rotation delta and position
+    ip = names.index("pelvis")
+    rs_p0 = source.world_rotation @ source.rest[source.index["pelvis"], :3, :3]
+    rs_p = _const_times(source.world_rotation, src_pose[:, source.index["pelvis"], :3, :3])
+    g_s = rs_p @ rs_p0.T
+    # source rest -> target rest directions, through the pelvis frames
+    m = a_t["pelvis"] @ a_s["pelvis"].T
+    rt_p0 = target.world_rotation @ target.rest[t_idx[0], :3, :3]
+    g_t = tgt_world[:, ip] @ rt_p0.T
+    rel = s_pose - s_pose[:, :1]
+    rel_rest = s_rest - s_rest[:1]
+    for k, a in enumerate(chain[1:-1], start=1):
+        fa, fb = f_t[k], f_t[k + 1]
+        pts = np.stack([_curve_point(rel, f_s, f) for f in (fa, fb)], axis=1)
+        pts0 = np.stack([_curve_point(rel_rest[None], f_s, f)[0] for f in (fa, fb)])
+        disp = np.einsum("nji,nkj->nki", g_s, pts) - pts0  # in the pelvis' rest frame
+        chord_disp = (disp[:, 1] - disp[:, 0]) @ m.T * ratio
+        rest_chord = t_rest[k + 1] - t_rest[k]
+        want = np.einsum("nij,nj->ni", g_t, rest_chord + chord_disp)
+        j = names.index(a)
+        rt0 = target.world_rotation @ target.rest[t_idx[k], :3, :3]
+        carried = np.einsum("nij,j->ni", tgt_world[:, j] @ rt0.T, rest_chord)
+        if np.linalg.norm(rest_chord) < 1e-9:
+            continue
+        if a == "spine3":
+            # the chest carries the shoulders: turn it about its shoulder
+            # line only (bending forward and back), so the line keeps the
+            # source chest's direction
+            axis = np.einsum("nij,j->ni", tgt_world[:, j] @ rt0.T,
+                             a_t["spine3"][:, 0])
+            turn = _about_axis(axis, carried, want)
+        else:
+            turn = swing(carried, want)
+        tgt_world[:, j] = turn @ tgt_world[:, j]
 
 
-def continuous_euler(rot, order="XYZ", axis=0):
-    """Euler angles along time with 2*pi jumps removed (np.unwrap)."""
-    return np.unwrap(matrix_to_euler(rot, order), axis=axis)
+def _about_axis(axis, a, b):
+    """Rotations (N, 3, 3) about unit axes (N, 3) taking the component of a
+    perpendicular to the axis onto that of b."""
+    axis = axis / np.linalg.norm(axis, axis=-1, keepdims=True)
+    pa = a - np.sum(a * axis, -1, keepdims=True) * axis
+    pb = b - np.sum(b * axis, -1, keepdims=True) * axis
+    angle = np.arctan2(np.sum(np.cross(pa, pb) * axis, -1), np.sum(pa * pb, -1))
+    from ..rotations import axis_angle_to_matrix
+    return axis_angle_to_matrix(axis * angle[:, None])
+
+
+def _follow_shoulders(source, src_pose, target, mapping, names, tgt_world, a_s, a_t):
+    """Move the target's shoulder joints like the source's (in place on the
+    collars' world rotations): each collar is turned by the smallest
+    rotation that puts its shoulder end where the source shoulder's
+    displacement from rest, seen from the chest and scaled by the ratio of
+    shoulder widths, says. Collars of other shapes (from the sternum, from
+    the spine, short or long) then keep the shoulder line of the source."""
+    if "spine3" not in names:
+        return
+    chest = "spine3"
+    k_c = names.index(chest)
+    i_cs, i_ct = source.index[chest], target.index[mapping[chest]]
+    rs_c0 = source.world_rotation @ source.rest[i_cs, :3, :3]
+    rs_c = _const_times(source.world_rotation, src_pose[:, i_cs, :3, :3])
+    g_s = rs_c @ rs_c0.T
+    rt_c0 = target.world_rotation @ target.rest[i_ct, :3, :3]
+    g_t = tgt_world[:, k_c] @ rt_c0.T
+    m = a_t[chest] @ a_s[chest].T
+    s_rest = source.world_points(source.rest[:, :3, 3])
+    t_rest = target.world_points(target.rest[:, :3, 3])
+    s_pose = source.world_points(src_pose[..., :3, 3])
+    sh = [(source.index[f"{s}_shoulder"], target.index[mapping[f"{s}_shoulder"]])
+          for s in ("left", "right")]
+    # the shoulders as the target's neutral collars put them (see
+    # calibrate.py: a collar that does not point sideways at rest)
+    neutral = {}
+    for side, (_, i_st) in zip(("left", "right"), sh):
+        collar = f"{side}_collar"
+        if collar in names:
+            i_col = target.index[mapping[collar]]
+            rest_chord = t_rest[i_st] - t_rest[i_col]
+            neutral[side] = (i_col, rest_chord, a_t[chest] @ a_t[collar].T @ rest_chord)
+    ends = [t_rest[neutral[s][0]] + neutral[s][2] if s in neutral else t_rest[i]
+            for s, (_, i) in zip(("left", "right"), sh)]
+    width = np.linalg.norm(ends[0] - ends[1]) / max(
+        np.linalg.norm(s_rest[sh[0][0]] - s_rest[sh[1][0]]), 1e-12)
+    for side, (i_ss, i_st) in zip(("left", "right"), sh):
+        collar = f"{side}_collar"
+        if side not in neutral:
+            continue
+        i_col, rest_chord, chord0 = neutral[side]
+        if np.linalg.norm(rest_chord) < 1e-9:
+            continue
+        k = names.index(collar)
+        rel = s_pose[:, i_ss] - s_pose[:, i_cs]
+        disp = np.einsum("nji,nj->ni", g_s, rel) - (s_rest[i_ss] - s_rest[i_cs])
+        want = np.einsum("nij,nj->ni", g_t, chord0 + width * disp @ m.T)
+        rt0 = target.world_rotation @ target.rest[i_col, :3, :3]
+        carried = np.einsum("nij,j->ni", tgt_world[:, k] @ rt0.T, rest_chord)
+        tgt_world[:, k] = swing(carried, want) @ tgt_world[:, k]
+
+
+def _lowest(points):
+    """Lowest z over (N, K, 3) points -> (N,)."""
+    return np.asarray(points)[..., 2].min(axis=1)
+
+
+def _foot_offsets(target, mapping, names, tgt_world, t_root):
+    """World offsets (N, K, 3) of the target's foot points from the root's
+    rest head, with the solved world rotations and the root at rest: each
+    mapped joint hangs from its nearest mapped anatomical parent, rigidly
+    with that bone (unmapped bones between them stay at rest). This needs no
+    hierarchy, so it holds for rigs driven by constraints too."""
+    feet = [n for n in FOOT_POINTS if n in names]
+    wr = target.world_rest()
+    head0 = {n: wr[target.index[mapping[n]], :3, 3] for n in names}
+    rot0 = {n: orthonormalize(wr[target.index[mapping[n]], :3, :3]) for n in names}
+    n = tgt_world.shape[0]
+    heads = {"pelvis": np.broadcast_to(head0["pelvis"], (n, 3))}
+
+    def head(name):
+        if name not in heads:
+            par = mapped_anatomical_parent(name, names)
+            k = names.index(par)
+            delta = tgt_world[:, k] @ rot0[par].T
+            heads[name] = head(par) + np.einsum("nij,j->ni", delta, head0[name] - head0[par])
+        return heads[name]
+
+    pts = np.stack([head(f) for f in feet], axis=1)
+    return pts - head0["pelvis"]
+
+
+def _foot_heights(source, smap, target, tmap, scale):
+    """(h_source, h_target): each rig's lowest foot point height when it
+    stands flat (see the module docstring)."""
+    hs = standing_foot_height(source, smap)
+    ht = standing_foot_height(target, tmap)
+    if hs is None and ht is None:
+        return 0.0, 0.0
+    if hs is None:
+        hs = ht / scale
+    if ht is None:
+        ht = hs * scale
+    return float(hs), float(ht)
 
 
 def bone_directions(world_matrices):

@@ -1,0 +1,117 @@
+"""``python -m hybrik_blender retarget``: a take's motion onto another rig.
+
+    python -m hybrik_blender retarget TAKE.blend --target RIG.fbx|.bvh|.glb|.blend
+        -o out.blend [--preset auto] [--bone-map map.json] [--root world]
+        [--fbx PATH [--fbx-preset unreal]] [--bvh PATH] [--glb PATH]
+
+TAKE.blend holds a character made by ``import``/``capture`` (SMPL or
+SMPL-X). The target rig comes from a file: FBX, BVH and glTF are imported
+with Blender's own importers, a .blend is searched for the armature named
+``--target-name`` (or its only non-hybrik armature). The retargeted rig is
+saved in the output .blend with the take, and exported as asked. Exit codes:
+0 success; 2 bad input (a missing file, a rig no preset fits, a bone map
+that does not fit the rig: one line on stderr names the bones).
+"""
+import os
+import sys
+
+from ..core.retarget import maps
+from ..core.retarget.maps import BoneMapError
+
+PRESET_CHOICES = ["auto"] + [p.lower() for p in maps.PRESETS]
+ROOT_CHOICES = {"world": 'WORLD', "in_place": 'IN_PLACE', "none": 'NONE'}
+
+
+def add_arguments(sub):
+    p = sub.add_parser("retarget", help="retarget a take (.blend) onto another rig")
+    p.add_argument("take", help="the .blend with the hybrik-blender character and its motion")
+    p.add_argument("--target", required=True,
+                   help="the rig: .fbx, .bvh, .glb/.gltf or .blend file")
+    p.add_argument("--target-name", help="armature object to use from the target file")
+    p.add_argument("--source", help="the character's object name (default: the newest take)")
+    p.add_argument("--preset", choices=PRESET_CHOICES, default="auto",
+                   help="bone names of the rig (default: detected)")
+    p.add_argument("--bone-map", help="a JSON bone map (Save Bone Map in the panel)")
+    p.add_argument("--root", choices=sorted(ROOT_CHOICES), default="world",
+                   help="root motion: world (default), in_place or none")
+    p.add_argument("-o", "--output", required=True, help="the .blend to write")
+    p.add_argument("--fbx", metavar="PATH", help="also export the rig as FBX")
+    p.add_argument("--fbx-preset", choices=("generic", "unity", "unreal"), default="generic")
+    p.add_argument("--bvh", metavar="PATH", help="also export the rig as BVH")
+    p.add_argument("--glb", metavar="PATH", help="also export the rig as binary glTF")
+    return p
+
+
+def _fail(msg):
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _load_target(path, name):
+    import bpy
+
+    from .retarget import RetargetError, source_kind
+    ext = os.path.splitext(path)[1].lower()
+    before = set(bpy.data.objects)
+    if ext == ".fbx":
+        bpy.ops.import_scene.fbx(filepath=path)
+    elif ext == ".bvh":
+        bpy.ops.import_anim.bvh(filepath=path)
+    elif ext in (".glb", ".gltf"):
+        bpy.ops.import_scene.gltf(filepath=path)
+    elif ext == ".blend":
+        if os.path.abspath(path) == os.path.abspath(bpy.data.filepath):
+            raise RetargetError("the target .blend is the take's own file: save the rig in "
+                                "another file")
+        with bpy.data.libraries.load(path, link=False) as (src, dst):
+            dst.objects = [n for n in src.objects if name is None or n == name]
+        for ob in dst.objects:
+            if ob is not None and ob.users_collection == ():
+                bpy.context.scene.collection.objects.link(ob)
+    else:
+        raise RetargetError(f"cannot read a rig from {os.path.basename(path)!r} "
+                            "(.fbx, .bvh, .glb, .gltf or .blend)")
+    new = [o for o in bpy.data.objects if o not in before and o.type == 'ARMATURE'
+           and source_kind(o) is None]
+    if name is not None:
+        new = [o for o in new if o.name == name]
+    if not new:
+        raise RetargetError(f"no armature {name + ' ' if name else ''}in {path}")
+    if len(new) > 1:
+        raise RetargetError(f"{path} has several armatures ({', '.join(o.name for o in new)}): "
+                            "pick one with --target-name")
+    return new[0]
+
+
+def run(args):
+    import bpy
+
+    from .retarget import RetargetError, find_source_rig, retarget, source_kind
+    for path in (args.take, args.target, args.bone_map):
+        if path and not os.path.exists(path):
+            return _fail(f"'{path}' does not exist")
+    try:
+        bpy.ops.wm.open_mainfile(filepath=os.path.abspath(args.take))
+    except RuntimeError as exc:
+        return _fail(f"cannot open {args.take}: {exc}")
+    try:
+        source = bpy.data.objects.get(args.source) if args.source else \
+            find_source_rig(bpy.context)
+        if source is None or source_kind(source) is None:
+            raise RetargetError(f"no hybrik-blender character in {args.take}")
+        target = _load_target(os.path.abspath(args.target), args.target_name)
+        mapping, preset = None, args.preset.upper()
+        if args.bone_map:
+            mapping, preset = maps.load_map(args.bone_map)[1], 'CUSTOM'
+        rep = retarget(source, target, preset=preset, mapping=mapping,
+                       root_motion=ROOT_CHOICES[args.root])
+    except (RetargetError, BoneMapError, OSError, UnicodeDecodeError) as exc:
+        return _fail(str(exc))
+    out = os.path.abspath(args.output)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    bpy.ops.wm.save_as_mainfile(filepath=out, check_existing=False)
+    print(f"wrote {args.output}: {source.name} onto {target.name} ({rep.preset}, "
+          f"{len(rep.mapping)} bones, frames {rep.frame_start}-{rep.frame_end}, "
+          f"scale {rep.scale:.3g}) as {rep.action.name}")
+    from .headless import run_exports
+    return run_exports(args, target)
