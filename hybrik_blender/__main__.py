@@ -80,6 +80,10 @@ def main(argv=None):
                      help="people to capture at once (default 1); each becomes a character")
     cap.add_argument("--max-people", type=int, default=None, metavar="M",
                      help="persons kept in the result (fragments merged first)")
+    cap.add_argument("--camera", choices=("static", "auto", "moving"), default="auto",
+                     help="static: a fixed camera; moving: measure the camera's rotation from "
+                          "the background and animate the Blender camera with it; auto "
+                          "(default): moving only when the camera turned")
     cap.add_argument("--hands", action="store_true",
                      help="also capture the fingers (see the worker's --hands)")
     cap.add_argument("--result", help="where to keep the result file (default: beside the .blend)")

@@ -243,8 +243,11 @@ def test_hybrik_batches_all_tracks_crops(tmp_path, long_pair, monkeypatch):
 
 @pytest.mark.parametrize("backend", ["mediapipe", "hybrik"])
 def test_single_person_results_are_bit_identical_to_before(tmp_path, backend):
-    """tests/data/single_person_reference_*.npz were written by the capture
-    before several people existed, on the sample clip."""
+    """tests/data/single_person_reference_*.npz were written on the sample
+    clip by the single-person capture without the several-people pipeline
+    (first before several people existed; rewritten by the camera branch's
+    capture, which changed single-person results on purpose: refinement,
+    joint confidence, the camera track)."""
     from hybrik_blender.core.samples import carphone_path
     from tests.helpers import write_random_checkpoint
     kw = {}

@@ -117,6 +117,11 @@ class HYBRIK_PG_settings(bpy.types.PropertyGroup):
                              description="First video frame to capture (0-based)")
     frame_end: IntProperty(name="End", min=0, default=0,
                            description="Stop before this frame; 0 = to the end")
+    camera: EnumProperty(name="Camera", default='auto', items=[
+        ('auto', "Auto", "Measure the camera's rotation from the background and follow it "
+                         "only if the camera turned"),
+        ('static', "Static", "A fixed camera: no camera solve"),
+        ('moving', "Moving", "Always follow the measured camera rotation")])
     hands: BoolProperty(name="Hands", default=False,
                         description="Also capture the fingers (mediapipe hand landmarks, "
                                     "seeded from the pose); a little slower")
@@ -316,8 +321,11 @@ def finish_capture(context, state):
         context.scene.hybrik.last_result = out
         context.scene.hybrik.last_partial = not result.complete
         partial = "" if result.complete else " (partial: cancelled)"
+        camera = " with a moving camera" if result.camera and result.camera.mode == "moving" \
+            else ""
+        notes = "".join(f"; {w}" for w in result.warnings)
         _set_job_props(wm, state, f"Imported {take.rig.name}, frames {take.frame_start}-"
-                                  f"{take.frame_end}{partial}")
+                                  f"{take.frame_end}{camera}{partial}{notes}")
         return True
     _set_job_props(wm, state, f"Capture failed: {state.error}", error=True)
     print(f"hybrik-blender: capture failed: {state.error}", file=sys.stderr)
@@ -406,6 +414,7 @@ class HYBRIK_OT_capture(bpy.types.Operator):
             smpl_model=model if model.lower().endswith((".pkl", ".npz")) else "",
             device=prefs.device if prefs else "auto", start=settings.frame_start,
             end=settings.frame_end or None, resume=self.resume, people=settings.people,
+            camera=settings.camera,
             hands=settings.hands)
         _start('CAPTURE', job, out, video)
         self.report({'INFO'}, f"Capture started: {os.path.basename(video)}")
@@ -586,6 +595,7 @@ class HYBRIK_PT_main(SidebarPanel, bpy.types.Panel):
         row = col.row(align=True)
         row.prop(settings, "frame_start")
         row.prop(settings, "frame_end")
+        col.prop(settings, "camera")
         col.prop(settings, "hands")
         job = context.window_manager.hybrik_job
         row = layout.row(align=True)

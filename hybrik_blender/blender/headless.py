@@ -160,6 +160,7 @@ def run_capture(args):
                              start=args.start, end=args.end, batch_size=args.batch_size,
                              people=getattr(args, "people", 1),
                              max_people=getattr(args, "max_people", None),
+                             camera=getattr(args, "camera", "auto"),
                              hands=getattr(args, "hands", False))
     bar = ProgressBar()
     try:

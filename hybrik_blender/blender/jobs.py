@@ -181,7 +181,7 @@ def worker_env():
 
 def capture_args(python, video, out, backend="mediapipe", checkpoint="", smpl_model="",
                  device="auto", start=0, end=None, batch_size=16, resume=False, hands=False,
-                 people=1, max_people=None):
+                 people=1, max_people=None, camera="auto"):
     """The worker command line for a capture (`people`: 1, N, or 0 for all)."""
     args = [python, "-m", f"{PACKAGE_NAME}.worker", "capture", video, "--out", out,
             "--backend", backend, "--device", device, "--batch-size", str(batch_size),
@@ -196,6 +196,8 @@ def capture_args(python, video, out, backend="mediapipe", checkpoint="", smpl_mo
         args += ["--end", str(int(end))]
     if resume:
         args.append("--resume")
+    if camera and camera != "auto":
+        args += ["--camera", camera]
     if hands:
         args.append("--hands")
     if people != 1:

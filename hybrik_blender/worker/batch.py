@@ -97,6 +97,7 @@ class BatchOptions:
     device: str = "auto"
     batch_size: int = 16
     cleanup: object = None
+    camera: str = "auto"         # --camera static|auto|moving (see worker.camera)
     ray_address: str = "local"   # "local", "auto", "ray://host:10001", or None: already connected
     num_cpus: int = None         # size of a local cluster (default: all cores)
     workers: int = None          # default: what the cluster's resources allow
@@ -586,6 +587,7 @@ def run_batch(opts, progress=None):
                    "smpl_model": opts.smpl_model, "batch_size": opts.batch_size,
                    "cleanup": opts.cleanup, "hands": opts.hands, "people": opts.people,
                    "max_people": opts.max_people, "detect_every": opts.detect_every,
+                   "camera": opts.camera,
                    "device": ("cuda" if opts.gpus_per_worker > 0
                               else "cpu" if opts.device == "auto" else opts.device)}
     exporter = ThreadPoolExecutor(max_workers=1) if opts.export else None

@@ -25,10 +25,12 @@ import time
 
 import numpy as np
 
-from ..core.body.model import load_body_model
+from ..core.body.model import load_body_model, rest_joints_29
 from ..core.formats.result import (Result, ResultFormatError, load_tracks, pick_track,
                                    save_result)
+from .camera import finish_camera, start_camera
 from .landmarks import body as mpb
+from .refine import joint_confidence_from_29, settle_and_align
 from .detect.tracking import CHUNK, PersonTracker
 from .landmarks.hands import HAND_EXTRAS, HandTracker, add_hands, hand_extras
 from .video.reader import VideoError, VideoSource
@@ -83,10 +85,19 @@ class CaptureOptions:
     people: int = 1         # people followed at once; 0: everybody (see detect/multi.py)
     max_people: int = None  # persons kept in the result (fragments merged first)
     detect_every: int = 5   # several people: person detector every N frames (and on losses)
+    camera: str = "auto"    # "static", "auto" or "moving" (see worker.camera)
     hands: bool = False     # finger rotations from mediapipe's hand landmarker (landmarks/hands.py)
 
 
 # --- backends -------------------------------------------------------------
+
+def clip_betas_of(betas, confidence, valid):
+    """The clip's shape as the import computes it (core.formats.result.clip_betas)."""
+    b = np.asarray(betas, np.float64)[valid]
+    w = np.asarray(confidence, np.float64)[valid]
+    w = w if w.sum() > 0 else np.ones_like(w)
+    return (b * w[:, None]).sum(0) / w.sum()
+
 
 class MediapipeBackend:
     """Stores landmarks per frame; solves the whole clip at the end (shape
@@ -111,11 +122,18 @@ class MediapipeBackend:
         return rows
 
     def finish(self, cols, valid, focal, principal):
+        self.alignment = None
         sol = mpb.solve_clip(cols["mp_world"], cols["mp_image"], cols["mp_visibility"],
                              valid, focal, principal, self.body_model)
-        self.rest29 = sol.pop("rest29")
-        return sol, {k: cols[k].astype(np.float32) for k in ("mp_world", "mp_image",
-                                                             "mp_visibility")}
+        rest29 = self.rest29 = sol.pop("rest29")
+        uv, conf = mpb.image_evidence(cols["mp_image"], cols["mp_visibility"])
+        betas = sol["betas"][valid][0] if self.body_model is not None and valid.any() else None
+        sol, extras, self.alignment = settle_and_align(
+            sol, rest29, uv, conf, mpb.joint_confidence(cols["mp_visibility"]), valid,
+            cols["time"], cols["bbox"], focal, principal, self.body_model, betas)
+        extras.update({k: cols[k].astype(np.float32) for k in ("mp_world", "mp_image",
+                                                               "mp_visibility")})
+        return sol, extras
 
 
 class HybrIKBackend:
@@ -177,7 +195,8 @@ class HybrIKBackend:
             if rows[i] is None:
                 rows[i] = {"rotmats": np.tile(np.eye(3), (24, 1, 1)), "betas": np.zeros(10),
                            "root_translation": np.zeros(3), "joints29": np.zeros((29, 3)),
-                           "confidence": 0.0, "square_box": np.array([0.0, 0.0, 256.0, 256.0])}
+                           "confidence": 0.0, "square_box": np.array([0.0, 0.0, 256.0, 256.0]),
+                           "uv29": np.zeros((29, 2)), "uv29_confidence": np.zeros(29)}
         return rows
 
     def finish(self, cols, valid, focal, principal):
@@ -186,12 +205,36 @@ class HybrIKBackend:
         # F / f_frame keeps the root's projection and expresses it for the one
         # real camera F of the clip (the official demo's transl_camsys does
         # the same for F = 1000); the body around it keeps its metric size.
+        self.alignment = None
         box_w = cols["square_box"][:, 2] - cols["square_box"][:, 0]
         k = focal[0] * 256.0 / (1000.0 * np.maximum(box_w, 1e-6))
         root = cols["root_translation"] * k[:, None]
         joints = cols["joints29"] - cols["root_translation"][:, None] + root[:, None]
-        return {"rotmats": cols["rotmats"], "betas": cols["betas"], "root_translation": root,
-                "joints29": joints, "confidence": cols["confidence"]}, {}
+        fields = {"rotmats": cols["rotmats"], "betas": cols["betas"], "root_translation": root,
+                  "joints29": joints, "confidence": cols["confidence"]}
+        extras = {"square_box": cols["square_box"].astype(np.float32),
+                  "raw_root": cols["root_translation"].astype(np.float32),
+                  "raw_rotmats": cols["rotmats"].astype(np.float32),
+                  "raw_betas": cols["betas"].astype(np.float32)}
+        # the heatmaps' 2D joints in image pixels; joints outside the image
+        # are not evidence of anything
+        sq = cols["square_box"]
+        centre = 0.5 * (sq[:, :2] + sq[:, 2:])
+        uv = centre[:, None] + cols["uv29"] * box_w[:, None, None]
+        w, h = 2 * principal[0], 2 * principal[1]
+        inside = ((uv[..., 0] >= 0) & (uv[..., 0] <= w) & (uv[..., 1] >= 0) & (uv[..., 1] <= h))
+        conf = cols["uv29_confidence"] * inside
+        # the same fields and extras with or without anybody (tracks must match)
+        extras.update(uv29=uv.astype(np.float32), uv29_confidence=conf.astype(np.float32))
+        fields["joint_confidence"] = joint_confidence_from_29(conf)
+        if valid.any():
+            betas0 = clip_betas_of(cols["betas"], cols["confidence"], valid)
+            rest29 = rest_joints_29(self.body_model, betas0)[None]
+            fields, more, self.alignment = settle_and_align(
+                fields, rest29, uv, conf, fields["joint_confidence"], valid, cols["time"],
+                cols["bbox"], focal, principal, self.body_model, betas0)
+            extras.update(more)
+        return fields, extras
 
 
 # --- the run ----------------------------------------------------------------
@@ -243,10 +286,12 @@ class _MultiTrack:
         self.tracker.close()
 
 
-def _producer(source, tracks, backend, first, end, batch_size, q, stop, hands=None):
+def _producer(source, tracks, backend, first, end, batch_size, q, stop, hands=None,
+              camera=None):
     """Decode, track and crop; put (items, last frame index) per batch of
     frames. Items are per track: {"index", "time", "track", "det", ...}.
-    `hands`: a callable (track id) -> that person's HandTracker, or None."""
+    `hands`: a callable (track id) -> that person's HandTracker, or None;
+    `camera`: the camera solver, fed every frame with all people's boxes."""
     from .hybrik import preprocess
     try:
         batch, frames, last = [], 0, None
@@ -255,7 +300,10 @@ def _producer(source, tracks, backend, first, end, batch_size, q, stop, hands=No
                 break
             if hands is not None:
                 hands.frame(index)
-            for track, det, extra in tracks.observe(index, rgb):
+            seen = tracks.observe(index, rgb)
+            if camera is not None:  # every person of the frame is masked out
+                camera.feed(index, rgb, [det.box for _, det, _ in seen if det is not None])
+            for track, det, extra in seen:
                 item = {"index": index, "time": t, "track": track, "det": det, **extra}
                 if hands is not None:  # per track: this person's pose seeds the hands
                     item["hands"] = hands(track)(index, rgb, det and det.image_xy,
@@ -315,9 +363,13 @@ def _keep_rows(prev, go_on, backend):
             row.update({k: prev.extras[k][i] for k in ("mp_world", "mp_image", "mp_visibility")})
         else:
             raw = prev.extras["raw_root"][i]
-            row.update(rotmats=prev.rotmats[i], betas=prev.betas[i], root_translation=raw,
-                       joints29=prev.joints29[i] - prev.root_translation[i] + raw,
-                       square_box=prev.extras["square_box"][i])
+            sq = prev.extras["square_box"][i]
+            # the refined joints replace HybrIK's own; finish() does not need those
+            row.update(rotmats=prev.extras["raw_rotmats"][i], betas=prev.extras["raw_betas"][i],
+                       root_translation=raw, square_box=sq, joints29=prev.joints29[i],
+                       uv29=(prev.extras["uv29"][i] - 0.5 * (sq[:2] + sq[2:]))
+                       / max(float(sq[2] - sq[0]), 1e-6),
+                       uv29_confidence=prev.extras["uv29_confidence"][i])
         if "appearance" in prev.extras:
             row["appearance"] = prev.extras["appearance"][i]
         row.update({k: prev.extras[k][i] for k in HAND_EXTRAS if k in prev.extras})
@@ -369,6 +421,14 @@ def _make_tracks(opts, info, kept):
     return _MultiTrack(tracker)
 
 
+def _rounded(alignment):
+    """The 2D alignment summary for the JSON line (None where nothing was seen)."""
+    if not alignment:
+        return None
+    return {k: {q: (round(float(v), 5) if np.isfinite(v) else None) for q, v in d.items()}
+            for k, d in alignment.items()}
+
+
 def load_backend(opts):
     """The backend that opts names, built once; pass it to run_capture to reuse
     its model for several videos (the batch actors do)."""
@@ -400,6 +460,12 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
 
     focal = float(opts.focal_length or mpb.default_focal_length(info.width, info.height))
     principal = (info.width / 2.0, info.height / 2.0)
+    try:
+        camera = start_camera(opts, info, focal, source,
+                              sorted((r for v in kept.values() for r in v),
+                                     key=lambda r: r["index"]))
+    except ValueError as exc:
+        raise CaptureError(EXIT_USAGE, str(exc)) from None
     tracks = _make_tracks(opts, info, kept)
     if isinstance(tracks, _MultiTrack):
         from .detect.multi import memories_from_rows
@@ -425,7 +491,7 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     stop = threading.Event()
     thread = threading.Thread(target=_producer, daemon=True,
                               args=(source, tracks, backend, go_on, end, opts.batch_size, q, stop,
-                                    hands))
+                                    hands, camera))
     t0 = time.perf_counter()
     done_here = 0
     cancelled = False
@@ -495,10 +561,15 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
             raise CaptureError(EXIT_NOBODY, f"cancelled before anybody was found in "
                                             f"'{info.name}'")
     progress({"event": "progress", "stage": "solve", "done": 0, "total": len(rows)})
-    takes = []
+    # the estimated focal length feeds the backends' finish
+    estimate = finish_camera(camera, np.array(sorted(times), np.int64), focal)
+    focal = estimate.focal
+    takes, alignment = [], {}
     for track_id in sorted(rows):
         take = _finish_take(rows[track_id], track_id, backend, info, focal, principal,
                             cancelled, several, opts.hands, progress)
+        take.camera, take.warnings = estimate.track(), tuple(estimate.warnings)
+        alignment[track_id] = _rounded(getattr(backend, "alignment", None))
         if opts.cleanup is not None and not cancelled and take.valid.any():
             from ..core.motion.cleanup import clean_take
             progress({"event": "progress", "stage": "cleanup", "done": 0, "total": 1})
@@ -521,11 +592,14 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     valid_total = sum(int(t.valid.sum()) for t in takes)
     done_event = {"event": "done", "frames": result.num_frames, "valid": valid_total,
                   "output": opts.out, "complete": result.complete,
-                  "seconds": round(time.perf_counter() - t0, 2)}
+                  "seconds": round(time.perf_counter() - t0, 2), "camera": estimate.mode,
+                  "focal_px": round(focal, 2), "warnings": list(estimate.warnings),
+                  "alignment": alignment.get(result.track_id)}
     if several:
         done_event["people"] = [{"id": t.track_id, "first": int(t.frame_index[0]),
                                  "last": int(t.frame_index[-1]),
-                                 "valid": int(t.valid.sum())} for t in takes]
+                                 "valid": int(t.valid.sum()),
+                                 "alignment": alignment.get(t.track_id)} for t in takes]
     progress(done_event)
     if cancelled:
         raise CaptureError(EXIT_CANCELLED, f"cancelled: {result.num_frames} frames kept in "
@@ -540,9 +614,6 @@ def _finish_take(rows, track_id, backend, info, focal, principal, cancelled, sev
     cols = {k: np.stack([np.asarray(r[k], np.float64) for r in rows])
             for k in rows[0] if k not in ("valid",)}
     fields, extras = backend.finish(cols, valid, (focal, focal), principal)
-    if backend.name == "hybrik":
-        extras = {"square_box": cols["square_box"].astype(np.float32),
-                  "raw_root": cols["root_translation"].astype(np.float32)}
     if with_hands:
         if progress is not None:
             progress({"event": "progress", "stage": "hands", "done": 0, "total": 1})

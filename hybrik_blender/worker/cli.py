@@ -76,7 +76,8 @@ def _capture(args):
         smpl_model=args.smpl_model, device=args.device, batch_size=max(1, args.batch_size),
         start=args.start, end=args.end, resume=args.resume, focal_length=args.focal_length,
         flip_test=args.flip_test, cleanup=cleanup_options_from_args(args), hands=args.hands,
-        people=args.people, max_people=args.max_people, detect_every=max(1, args.detect_every))
+        people=args.people, max_people=args.max_people, detect_every=max(1, args.detect_every),
+        camera=args.camera)
     token = cap.CancelToken(args.cancel_file or (args.out + ".cancel"))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: token.set())
@@ -102,7 +103,8 @@ def _batch(args):
         inputs=args.inputs, out_dir=args.out_dir, backend=args.backend,
         checkpoint=args.checkpoint, smpl_model=args.smpl_model, device=args.device,
         batch_size=max(1, args.batch_size), cleanup=cleanup_options_from_args(args),
-        ray_address=args.ray_address, num_cpus=args.num_cpus, workers=args.workers,
+        camera=args.camera, ray_address=args.ray_address, num_cpus=args.num_cpus,
+        workers=args.workers,
         cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
         max_retries=max(0, args.max_retries), retry_failed=args.retry_failed, hands=args.hands,
         export=tuple(f.strip() for f in args.export.split(",") if f.strip()),
@@ -216,6 +218,17 @@ HANDS_HELP = ("also capture the fingers (mediapipe hand landmarks seeded from th
               "hand_rotmats in SMPL-X order; about 5-15 ms more per frame")
 
 
+CAMERA_HELP = ("static: a fixed camera (no camera solve); moving: the camera's rotation "
+               "is measured from the background and the motion is put in the world; auto "
+               "(default): moving only when the camera turned (and not when it moved through "
+               "the scene, which is reported)")
+
+
+def add_camera_argument(parser):
+    parser.add_argument("--camera", choices=("static", "auto", "moving"), default="auto",
+                        help=CAMERA_HELP)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m hybrik_blender.worker",
                                      description="hybrik-blender capture worker")
@@ -235,6 +248,7 @@ def main(argv=None):
     c.add_argument("--focal-length", type=float, default=None,
                    help="focal length in pixels (default: a 65 degree field of view)")
     c.add_argument("--flip-test", action="store_true", help="hybrik: average with the mirrored crop")
+    add_camera_argument(c)
     c.add_argument("--hands", action="store_true", help=HANDS_HELP)
     add_people_arguments(c)
     c.add_argument("--cancel-file", help="stop when this file appears (default: OUT.cancel)")
@@ -256,6 +270,7 @@ def main(argv=None):
     b.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: cuda with --gpus-per-worker, else cpu")
     b.add_argument("--batch-size", type=int, default=16)
+    add_camera_argument(b)
     b.add_argument("--hands", action="store_true", help=HANDS_HELP)
     b.add_argument("--ray-address", default="local",
                    help="'local' (default: start a cluster on this machine), 'auto' (the "
