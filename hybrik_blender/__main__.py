@@ -49,6 +49,13 @@ def _import_options(p):
                    default="generic", help="FBX axes and units (default: generic)")
     p.add_argument("--bvh", metavar="PATH", help="also export the take as BVH")
     p.add_argument("--glb", metavar="PATH", help="also export the take as binary glTF")
+    p.add_argument("--person", metavar="ID[,ID...]|all",
+                   help="several people in the result: import these track ids (default: "
+                        "everybody, a character each); exports go to one file per person "
+                        "(NAME_personID.ext)")
+    p.add_argument("--fbx-combined", action="store_true",
+                   help="several people: one FBX with every character instead of one per "
+                        "person")
     from .core.motion.cleanup import add_cleanup_arguments
     add_cleanup_arguments(p, default_on=True)
 
@@ -69,6 +76,14 @@ def main(argv=None):
     cap.add_argument("--start", type=int, default=0, help="first frame (0-based)")
     cap.add_argument("--end", type=int, default=None, help="stop before this frame")
     cap.add_argument("--batch-size", type=int, default=16)
+    cap.add_argument("--people", default="1", metavar="N|all",
+                     help="people to capture at once (default 1); each becomes a character")
+    cap.add_argument("--max-people", type=int, default=None, metavar="M",
+                     help="persons kept in the result (fragments merged first)")
+    cap.add_argument("--camera", choices=("static", "auto", "moving"), default="auto",
+                     help="static: a fixed camera; moving: measure the camera's rotation from "
+                          "the background and animate the Blender camera with it; auto "
+                          "(default): moving only when the camera turned")
     cap.add_argument("--hands", action="store_true",
                      help="also capture the fingers (see the worker's --hands)")
     cap.add_argument("--result", help="where to keep the result file (default: beside the .blend)")
@@ -86,6 +101,11 @@ def main(argv=None):
     if args.command == "retarget":
         from .blender import retarget_cli
         return retarget_cli.run(args)
+    if args.command == "capture":
+        text = str(args.people).lower()
+        if text != "all" and not (text.isdigit() and int(text) >= 1):
+            parser.error(f"--people takes a number or 'all', not '{args.people}'")
+        args.people = 0 if text == "all" else int(text)
     from .blender import headless
     return headless.run_capture(args) if args.command == "capture" else headless.run_import(args)
 

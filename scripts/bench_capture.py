@@ -11,6 +11,17 @@ on them, each run in its own process so that its peak RSS is its own:
 * the official demo's way on the first --demo-frames frames, measured in the
   same run: every frame dumped to PNG first, then read back, batch 1, flip
   test (target: hybrik >= 2x this);
+* the camera: the solver alone on a 640x480 synthetic pan of a real photo
+  with a real person in it (--pan-frames frames; target >= 100 fps on 2
+  cores, with its accumulated error and focal length error), and the
+  capture of a 320x240 pan with the person standing still, with
+  ``--camera static`` (the static assumption) and ``--camera auto``: how far
+  the person wanders in the world;
+* the 2D alignment per clip (the sample clip, the photo clips, the pan):
+  the median reprojection error of the visible joints against the 2D
+  evidence, in pixels and % of the box height, for the backend's own fit
+  and after the refinement (target: <= 2%), and mediapipe at 640x480 with
+  ``--camera static`` vs the default ``auto`` (the solver's cost);
 * hands (--hands-frames frames, default 300): mediapipe at 640x480 on a clip
   of a real photo with an open hand (OpenCV's basketball sample), with and
   without --hands, and the hand tracker alone in this process (ms per
@@ -18,8 +29,16 @@ on them, each run in its own process so that its peak RSS is its own:
   astronaut clip, where no hand is visible, gives the worst case: the
   tracker retries its acquisition every frame.
 
+* several people (needs the opencv-doc media: scripts/fetch_test_media.sh):
+  a 640x480 clip composited from real photos with 3 people (tests/composite.py),
+  mediapipe backend with --people 3, on --multi-frames and twice as many
+  frames (target: >= 15 fps end to end; peak RSS flat), the single-person
+  path on the same clip (--people 1, the baseline), and the person detector
+  alone on full 640x480 frames (target: >= 40 fps).
+
 Usage: python scripts/bench_capture.py [--frames 3000] [--hybrik-frames 300] [--demo-frames 60]
-                                       [--hands-frames 300] [--only-hands]
+                                       [--pan-frames 300] [--hands-frames 300] [--only-hands]
+                                       [--multi-frames 300] [--multi-only]
 """
 import argparse
 import json
@@ -59,6 +78,54 @@ def make_clip(path, n, size):
         f[h - person.shape[0]:, x:x + person.shape[1]] = person
         wr.write(f)
     wr.release()
+
+
+def camera_solver_speed(n):
+    """fps of the camera solver alone at 640x480, and its error on the pan."""
+    from hybrik_blender.worker.camera.solver import CameraSolver
+    from tests.pans import angle_deg, pan_path, render_pan
+    rot = pan_path(n)
+    frames, focal, boxes = render_pan(rot, size=(640, 480), canvas_scale=2.0, person="still")
+    rgb = [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in frames]
+    out = {}
+    for name, f in (("known focal", focal), ("estimated focal", None)):
+        solver = CameraSolver(640, 480, focal=f)
+        t, cpu = time.perf_counter(), time.process_time()
+        for i, frame in enumerate(rgb):
+            solver.feed(i, frame, [boxes[i]])
+        feed = time.perf_counter() - t
+        cpu = time.process_time() - cpu
+        t = time.perf_counter()
+        est = solver.finish()
+        out[name] = {"fps": n / feed, "cpu_ms": 1000 * cpu / n, "finish_s": time.perf_counter() - t,
+                     "max_error_deg": float(angle_deg(rot, est.rotation).max()),
+                     "focal_error": est.focal / focal - 1}
+    return out
+
+
+def make_pan_clip(path, n):
+    from tests.pans import pan_path, render_pan
+    frames, _, _ = render_pan(pan_path(n, 10.0, 4.0, 3.0, cycles=(0.5, 0.75, 1.0)),
+                              person="still", person_height=0.7)
+    wr = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (320, 240))
+    for f in frames:
+        wr.write(f)
+    wr.release()
+
+
+def world_wander(path):
+    """Largest distance (m) of the world root from its median: across the
+    line of sight and along it."""
+    from hybrik_blender.core.formats.result import load_result
+    from hybrik_blender.core.motion.world import to_reference_camera
+    res = load_result(path)
+    ref = to_reference_camera(res).root_translation[res.valid].astype(np.float64)
+    centre = np.median(ref, 0)
+    sight = centre / np.linalg.norm(centre)
+    off = ref - centre
+    along = off @ sight
+    across = np.linalg.norm(off - np.outer(along, sight), axis=1)
+    return across.max(), np.abs(along).max()
 
 
 def make_checkpoint(path):
@@ -160,6 +227,65 @@ def bench_hands(tmp, n, worker):
               f"{med:12.1f} / {mean:<10.1f} {per_frame:17.2f} {calls:12.2f}")
     print("(target: hands add <= 15 ms per frame on 2 cores; the tracker runs in the decoding "
           "thread, both hands in parallel inside mediapipe)")
+def make_people_clip(path, n):
+    """3 people crossing over a real background, looped to n frames."""
+    from tests import composite
+    acts = [composite.Actor(composite.person("ballplayer"), 330,
+                            lambda f: (20 + 300 * abs(((f / 150) % 2) - 1), 120), 1.0),
+            composite.Actor(composite.person("astronaut"), 250,
+                            lambda f: (380 - 360 * abs(((f / 150) % 2) - 1), 230), 2.0),
+            composite.Actor(composite.person("carphone"), 200,
+                            lambda f: (440 - 40 * abs(((f / 75) % 2) - 1), 20), 0.5)]
+    frames, _ = composite.render(acts, min(n, 300))
+    wr = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (640, 480))
+    for i in range(n):
+        wr.write(cv2.cvtColor(frames[i % len(frames)], cv2.COLOR_RGB2BGR))
+    wr.release()
+
+
+def bench_detector(video, n):
+    from hybrik_blender.worker.detect.detector import PersonDetector
+    from hybrik_blender.worker.video.reader import VideoSource
+    det = PersonDetector()
+    frames = [rgb for _, _, rgb in VideoSource(video).frames(0, n)]
+    det(frames[0])
+    t = time.perf_counter()
+    for f in frames:
+        det(f)
+    return len(frames) / (time.perf_counter() - t)
+
+
+def multi_person(args, py, tmp):
+    try:
+        from tests.media import media_path  # noqa: F401
+        clip = os.path.join(tmp, "people480.mp4")
+        make_people_clip(clip, 2 * args.multi_frames)
+    except BaseException as exc:  # noqa: BLE001 - pytest.skip raises a BaseException
+        print(f"several people: skipped ({exc}); run scripts/fetch_test_media.sh")
+        return
+    worker = [py, "-m", "hybrik_blender.worker", "capture"]
+    rows = []
+    for n in (args.multi_frames, 2 * args.multi_frames):
+        out = os.path.join(tmp, "people.npz")
+        secs, rss, last = run(worker + [clip, "--out", out, "--end", str(n), "--people", "3"])
+        done = json.loads(last)
+        rows.append((f"mediapipe 640x480, 3 people, {n} frames", n / secs,
+                     n / done["seconds"], rss, len(done.get("people", []))))
+    secs, rss, last = run(worker + [clip, "--out", os.path.join(tmp, "one.npz"), "--end",
+                                    str(args.multi_frames)])
+    done = json.loads(last)
+    rows.append((f"mediapipe 640x480, --people 1 (baseline), {args.multi_frames} frames",
+                 args.multi_frames / secs, args.multi_frames / done["seconds"], rss, 1))
+    det_fps = bench_detector(clip, 100)
+    print(f"{'several people':58s} {'end-to-end fps':>15s} {'steady fps':>11s} "
+          f"{'peak RSS':>10s} {'people':>7s}")
+    for name, e2e, steady, rss, k in rows:
+        print(f"{name:58s} {e2e:15.1f} {steady:11.1f} {rss:8.0f} MiB {k:7d}")
+    print(f"3 people at 640x480: {rows[0][1]:.1f} fps end to end (target >= 15), "
+          f"{rows[0][2] / rows[2][2]:.2f}x the single-person speed on the same clip")
+    print(f"person detector alone, full 640x480 frames: {det_fps:.1f} fps (target >= 40)")
+    print(f"peak RSS with 3 people at {rows[0][0].split(', ')[-1]} vs "
+          f"{rows[1][0].split(', ')[-1]}: {rows[0][3]:.0f} vs {rows[1][3]:.0f} MiB")
 
 
 def main():
@@ -167,8 +293,11 @@ def main():
     ap.add_argument("--frames", type=int, default=3000)
     ap.add_argument("--hybrik-frames", type=int, default=300)
     ap.add_argument("--demo-frames", type=int, default=60)
+    ap.add_argument("--pan-frames", type=int, default=300)
     ap.add_argument("--hands-frames", type=int, default=300)
     ap.add_argument("--only-hands", action="store_true", help="run only the hands benchmark")
+    ap.add_argument("--multi-frames", type=int, default=300)
+    ap.add_argument("--multi-only", action="store_true", help="only the several-people runs")
     ap.add_argument("--demo-way", nargs=3, metavar=("VIDEO", "CKPT", "FRAMES"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -182,6 +311,10 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             bench_hands(tmp, args.hands_frames, [py, "-m", "hybrik_blender.worker", "capture"])
         return
+    if args.multi_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            multi_person(args, py, tmp)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         hd, vga = os.path.join(tmp, "clip720.mp4"), os.path.join(tmp, "clip480.mp4")
         ckpt = os.path.join(tmp, "res34_random.pth")
@@ -193,22 +326,42 @@ def main():
               f"{min(args.frames, 1000)}-frame 640x480 clip in {time.perf_counter() - t:.0f} s")
         worker = [py, "-m", "hybrik_blender.worker", "capture"]
 
-        def capture(video, n, *extra):
-            out = os.path.join(tmp, "out.npz")
+        aligned = []
+
+        def capture(video, n, *extra, label=None, out=None):
+            out = out or os.path.join(tmp, "out.npz")
             secs, rss, last = run(worker + [video, "--out", out, "--end", str(n), *extra])
             done = json.loads(last)
+            if label and done.get("alignment"):
+                aligned.append((label, done["camera"], done["alignment"]))
             return done["frames"] / secs, done["frames"] / done["seconds"], rss
 
         rows = []
         n480 = min(args.frames, 1000)
-        e2e, steady, rss = capture(vga, n480)
+        e2e, steady, rss = capture(vga, n480, label="photo 640x480 (mediapipe)")
         rows.append((f"mediapipe 640x480, {n480} frames", e2e, steady, rss))
+        e2e, steady, rss = capture(vga, n480, "--camera", "static")
+        rows.append((f"mediapipe 640x480, {n480} frames, --camera static", e2e, steady, rss))
+        from hybrik_blender.core.samples import carphone_path
+        if carphone_path():
+            capture(carphone_path(), 120, label="sample clip carphone (mediapipe)")
+            capture(carphone_path(), 120, "--backend", "hybrik", "--checkpoint", ckpt,
+                    label="sample clip carphone (hybrik, random weights)")
+        pan = os.path.join(tmp, "pan.mp4")
+        make_pan_clip(pan, 90)
+        wander = {}
+        for mode in ("static", "auto"):
+            out = os.path.join(tmp, f"pan_{mode}.npz")
+            capture(pan, 90, "--camera", mode, label=f"pan, person still (--camera {mode})",
+                    out=out)
+            wander[mode] = world_wander(out)
         for n in sorted({min(1000, args.frames), args.frames}):
-            e2e, steady, rss = capture(hd, n)
+            e2e, steady, rss = capture(hd, n, label=f"photo 1280x720, {n} frames (mediapipe)")
             rows.append((f"mediapipe 1280x720, {n} frames", e2e, steady, rss))
         nh = min(args.hybrik_frames, args.frames)
         e2e, steady, rss = capture(hd, nh, "--backend", "hybrik", "--checkpoint", ckpt,
-                                   "--batch-size", "16")
+                                   "--batch-size", "16",
+                                   label="photo 1280x720 (hybrik, random weights)")
         rows.append((f"hybrik res34 1280x720, {nh} frames, batch 16", e2e, steady, rss))
         hybrik_fps = steady
         nd = min(args.demo_frames, args.frames)
@@ -230,9 +383,37 @@ def main():
               f"{rows[2][3]:.0f} MiB")
     print("(end-to-end includes process start and model loading; steady is the worker's own "
           "frames / seconds)")
+    print(f"camera solver cost in the capture: mediapipe 640x480 steady {rows[0][2]:.1f} fps "
+          f"(--camera auto) vs {rows[1][2]:.1f} fps (--camera static)")
+
+    print()
+    cam = camera_solver_speed(args.pan_frames)
+    for name, c in cam.items():
+        print(f"camera solver, 640x480 pan of {args.pan_frames} frames, {name}: {c['fps']:.0f} fps "
+              f"(target >= 100; CPU time {c['cpu_ms']:.1f} ms per frame, all threads), end of "
+              f"clip {c['finish_s']:.2f} s, accumulated error "
+              f"{c['max_error_deg']:.3f} deg (target <= 0.2), focal error "
+              f"{100 * c['focal_error']:+.2f}% (target within 2%)")
+    for mode, (across, along) in wander.items():
+        print(f"person standing still, 320x240 pan, --camera {mode}: world root wanders "
+              f"{100 * across:.1f} cm across the line of sight, {100 * along:.1f} cm along it")
+
+    print()
+    print(f"{'2D alignment (median over visible joints)':52s} {'camera':>7s} "
+          f"{'backend alone':>19s} {'refined':>19s}")
+    for label, mode, a in aligned:
+        b, r = a["before"], a["after"]
+        fmt = lambda d: (f"{d['median_px']:6.2f} px {100 * d['median_box']:5.2f}%"  # noqa: E731
+                         if d["median_px"] is not None else "      n/a")
+        print(f"{label:52s} {mode:>7s} {fmt(b):>19s} {fmt(r):>19s}   ({b['points']} points)")
+    print("target: refined median <= 2% of the box height on real clips (the sample clip, the "
+          "photo drifting across the frame); hybrik with random weights is measured against "
+          "its own heatmap joints")
     if args.hands_frames:
         with tempfile.TemporaryDirectory() as tmp:
             bench_hands(tmp, args.hands_frames, [py, "-m", "hybrik_blender.worker", "capture"])
+    with tempfile.TemporaryDirectory() as tmp:
+        multi_person(args, py, tmp)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,11 @@ ensure_venv() {
   "$(find_python)" -m venv "$dir"
   "$dir/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >&2
   "$dir/bin/python" -m pip install -q --disable-pip-version-check -r "$req" "$@" >&2
+  if [ "$req" = requirements/main.txt ]; then
+    # wheels whose declared dependencies must not come in (see the file)
+    "$dir/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
+      -r requirements/nodeps.txt >&2
+  fi
   echo "$stamp" > "$dir/.hybrik-stamp"
 }
 

@@ -330,3 +330,37 @@ def test_single_video_path_and_addon_never_import_ray(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0 and "no ray" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_several_people_keeps_everybody_and_exports_one_fbx_each(cluster, tmp_path):
+    """--people all: every person of a video is in its result (the same as a
+    single capture's), and --export fbx writes NAME_personID.fbx per person."""
+    astro = cv2.resize(cv2.imread(PHOTO), (150, 150))
+    player = cv2.resize(cv2.imread(os.path.join(DATA, "basketball1.png"))[60:480, 0:200],
+                        (100, 210))
+    clip = tmp_path / "two.avi"
+    wr = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (400, 240))
+    for i in range(12):
+        f = np.full((240, 400, 3), 90, np.uint8)
+        f[60:210, 10 + i:160 + i] = astro
+        f[15:225, 260 - i:360 - i] = player
+        wr.write(f)
+    wr.release()
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "hybrik_blender.worker", "batch", str(clip), "--out-dir",
+           str(out), "--ray-address", cluster, "--people", "all", "--export", "fbx"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from hybrik_blender.core.formats.result import load_tracks
+    takes = load_tracks(out / "two.npz")
+    assert len(takes) == 2
+    single = tmp_path / "single.npz"
+    cap.run_capture(cap.CaptureOptions(video=str(clip), out=str(single), people=0,
+                                       batch_size=16))
+    for a, b in zip(takes, load_tracks(single)):
+        assert a.track_id == b.track_id and np.array_equal(a.valid, b.valid)
+        assert np.allclose(a.rotmats, b.rotmats, atol=1e-5)
+    rec = batch.read_manifest(out)[str(clip)]
+    assert rec["export"]["fbx"] == [str(out / f"two_person{t.track_id}.fbx") for t in takes]
+    for t in takes:
+        assert open(out / f"two_person{t.track_id}.fbx", "rb").read(18) == b"Kaydara FBX Binary"

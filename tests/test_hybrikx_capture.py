@@ -141,7 +141,10 @@ def test_frame_arrays_map_the_official_outputs():
            "pred_expression": torch.tensor(rng.normal(0, 1, (b, 10))),
            "cam_root": torch.tensor([[0.1, 0.2, 5.0]] * b),
            "pred_xyz_hybrik": torch.tensor(rng.normal(0, 0.2, (b, 71, 3))),
+           "pred_uvd_jts": torch.tensor(rng.normal(0, 0.2, (b, 71, 3))),
+           "bbox_center": torch.tensor(rng.normal(0, 0.1, (b, 1, 2))),
            "head_top": torch.tensor(rng.normal(0, 0.2, (b, 3)))}
+    s_ = sigma.numpy()
     pipe = modelx.HybrIKXPipeline.__new__(modelx.HybrIKXPipeline)
     f = pipe.frame_arrays(out)
     np.testing.assert_allclose(f["rotmats"][:, :22], theta[:, :22], atol=1e-7)
@@ -157,14 +160,20 @@ def test_frame_arrays_map_the_official_outputs():
     np.testing.assert_allclose(f["joints29"][:, 25], pts[:, 61], atol=1e-6)   # left middle tip
     np.testing.assert_allclose(f["joints29"][:, 27], pts[:, 55], atol=1e-6)   # left big toe
     np.testing.assert_allclose(f["joints29"][:, 24], out["head_top"] + out["cam_root"], atol=1e-6)
-    # a rotation is as sure as the less sure of its joint and its children
-    s = sigma.numpy()
-    np.testing.assert_allclose(f["joint_confidence"][:, 4], 1 - np.maximum(s[:, 4], s[:, 7]),
-                               atol=1e-6)
-    np.testing.assert_allclose(f["joint_confidence"][:, 15],
-                               1 - np.maximum(s[:, 15], s[:, [23, 24, 70]].mean(1)), atol=1e-6)
+    # the 2D evidence: predicted uv of the 29 SMPL-equivalent points, 1 - sigma
+    uvd = out["pred_uvd_jts"].numpy()
+    np.testing.assert_allclose(f["uv29"][:, 22], uvd[:, 28, :2], atol=1e-6)   # left middle1
+    np.testing.assert_allclose(f["uv29_confidence"][:, 27], 1 - s_[:, 55], atol=1e-6)
+    assert np.all(f["uv29_confidence"][:, 24] == 0)                           # head top: model
+    top = f["joints29"][:, 24]
+    np.testing.assert_allclose(f["uv29"][:, 24], top[:, :2] / top[:, 2:] * 1000 / 256
+                               - out["bbox_center"].numpy()[:, 0], atol=1e-6)
+    # a finger rotation is as sure as the less sure of its joint and its child
     np.testing.assert_allclose(f["hand_confidence"][:, 2],   # left index3 -> its tip (60)
-                               1 - np.maximum(s[:, 27], s[:, 60]), atol=1e-6)
+                               1 - np.maximum(s_[:, 27], s_[:, 60]), atol=1e-6)
+    conf = modelx.HybrIKXPipeline.joint_confidence(sigma).numpy()
+    np.testing.assert_allclose(conf[:, 15], 1 - np.maximum(s_[:, 15], s_[:, [23, 24, 70]].mean(1)),
+                               atol=1e-6)
     assert set(f) <= set(pipe.placeholder_row())
 
 

@@ -11,13 +11,13 @@ import sys
 import tempfile
 
 import bpy
-from bpy.props import (BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
-                       StringProperty)
+from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty,
+                       IntProperty, PointerProperty, StringProperty)
 
 from ..core.body.model import BodyModelError, load_character_model
 from ..core.motion.cleanup import CleanupOptions
-from ..core.formats.result import ResultFormatError, load_result
-from . import export, jobs, retarget_ops
+from ..core.formats.result import ResultFormatError, load_result, load_tracks
+from . import export, jobs, people, retarget_ops
 from .animation import import_result
 from .panels import SidebarPanel, SubPanel
 
@@ -96,6 +96,19 @@ class HYBRIK_AP_preferences(bpy.types.AddonPreferences):
         col.prop(self, "default_backend")
 
 
+class HYBRIK_PG_person(bpy.types.PropertyGroup):
+    """One track of the last several-people result, as the panel lists it."""
+    track_id: IntProperty()
+    label: StringProperty()
+    frames: IntProperty()
+    first: IntProperty()
+    last: IntProperty()
+    confidence: FloatProperty()
+    icon: IntProperty()
+    selected: BoolProperty(name="Import", default=True,
+                           description="Import this person as a character of their own")
+
+
 class HYBRIK_PG_settings(bpy.types.PropertyGroup):
     video_path: StringProperty(name="Video", subtype='FILE_PATH',
                                description="Video file or folder of images to capture")
@@ -104,6 +117,11 @@ class HYBRIK_PG_settings(bpy.types.PropertyGroup):
                              description="First video frame to capture (0-based)")
     frame_end: IntProperty(name="End", min=0, default=0,
                            description="Stop before this frame; 0 = to the end")
+    camera: EnumProperty(name="Camera", default='auto', items=[
+        ('auto', "Auto", "Measure the camera's rotation from the background and follow it "
+                         "only if the camera turned"),
+        ('static', "Static", "A fixed camera: no camera solve"),
+        ('moving', "Moving", "Always follow the measured camera rotation")])
     hands: BoolProperty(name="Hands", default=False,
                         description="Also capture the fingers (mediapipe hand landmarks, "
                                     "seeded from the pose); a little slower")
@@ -140,6 +158,12 @@ class HYBRIK_PG_settings(bpy.types.PropertyGroup):
         ('world', "World", "Grounded Z-up world, floor at z = 0"),
         ('camera', "Camera", "As captured, in the camera's space"),
         ('in_place', "In place", "No horizontal root motion (game loops)")])
+    people: IntProperty(name="People", default=1, min=0, soft_max=10,
+                        description="People to capture at once: 1 follows one person "
+                                    "(fastest); more finds everyone with a person detector; "
+                                    "0 = all")
+    persons: CollectionProperty(type=HYBRIK_PG_person)
+    people_result: StringProperty(subtype='FILE_PATH', options={'SKIP_SAVE'})
     last_result: StringProperty(name="Last result", subtype='FILE_PATH', options={'SKIP_SAVE'})
     last_partial: BoolProperty(default=False, options={'SKIP_SAVE'})
 
@@ -166,6 +190,7 @@ class _State:
     kind = ""
     out = ""
     video = ""
+    people_video = None
 
 
 def _set_job_props(wm, state=None, message=None, error=False):
@@ -210,6 +235,46 @@ def _redraw():
                 area.tag_redraw()
 
 
+def list_people(context, result_path):
+    """Fill the panel's list with the tracks of a several-people result;
+    returns the takes (a one-person result gives one take and no list)."""
+    settings = context.scene.hybrik
+    takes = load_tracks(result_path)
+    settings.persons.clear()
+    settings.people_result = ""
+    if len(takes) < 2 and "appearance" not in takes[0].extras:
+        return takes
+    for info, take in zip(people.person_summaries(takes), takes):
+        item = settings.persons.add()
+        item.track_id, item.label = info["id"], info["name"]
+        item.frames, item.first, item.last = info["frames"], info["first"], info["last"]
+        item.confidence = info["confidence"]
+        if take.thumbnail is not None:
+            item.icon = people.thumbnail_icon(f"{result_path}#{info['id']}", take.thumbnail)
+    settings.people_result = result_path
+    return takes
+
+
+def import_people_with_settings(context, result_path, ids, video_path=None, model_path=None):
+    """Import the chosen people of a result; returns (takes imported, first result)."""
+    prefs = preferences(context)
+    settings = context.scene.hybrik
+    if not model_path:
+        model_path = prefs.body_model_path if prefs else ""
+    model = load_body_model(bpy.path.abspath(model_path)) if model_path else None
+    results = load_tracks(result_path)
+    if video_path is None:
+        guess = os.path.join(os.path.dirname(result_path), results[0].source)
+        video_path = guess if os.path.exists(guess) else None
+    if context.object and context.object.mode != 'OBJECT':
+        bpy.ops.object.mode_set(mode='OBJECT')
+    takes = people.import_people(results, model, ids, video_path=video_path,
+                                 per_frame_betas=settings.per_frame_betas,
+                                 pose_correctives=settings.pose_correctives,
+                                 cleanup=settings.cleanup_options())
+    return takes, results[0]
+
+
 def import_with_settings(context, result_path, video_path=None, model_path=None):
     """Load a result file and import it with the scene's settings and the
     preferences' body model (or `model_path`). Returns (take, result);
@@ -241,6 +306,14 @@ def finish_capture(context, state):
     out = _State.out
     if state.returncode == 0 or (os.path.exists(out) and state.returncode == 130):
         try:
+            listed = list_people(context, out)
+            if context.scene.hybrik.persons:
+                context.scene.hybrik.last_result = out
+                context.scene.hybrik.last_partial = not listed[0].complete
+                _State.people_video = _State.video
+                _set_job_props(wm, state, f"Found {len(listed)} people: tick whom to import, "
+                                          "then Import People")
+                return True
             take, result = import_with_settings(context, out, _State.video)
         except (BodyModelError, ResultFormatError) as exc:
             _set_job_props(wm, state, f"Import failed: {exc}", error=True)
@@ -248,8 +321,11 @@ def finish_capture(context, state):
         context.scene.hybrik.last_result = out
         context.scene.hybrik.last_partial = not result.complete
         partial = "" if result.complete else " (partial: cancelled)"
+        camera = " with a moving camera" if result.camera and result.camera.mode == "moving" \
+            else ""
+        notes = "".join(f"; {w}" for w in result.warnings)
         _set_job_props(wm, state, f"Imported {take.rig.name}, frames {take.frame_start}-"
-                                  f"{take.frame_end}{partial}")
+                                  f"{take.frame_end}{camera}{partial}{notes}")
         return True
     _set_job_props(wm, state, f"Capture failed: {state.error}", error=True)
     print(f"hybrik-blender: capture failed: {state.error}", file=sys.stderr)
@@ -337,7 +413,9 @@ class HYBRIK_OT_capture(bpy.types.Operator):
             python, video, out, backend=settings.backend, checkpoint=checkpoint,
             smpl_model=model if model.lower().endswith((".pkl", ".npz")) else "",
             device=prefs.device if prefs else "auto", start=settings.frame_start,
-            end=settings.frame_end or None, resume=self.resume, hands=settings.hands)
+            end=settings.frame_end or None, resume=self.resume, people=settings.people,
+            camera=settings.camera,
+            hands=settings.hands)
         _start('CAPTURE', job, out, video)
         self.report({'INFO'}, f"Capture started: {os.path.basename(video)}")
         return {'FINISHED'}
@@ -420,9 +498,15 @@ class HYBRIK_OT_import_result(bpy.types.Operator):
         return {'RUNNING_MODAL'}
 
     def execute(self, context):
+        path = bpy.path.abspath(self.filepath)
         try:
-            take, result = import_with_settings(context, bpy.path.abspath(self.filepath),
-                                                model_path=self.body_model_path)
+            listed = list_people(context, path)
+            if context.scene.hybrik.persons:
+                _State.people_video = None
+                self.report({'INFO'}, f"{len(listed)} people in {os.path.basename(path)}: "
+                                      "tick whom to import, then Import People")
+                return {'FINISHED'}
+            take, result = import_with_settings(context, path, model_path=self.body_model_path)
         except (BodyModelError, ResultFormatError) as exc:
             self.report({'ERROR'}, str(exc))
             return {'CANCELLED'}
@@ -432,6 +516,47 @@ class HYBRIK_OT_import_result(bpy.types.Operator):
         for text in take.notes:
             self.report({'WARNING'}, text)
         return {'FINISHED'}
+
+
+class HYBRIK_OT_import_people(bpy.types.Operator):
+    """Import each ticked person of the listed result as a character of their own,
+    all on one camera"""
+    bl_idname = "hybrik.import_people"
+    bl_label = "Import People"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    @classmethod
+    def poll(cls, context):
+        s = context.scene.hybrik
+        return bool(s.people_result) and any(p.selected for p in s.persons)
+
+    def execute(self, context):
+        s = context.scene.hybrik
+        ids = [p.track_id for p in s.persons if p.selected]
+        try:
+            takes, result = import_people_with_settings(context, s.people_result, ids,
+                                                        video_path=_State.people_video)
+        except (BodyModelError, ResultFormatError) as exc:
+            self.report({'ERROR'}, str(exc))
+            return {'CANCELLED'}
+        note = "" if result.complete else " (partial result)"
+        self.report({'INFO'}, f"Imported {', '.join(t.rig.name for t in takes)}{note}")
+        return {'FINISHED'}
+
+
+def _draw_people(layout, settings):
+    box = layout.box()
+    box.label(text=f"People in {os.path.basename(settings.people_result)}", icon='COMMUNITY')
+    for p in settings.persons:
+        row = box.row(align=True)
+        row.prop(p, "selected", text="")
+        if p.icon:
+            row.template_icon(icon_value=p.icon, scale=2.0)
+        col = row.column(align=True)
+        col.label(text=f"{p.label} (id {p.track_id})")
+        col.label(text=f"frames {p.first}-{p.last}: {p.frames} seen, "
+                       f"confidence {p.confidence:.2f}")
+    box.operator(HYBRIK_OT_import_people.bl_idname, icon='IMPORT')
 
 
 def _draw_job(layout, job):
@@ -466,9 +591,11 @@ class HYBRIK_PT_main(SidebarPanel, bpy.types.Panel):
         col = layout.column()
         col.prop(settings, "video_path")
         col.prop(settings, "backend")
+        col.prop(settings, "people")
         row = col.row(align=True)
         row.prop(settings, "frame_start")
         row.prop(settings, "frame_end")
+        col.prop(settings, "camera")
         col.prop(settings, "hands")
         job = context.window_manager.hybrik_job
         row = layout.row(align=True)
@@ -478,6 +605,8 @@ class HYBRIK_PT_main(SidebarPanel, bpy.types.Panel):
             row.operator(HYBRIK_OT_capture.bl_idname, text="", icon='FILE_REFRESH').resume = True
         if job.kind == 'CAPTURE':
             _draw_job(layout, job)
+        if settings.people_result and settings.persons:
+            _draw_people(layout, settings)
         layout.operator(HYBRIK_OT_import_result.bl_idname, icon='IMPORT')
 
 
@@ -506,8 +635,8 @@ class HYBRIK_PT_import_options(SubPanel, bpy.types.Panel):
         sub.prop(s, "root_mode")
 
 
-CLASSES = (HYBRIK_AP_preferences, HYBRIK_PG_settings, HYBRIK_PG_job, HYBRIK_OT_report,
-           HYBRIK_OT_capture,
+CLASSES = (HYBRIK_AP_preferences, HYBRIK_PG_person, HYBRIK_PG_settings, HYBRIK_PG_job,
+           HYBRIK_OT_report, HYBRIK_OT_capture, HYBRIK_OT_import_people,
            HYBRIK_OT_cancel, HYBRIK_OT_setup_worker, HYBRIK_OT_check_worker,
            HYBRIK_OT_import_result, HYBRIK_PT_main, HYBRIK_PT_import_options,
            *retarget_ops.CLASSES, *export.CLASSES)
@@ -532,6 +661,7 @@ def unregister():
     if bpy.app.timers.is_registered(poll_job):
         bpy.app.timers.unregister(poll_job)
     retarget_ops.unregister_properties()
+    people.clear_icons()
     for owner, name in ((bpy.types.Scene, "hybrik"), (bpy.types.WindowManager, "hybrik_job")):
         if hasattr(owner, name):
             delattr(owner, name)

@@ -10,9 +10,10 @@ from ..core.body.average import average_rest_points_x, fitted_average_skeleton
 from ..core.body.kinematics import pose_corrective_features
 from ..core.body.pose import is_smplx_take, smplx_rotmats, weighted_clip_value
 from ..core.body.skeleton import SMPLX_PARENTS
-from ..core.blender_space import pose_channels
+from ..core.blender_space import CAMERA_TO_BLENDER, homogeneous, pose_channels
 from ..core.formats.result import ResultFormatError, clip_betas
 from ..core.motion.cleanup import clean_take
+from ..core.motion.world import frame_camera_to_world, is_moving
 from .camera import build_camera
 from .character import (EXPRESSION_KEY_NAMES, KID_KEY_NAME, SHAPE_KEY_NAMES, bone_names,
                         build_armature, build_armature_x, build_character, pose_key_names,
@@ -88,7 +89,7 @@ def _animated_bones(result, kind, hands, count):
 def import_result(result, model, *, name=None, per_frame_betas=False,
                   pose_correctives=True, frame_offset=1, collection=None,
                   set_scene=True, cleanup=None, camera=True, video_path=None,
-                  body_model="auto", hands=True, expressions=True):
+                  body_model="auto", hands=True, expressions=True, camera_to_world=None):
     """Build a character and key the result's valid frames onto it.
 
     Source frame k becomes scene frame ``frame_offset + k`` (video frame 0 ->
@@ -116,19 +117,34 @@ def import_result(result, model, *, name=None, per_frame_betas=False,
     the motion first; the character is then placed in a Z-up world with the
     floor at z = 0 (or as the root mode says). Without it the result's own
     ``camera_to_world`` is used when present, else the camera sits at the
-    origin looking down +Y.
+    origin looking down +Y. With a moving camera (the result's camera track)
+    the character moves in that world frame (the camera's turns taken out)
+    and the camera is animated with the recovered rotation and lens, so the
+    overlay on the video stays exact; root mode "camera" keeps the motion
+    in the camera's space with a still camera.
 
     With ``camera`` a camera matching the capture camera is added (and made
     the scene camera when ``set_scene``), with the video at `video_path` as
     its background when the file exists.
+
+    ``camera_to_world`` (4x4) places the take with that camera pose instead
+    of its own (several people share one camera and one floor; see
+    blender/people.py).
     """
     valid = np.asarray(result.valid, bool)
     if not valid.any():
         raise ResultFormatError("the result has no frame with a person in it")
+    shared = camera_to_world
     kind = character_type(result, model, body_model)
     camera_to_world = result.camera_to_world
     if cleanup is not None:
         result, camera_to_world = clean_take(result, model, cleanup)
+    if shared is not None:
+        camera_to_world = np.asarray(shared, np.float64)
+    # a moving camera: each frame's capture camera turned from the reference
+    # one, for the character and for the Blender camera alike
+    camera_moves = is_moving(result) and (cleanup is None or cleanup.root_mode != "camera")
+    base = homogeneous(CAMERA_TO_BLENDER) if camera_to_world is None else camera_to_world
     frames = (frame_offset + result.frame_index[valid]).astype(np.float64)
     root = result.root_translation[valid].astype(np.float64)
     rest_betas = clip_betas(result)
@@ -188,8 +204,10 @@ def import_result(result, model, *, name=None, per_frame_betas=False,
                                     expressions=expressions, kid=kid)
     names = bone_names(rig)
     kw = {} if parents is None else {"parents": parents}
+    pose_camera = (frame_camera_to_world(result, base, result.frame_index[valid])
+                   if camera_moves else camera_to_world)
     quats, locs = pose_channels(rest_matrices(rig, names), rot, joints, root,
-                                camera_to_world=camera_to_world, **kw)
+                                camera_to_world=pose_camera, **kw)
 
     arm = ActionWriter(rig, f"{rig.name}_motion")
     num_keys = 0
@@ -236,6 +254,12 @@ def import_result(result, model, *, name=None, per_frame_betas=False,
         set_scene_timing(bpy.context.scene, result.fps, start, end)
     cam = None
     if camera:
+        track = None
+        if camera_moves:
+            cam_track = result.camera
+            track = (cam_track.frame_index, frame_camera_to_world(result, base,
+                                                                  cam_track.frame_index),
+                     cam_track.focal)
         cam = build_camera(result, f"{rig.name}_camera", camera_to_world, video_path,
-                           collection, set_scene)
+                           collection, set_scene, frame_offset, track)
     return ImportedTake(rig, mesh, start, end, num_keys, cam, kind, tuple(notes))

@@ -7,6 +7,12 @@ up). Extrinsics: the result's ``camera_to_world`` (OpenCV axes: x right,
 y down, z forward) or, without it, the camera at the origin looking down +Y.
 A Blender camera looks down its local -Z with +Y up, i.e. OpenCV's axes with
 y and z flipped.
+
+A moving camera (the result's camera track, see core.motion.world) is
+animated: per video frame k the object sits at ``camera_to_world @ R_k``
+(bulk keys on location and rotation_quaternion), and its lens is keyed when
+the focal length changes. The video stays its background, so the picture
+turns with it.
 """
 import os
 
@@ -15,6 +21,8 @@ import numpy as np
 from mathutils import Matrix
 
 from ..core.blender_space import CAMERA_TO_BLENDER, homogeneous
+from ..core.rotations import make_quaternions_continuous, matrix_to_quaternion
+from .keyframes import ActionWriter
 
 SENSOR_MM = 36.0
 _CV_TO_BLENDER_CAMERA = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -26,8 +34,10 @@ def camera_matrix_world(camera_to_world=None):
 
 
 def build_camera(result, name, camera_to_world=None, video_path=None, collection=None,
-                 set_scene=True):
-    """Camera object for `result`; the video as its background when found."""
+                 set_scene=True, frame_offset=1, track=None):
+    """Camera object for `result`; the video as its background when found.
+    `track`: a moving camera's (frame_index, camera_to_world (F, 4, 4),
+    focal (F,)) to animate it with."""
     width, height = result.image_size
     fx, fy = result.focal_length
     cx, cy = result.principal_point
@@ -41,6 +51,8 @@ def build_camera(result, name, camera_to_world=None, video_path=None, collection
     cam = bpy.data.objects.new(name, data)
     (collection or bpy.context.scene.collection).objects.link(cam)
     cam.matrix_world = Matrix(camera_matrix_world(camera_to_world).tolist())
+    if track is not None:
+        animate_camera(cam, *track, size=(width, height), frame_offset=frame_offset)
     if set_scene:
         scene = bpy.context.scene
         scene.camera = cam
@@ -64,3 +76,19 @@ def attach_video(cam, video_path):
     bg.alpha = 1.0
     bg.display_depth = 'BACK'
     return clip
+
+
+def animate_camera(cam, frame_index, camera_to_world, focal, size, frame_offset=1):
+    """Key the camera object at every camera frame (bulk F-curves)."""
+    frames = (frame_offset + np.asarray(frame_index)).astype(np.float64)
+    m = np.asarray(camera_to_world, np.float64) @ _CV_TO_BLENDER_CAMERA
+    quats = make_quaternions_continuous(matrix_to_quaternion(m[:, :3, :3]), axis=0)
+    cam.rotation_mode = 'QUATERNION'
+    writer = ActionWriter(cam, f"{cam.name}_motion")
+    writer.add_array("location", frames, m[:, :3, 3])
+    writer.add_array("rotation_quaternion", frames, quats)
+    focal = np.asarray(focal, np.float64)
+    if np.ptp(focal) > 1e-6 * focal.max():
+        lens = ActionWriter(cam.data, f"{cam.name}_lens", id_type='CAMERA')
+        lens.add("lens", 0, frames, focal * SENSOR_MM / max(size))
+    return writer

@@ -7,7 +7,7 @@ import bpy
 
 from ..core.body.model import BodyModelError, load_character_model
 from ..core.motion.cleanup import cleanup_options_from_args
-from ..core.formats.result import ResultFormatError, load_result
+from ..core.formats.result import ResultFormatError, load_tracks, pick_track
 from .animation import import_result
 
 
@@ -16,21 +16,35 @@ def run_import(args, video_path=None, model_path=None):
     if video_path is None and getattr(args, "command", "") == "import" and args.video:
         video_path = os.path.abspath(args.video)
     model_path = model_path or args.smpl_model
+    person = getattr(args, "person", None)
     try:
         kid = getattr(args, "kid_template", None)
         model = load_character_model(model_path, kid_template=kid) if model_path else None
-        result = load_result(args.result)
+        takes = load_tracks(args.result)
+        several = len(takes) > 1 or "appearance" in takes[0].extras
+        ids = None if person in (None, "all") else [int(p) for p in str(person).split(",")]
+        if ids is not None:
+            chosen = [pick_track(takes, i, os.path.basename(args.result)) for i in ids]
+        else:
+            chosen = takes if several else [pick_track(takes)]
+        result = chosen[0]
         if video_path is None:  # look beside the result file
             guess = os.path.join(os.path.dirname(os.path.abspath(args.result)), result.source)
             video_path = guess if os.path.exists(guess) else None
         bpy.ops.wm.read_factory_settings(use_empty=True)
-        take = import_result(result, model, per_frame_betas=args.per_frame_betas,
-                             pose_correctives=not args.no_correctives,
-                             cleanup=cleanup_options_from_args(args), video_path=video_path,
-                             body_model=getattr(args, "body_model", "auto"),
-                             hands=not getattr(args, "no_hands", False),
-                             expressions=not getattr(args, "no_expressions", False))
-    except (BodyModelError, ResultFormatError) as exc:
+        kw = dict(per_frame_betas=args.per_frame_betas, pose_correctives=not args.no_correctives,
+                  cleanup=cleanup_options_from_args(args), video_path=video_path,
+                  body_model=getattr(args, "body_model", "auto"),
+                  hands=not getattr(args, "no_hands", False),
+                  expressions=not getattr(args, "no_expressions", False))
+        if several:
+            from .people import import_people
+            people_takes = import_people(takes, model, [t.track_id for t in chosen], **kw)
+            take = people_takes[0]
+        else:
+            take = import_result(result, model, **kw)
+            people_takes = None
+    except (BodyModelError, ResultFormatError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for note in take.notes:
@@ -39,10 +53,46 @@ def run_import(args, video_path=None, model_path=None):
     os.makedirs(os.path.dirname(out), exist_ok=True)
     bpy.ops.wm.save_as_mainfile(filepath=out, check_existing=False)
     partial = "" if result.complete else " (partial result)"
+    if people_takes:
+        names = ", ".join(f"{t.rig.name} (frames {t.frame_start}-{t.frame_end})"
+                          for t in people_takes)
+        print(f"wrote {args.output}: {names} at {result.fps:g} fps{partial}, "
+              f"{time.perf_counter() - t0:.1f} s")
+        return run_people_exports(args, [t.rig for t in people_takes])
     print(f"wrote {args.output}: {take.rig.name}, frames {take.frame_start}-{take.frame_end} "
           f"at {result.fps:g} fps, {take.num_keys} keys{partial}, "
           f"{time.perf_counter() - t0:.1f} s")
     return run_exports(args, take.rig)
+
+
+def run_people_exports(args, rigs):
+    """Exports of several characters: one file per person (NAME_personID.ext),
+    or with --fbx-combined one FBX holding everybody."""
+    from .export import ExportError
+    from .people import export_fbx_all, person_path
+    status = 0
+    if getattr(args, "fbx", None) and getattr(args, "fbx_combined", False):
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(args.fbx)), exist_ok=True)
+            print(f"wrote {export_fbx_all(args.fbx, rigs, str(args.fbx_preset).upper())}")
+        except (ExportError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = 2
+    for rig in rigs:
+        pid = int(rig.get("hybrik_person", 0))
+        one = argparse_copy(args)
+        for key in ("fbx", "bvh", "glb"):
+            path = getattr(args, key, None)
+            if key == "fbx" and getattr(args, "fbx_combined", False):
+                path = None
+            setattr(one, key, person_path(path, pid) if path else None)
+        status = max(status, run_exports(one, rig))
+    return status
+
+
+def argparse_copy(args):
+    import argparse
+    return argparse.Namespace(**vars(args))
 
 
 class ProgressBar:
@@ -108,6 +158,9 @@ def run_capture(args):
                              backend=args.backend, checkpoint=args.checkpoint or "",
                              smpl_model=args.smpl_model or "", device=args.device,
                              start=args.start, end=args.end, batch_size=args.batch_size,
+                             people=getattr(args, "people", 1),
+                             max_people=getattr(args, "max_people", None),
+                             camera=getattr(args, "camera", "auto"),
                              hands=getattr(args, "hands", False))
     bar = ProgressBar()
     try:

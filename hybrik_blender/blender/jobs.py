@@ -180,8 +180,9 @@ def worker_env():
 
 
 def capture_args(python, video, out, backend="mediapipe", checkpoint="", smpl_model="",
-                 device="auto", start=0, end=None, batch_size=16, resume=False, hands=False):
-    """The worker command line for a capture."""
+                 device="auto", start=0, end=None, batch_size=16, resume=False, hands=False,
+                 people=1, max_people=None, camera="auto"):
+    """The worker command line for a capture (`people`: 1, N, or 0 for all)."""
     args = [python, "-m", f"{PACKAGE_NAME}.worker", "capture", video, "--out", out,
             "--backend", backend, "--device", device, "--batch-size", str(batch_size),
             "--parent-pid", str(os.getpid())]
@@ -195,8 +196,14 @@ def capture_args(python, video, out, backend="mediapipe", checkpoint="", smpl_mo
         args += ["--end", str(int(end))]
     if resume:
         args.append("--resume")
+    if camera and camera != "auto":
+        args += ["--camera", camera]
     if hands:
         args.append("--hands")
+    if people != 1:
+        args += ["--people", "all" if not people else str(int(people))]
+    if max_people:
+        args += ["--max-people", str(int(max_people))]
     return args
 
 
@@ -244,6 +251,10 @@ def setup_args(python, venv_dir, requirements):
         "\"done\": 1, \"total\": 2}', flush=True)\n"
         "r = subprocess.run([py, '-m', 'pip', 'install', '--disable-pip-version-check', "
         "'-r', req], stdout=sys.stderr, stderr=sys.stderr)\n"
+        "nodeps = os.path.join(os.path.dirname(req), 'requirements-nodeps.txt')\n"
+        "if not r.returncode and os.path.exists(nodeps):\n"
+        "    r = subprocess.run([py, '-m', 'pip', 'install', '--disable-pip-version-check', "
+        "'--no-deps', '-r', nodeps], stdout=sys.stderr, stderr=sys.stderr)\n"
         "if r.returncode:\n"
         "    print('error: installing the worker packages failed (see the log above)', "
         "file=sys.stderr); sys.exit(r.returncode)\n"

@@ -133,8 +133,9 @@ def blender_skinning(rotmats, joints, root_position, parents=PARENTS, camera_to_
     (J = 24 for SMPL, 55 for SMPL-X with the matching parents).
     joints (N|1, J, 3): rest joints for the frame's shape.
     root_position (N, 3): pelvis position in camera coordinates.
-    camera_to_world (4, 4): pose of the capture camera in Blender's world
-    (rigid; OpenCV camera axes). Default: at the origin looking down +Y, i.e.
+    camera_to_world (4, 4) or (N, 4, 4) per frame (a moving camera): pose of
+    the capture camera in Blender's world (rigid; OpenCV camera axes).
+    Default: at the origin looking down +Y, i.e.
     ``homogeneous(CAMERA_TO_BLENDER)``.
     Returns (N, J, 4, 4) maps from Blender rest-mesh points to world points.
     """
@@ -142,7 +143,10 @@ def blender_skinning(rotmats, joints, root_position, parents=PARENTS, camera_to_
     a = skinning_transforms(glob, posed, np.broadcast_to(joints, posed.shape))
     if camera_to_world is None:
         camera_to_world = homogeneous(CAMERA_TO_BLENDER)
-    return camera_to_world @ a @ homogeneous(SMPL_TO_BLENDER.T)
+    m = np.asarray(camera_to_world, np.float64)
+    if m.ndim == 3:
+        m = m[:, None]
+    return m @ a @ homogeneous(SMPL_TO_BLENDER.T)
 
 
 def bone_basis(rest_matrices, skin, parents=PARENTS):

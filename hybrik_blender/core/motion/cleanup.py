@@ -24,8 +24,8 @@ Order of the steps (each one can be switched off):
    horizontal root motion removed (the pelvis stays above the world origin,
    keeping its height and orientation: for game loops).
 
-The result keeps format version 1: rotations and root translation stay in
-camera coordinates (joint 0 in the camera frame), and the returned matrix is
+Rotations and root translation stay in the camera coordinates of each
+frame (joint 0 in that camera's frame), and the returned matrix is
 what :func:`..blender_space.pose_channels` takes as ``camera_to_world``.
 ``joints29`` is recomputed from the cleaned pose (the leaves rigidly attached
 to their parent joints) whenever the pose changed. Invalid frames keep their
@@ -41,7 +41,9 @@ from .filters import (ROTATION_BASE_CUTOFF_HZ, one_euro_rotations, one_euro_tran
                       smooth_rotations, smooth_translation, strength_to_cutoff)
 from .footlock import lock_feet
 from ..body.model import rest_joints_29
-from .ground import Skeleton, estimate_floor, posed_skeleton, transform_points
+from .ground import SOLE_JOINTS, Skeleton, estimate_floor, posed_skeleton, transform_points
+from .world import is_moving, to_frame_cameras, to_reference_camera
+from ..align.refine import evidence_weight
 from ..body.kinematics import forward_kinematics
 from ..body.skeleton import LEAF_PARENTS, PARENTS
 
@@ -143,8 +145,24 @@ def clean_take(result, model, options=None):
     skeleton fitted to the result's joints (then shape is always per track);
     options: :class:`CleanupOptions` (defaults when None). The input is not
     modified.
+
+    With a moving camera (``result.camera`` mode "moving") the clean-up runs
+    in the reference camera, where the person moves as in the world
+    (:mod:`.world`); the rows go back to their own frames' cameras after it
+    and the matrix maps the reference camera to the world. Root mode
+    "camera" keeps the motion as captured, in each frame's camera.
+
+    Per-joint confidences (``joint_confidence``) weight the rotation filter
+    and decide which feet the floor fit and foot locking may use.
     """
     opt = (options or CleanupOptions()).validate()
+    if not is_moving(result) or opt.root_mode == "camera":
+        return _clean(result, model, opt)
+    cleaned, matrix = _clean(to_reference_camera(result), model, opt)
+    return to_frame_cameras(cleaned, result), matrix
+
+
+def _clean(result, model, opt):
     if model is None:
         opt = dataclasses.replace(opt, shape="track")
     default_m = homogeneous(CAMERA_TO_BLENDER)
@@ -173,8 +191,11 @@ def clean_take(result, model, options=None):
 
     rot = result.rotmats
     root = result.root_translation
+    seen = None
+    if result.joint_confidence is not None:
+        seen = evidence_weight(result.joint_confidence)
     if opt.smoothing == "offline":
-        rot = smooth_rotations(rot, fps, opt.rotation_strength, valid, opt.method)
+        rot = smooth_rotations(rot, fps, opt.rotation_strength, valid, opt.method, weights=seen)
         root = smooth_translation(root, fps, opt.translation_strength, valid, opt.method)
     elif opt.smoothing == "one_euro":
         rot = one_euro_rotations(rot, fps, opt.rotation_strength, valid, result.time_s)
@@ -187,7 +208,8 @@ def clean_take(result, model, options=None):
         rot64 = np.asarray(rot, np.float64)
         root64 = np.asarray(root, np.float64)
         _, _, soles = posed_skeleton(rot64[valid], skeleton, root64[valid])
-        floor = estimate_floor(soles, fps=fps)
+        floor = estimate_floor(soles, fps=fps,
+                               weights=None if seen is None else seen[valid][:, SOLE_JOINTS])
         world = floor.camera_to_world()
         if opt.foot_locking != "off":
             scale = fps / 30.0
@@ -195,7 +217,8 @@ def clean_take(result, model, options=None):
                           speed_on=opt.contact_speed_mps, speed_off=2 * opt.contact_speed_mps)
             rot64, root64, _ = lock_feet(rot64, root64, skeleton, world, valid, fps,
                                          mode=opt.foot_locking, contact_params=params,
-                                         blend_frames=int(round(opt.blend_frames * scale)))
+                                         blend_frames=int(round(opt.blend_frames * scale)),
+                                         seen=None if seen is None else seen[:, [7, 8]] > 0.5)
             rot, root = rot64, root64
         if opt.root_mode == "in_place":
             root_w = transform_points(world, root64)

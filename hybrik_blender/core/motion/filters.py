@@ -301,8 +301,10 @@ def _cf_continuous(q):
     return q * sign
 
 
-def _smooth_cf(q, fps, cutoff_hz, method):
-    """Log-map smoothing of (4, ..., T) quaternions; see the module docstring."""
+def _smooth_cf(q, fps, cutoff_hz, method, weights=None):
+    """Log-map smoothing of (4, ..., T) quaternions; see the module docstring.
+    With weights (..., T) (confidences), each sample counts in proportion to
+    its weight (normalised convolution: lowpass(w x) / lowpass(w))."""
     n = q.shape[-1]
     # Geodesic odd reflection at both ends (q0 q_k^-1 q0 continues a steady
     # rotation exactly), wide enough for the reference filter; the linear
@@ -318,7 +320,13 @@ def _smooth_cf(q, fps, cutoff_hz, method):
     # (a very fast spin) leave a short chordal mean: use the sample there.
     ref = np.where(norm > 0.5, ref / np.maximum(norm, 1e-12), q)
     rel = _cf_log(_cf_mul(_cf_conj(ref), q))
-    rel = _lowpass_last(rel, fps, cutoff_hz, method)
+    if weights is None:
+        rel = _lowpass_last(rel, fps, cutoff_hz, method)
+    else:
+        w = np.asarray(weights, np.float64)
+        w = np.concatenate([w[..., r:0:-1], w, w[..., -2:-r - 2:-1]], -1) + 1e-3
+        lw = np.maximum(_lowpass_last(w, fps, cutoff_hz, method), 1e-6)
+        rel = _lowpass_last(rel * w, fps, cutoff_hz, method) / lw
     return _cf_mul(ref, _cf_exp(rel))[..., r:r + n]
 
 
@@ -332,8 +340,11 @@ def smooth_quaternions(q, fps, cutoff_hz, method="gaussian"):
 
 
 def smooth_rotations(rotmats, fps, strength=1.0, valid=None, method="gaussian",
-                     cutoff_hz=None):
+                     cutoff_hz=None, weights=None):
     """Offline zero-phase smoothing of (N, J, 3, 3) rotations.
+
+    weights (N, J): per-joint confidence of each frame (optional); frames a
+    joint is seen in pull its filtered value more than frames it is not.
 
     strength: 0 returns ``rotmats`` itself; s > 0 filters with a -3 dB cutoff
     of ``ROTATION_BASE_CUTOFF_HZ / s`` (or ``cutoff_hz`` when given).
@@ -353,7 +364,8 @@ def smooth_rotations(rotmats, fps, strength=1.0, valid=None, method="gaussian",
     if not valid.all():
         q = np.ascontiguousarray(np.moveaxis(fill_quaternion_gaps(np.moveaxis(q, (0, -1), (-1, 0)),
                                                                   valid), (0, -1), (-1, 0)))
-    out9 = _cf_to_matrix(_smooth_cf(q, fps, cutoff, method))
+    w = None if weights is None else np.ascontiguousarray(np.asarray(weights, np.float64).T)
+    out9 = _cf_to_matrix(_smooth_cf(q, fps, cutoff, method, w))
     out = np.transpose(out9, (2, 1, 0)).reshape(rotmats.shape).astype(rotmats.dtype)
     return _restore_invalid(out, rotmats, valid)
 

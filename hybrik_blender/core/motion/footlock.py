@@ -321,7 +321,7 @@ def grounding_offsets(heights, contacts, valid, fps, smooth_hz=2.0):
 
 
 def lock_feet(rotmats, root, skeleton, camera_to_world, valid, fps, mode="auto",
-              contacts=None, blend_frames=3, contact_params=None, softness=0.02):
+              contacts=None, blend_frames=3, contact_params=None, softness=0.02, seen=None):
     """Grounding and foot locking of a whole clip.
 
     rotmats (N, 24, 3, 3) local rotations (joint 0 in camera frame);
@@ -331,6 +331,8 @@ def lock_feet(rotmats, root, skeleton, camera_to_world, valid, fps, mode="auto",
     "auto" (grounding, then IK locking of planted feet).
     contacts: (N, 2) bool to use instead of detection.
     softness: soft-IK band near full leg extension (:func:`two_bone_ik`).
+    seen: (N, 2) bool, feet that the capture saw; a foot it did not see
+    (held by core.motion.hidden) is never taken for planted.
     Returns (rotmats float64, root float64, contacts (N, 2) bool).
     """
     rotmats = np.asarray(rotmats, np.float64)
@@ -352,6 +354,8 @@ def lock_feet(rotmats, root, skeleton, camera_to_world, valid, fps, mode="auto",
         speeds = horizontal_speed(ankles_w, fps, valid)
         contacts = detect_contacts(heights, speeds, valid, fps, **(contact_params or {}))
     contacts = np.asarray(contacts, bool) & valid[:, None]
+    if seen is not None:
+        contacts &= np.asarray(seen, bool)
 
     off = np.where(valid, grounding_offsets(heights, contacts, valid, fps), 0.0)
     root = root + off[:, None] * up_cam

@@ -190,10 +190,15 @@ def _fit_plane(points, weights, prior, reg):
 
 def estimate_floor(soles, valid=None, fps=30.0, iterations=4, low_quantile=0.35,
                    prior_up=(0.0, -1.0, 0.0), prior_spread_m=0.05, huber_m=0.02,
-                   rest_quantile=0.1):
+                   rest_quantile=0.1, weights=None, min_seen_frames=10):
     """Fit the floor plane to the feet.
 
     soles (N, 4, 3): sole points in camera coordinates (:func:`posed_skeleton`).
+    weights (N, 4): how well each sole point's joint is seen (optional). When
+    feet are seen in at least ``min_seen_frames`` frames, only those frames
+    are candidates and each counts by its weight; otherwise (feet out of
+    frame all along) the held legs stand for the person's standing direction
+    and every frame counts.
     prior_spread_m: strength of the pull towards ``prior_up`` (camera -y);
     equivalent to a spread of the contacts of this many metres in every
     direction. Returns a :class:`Floor`.
@@ -204,6 +209,9 @@ def estimate_floor(soles, valid=None, fps=30.0, iterations=4, low_quantile=0.35,
     pts = soles[valid]
     if len(pts) == 0:
         raise ValueError("no valid frame to estimate the floor from")
+    pw = np.ones(pts.shape[:2]) if weights is None else np.asarray(weights, np.float64)[valid]
+    if np.sum(pw.max(1) > 0.5) < min_seen_frames:
+        pw = np.ones(pts.shape[:2])
     up = np.asarray(prior_up, np.float64)
     up = up / np.linalg.norm(up)
     # per-foot speed of the sole points, m/s (forward difference, valid rows)
@@ -216,21 +224,31 @@ def estimate_floor(soles, valid=None, fps=30.0, iterations=4, low_quantile=0.35,
     for _ in range(iterations):
         h = pts @ up  # (M, 4)
         feet = []
+        cw = []
         for f in (0, 1):
             cols = np.flatnonzero(SOLE_FOOT == f)
             low = np.argmin(h[:, cols], axis=1)
             hf = h[np.arange(len(h)), cols[low]]
             vf = vel[np.arange(len(h)), cols[low]]
-            sel = (hf <= np.quantile(hf, low_quantile)) & (vf <= np.median(vf))
+            wf = pw[np.arange(len(h)), cols[low]]
+            seen = wf > 0.5
+            if seen.sum() >= 3:
+                sel = seen & (hf <= np.quantile(hf[seen], low_quantile)) \
+                    & (vf <= np.median(vf[seen]))
+            else:
+                sel = np.zeros(len(hf), bool)
             feet.append(pts[np.arange(len(h)), cols[low]][sel])
+            cw.append(wf[sel])
         cand = np.concatenate(feet, 0)
+        cwt = np.concatenate(cw, 0)
         if len(cand) < 3:
             cand = pts.reshape(-1, 3)
-        w = np.ones(len(cand))
+            cwt = np.ones(len(cand))
+        w = cwt.copy()
         for _ in range(3):
             nrm, offset = _fit_plane(cand, w, up, prior_spread_m)
             r = np.abs(cand @ nrm + offset)
-            w = np.where(r <= huber_m, 1.0, huber_m / np.maximum(r, 1e-12))
+            w = cwt * np.where(r <= huber_m, 1.0, huber_m / np.maximum(r, 1e-12))
         up = nrm
     dist = cand @ up + offset
     offset -= float(np.quantile(dist, rest_quantile))

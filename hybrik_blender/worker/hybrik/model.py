@@ -142,6 +142,12 @@ class HybrIKPipeline:
             "root_translation": out["cam_root"].float().cpu().numpy(),
             "joints29": out["joints29_cam"].float().cpu().numpy(),
             "confidence": self.confidence(out).float().cpu().numpy(),
+            # the 2D evidence: u, v in box widths from the box centre, and
+            # 1 - sigma per joint (1 without a sigma head)
+            "uv29": out["uvd"][..., :2].float().cpu().numpy(),
+            "uv29_confidence": (1 - out["sigma"] if out.get("sigma") is not None
+                                else torch.ones_like(out["uvd"][..., 0])
+                                ).clamp(0, 1).float().cpu().numpy(),
         }
 
 

@@ -269,7 +269,7 @@ class HybrIKXPipeline(HybrIKPipeline):
             "pred_xyz_hybrik_struct": torch.cat([sol["joints55"], sol["leaves"]], 1) / IK_SCALE,
             "pred_xyz_full": struct_full, "pred_uv_full": uv_full,
             "pred_theta_mat": sol["rot_mats"], "pred_theta_quat": sol["theta_quat"],
-            "update_scale_weight": weight, "head_top": sol["head_top"],
+            "update_scale_weight": weight, "head_top": sol["head_top"], "bbox_center": centre,
         }
         if "feat" in heads:
             res["img_feat"] = heads["feat"]
@@ -293,7 +293,9 @@ class HybrIKXPipeline(HybrIKPipeline):
     def joint_confidence(sigma):
         """(B, 55) 0..1 per rotation joint from sigma: a rotation rests on the
         joint and on the child points that aim it, so it is as certain as the
-        least certain of the joint and the mean of its children."""
+        least certain of the joint and the mean of its children (the capture
+        writes it for the fingers; the body's joint_confidence is the shared
+        one of the 29 SMPL-equivalent points, see worker/refine.py)."""
         kids = torch.stack([sigma[:, _CHILDREN[i]].mean(-1) for i in range(55)], -1)
         return (1 - torch.maximum(sigma[:, :55], kids)).clamp(0, 1)
 
@@ -303,7 +305,11 @@ class HybrIKXPipeline(HybrIKPipeline):
         betas (10), kid, expression, hand_rotmats (30), jaw_rotmat,
         eye_rotmats, root_translation (the pelvis, camera frame), joints29
         (camera frame: predicted points, see ``JOINTS29_FROM_71``),
-        confidence, joint_confidence (24) and hand_confidence (30)."""
+        confidence, hand_confidence (30); and the capture's 2D evidence of
+        the 29 SMPL-equivalent points: uv29 (box widths from the box centre,
+        as ``pred_uvd_jts``) with uv29_confidence = 1 - sigma (the head top,
+        which the network does not predict, is the projection of the posed
+        mesh's, with confidence 0)."""
         n = lambda t: t.float().cpu().numpy()  # noqa: E731
         rot = out["pred_theta_mat"]
         b = rot.shape[0]
@@ -312,8 +318,14 @@ class HybrIKXPipeline(HybrIKPipeline):
         pts = out["pred_xyz_hybrik"] * DEPTH_FACTOR + root[:, None]
         head_top = out["head_top"] + root
         j29 = torch.stack([head_top if i is None else pts[:, i] for i in JOINTS29_FROM_71], 1)
-        conf = self.joint_confidence(out["pred_sigma"])
-        zero = torch.zeros(b, 2, dtype=conf.dtype, device=conf.device)
+        uvd, sigma = out["pred_uvd_jts"], out["pred_sigma"]
+        top_uv = (head_top[:, :2] / head_top[:, 2:] * FOCAL_LENGTH / INPUT_SIZE
+                  - out["bbox_center"][:, 0])
+        uv29 = torch.stack([top_uv if i is None else uvd[:, i, :2] for i in JOINTS29_FROM_71], 1)
+        zero = torch.zeros_like(sigma[:, 0])
+        conf29 = torch.stack([zero if i is None else 1 - sigma[:, i] for i in JOINTS29_FROM_71],
+                             1)
+        conf = self.joint_confidence(sigma)
         return {
             "rotmats": n(torch.cat([rot[:, :22], eye], 1)),
             "betas": n(out["pred_beta"][:, :10]), "kid": n(out["pred_beta"][:, 10]),
@@ -321,9 +333,8 @@ class HybrIKXPipeline(HybrIKPipeline):
             "hand_rotmats": n(rot[:, 25:55]), "jaw_rotmat": n(rot[:, 22]),
             "eye_rotmats": n(rot[:, 23:25]),
             "root_translation": n(root), "joints29": n(j29),
-            "confidence": n(self.confidence(out)),
-            "joint_confidence": n(torch.cat([conf[:, :22], zero], 1)),
-            "hand_confidence": n(conf[:, 25:55]),
+            "confidence": n(self.confidence(out)), "hand_confidence": n(conf[:, 25:55]),
+            "uv29": n(uv29), "uv29_confidence": n(conf29.clamp(0, 1)),
         }
 
     @staticmethod
@@ -333,8 +344,8 @@ class HybrIKXPipeline(HybrIKPipeline):
                 "expression": np.zeros(10), "hand_rotmats": np.tile(np.eye(3), (30, 1, 1)),
                 "jaw_rotmat": np.eye(3), "eye_rotmats": np.tile(np.eye(3), (2, 1, 1)),
                 "root_translation": np.zeros(3), "joints29": np.zeros((29, 3)),
-                "confidence": 0.0, "joint_confidence": np.zeros(24),
-                "hand_confidence": np.zeros(30)}
+                "confidence": 0.0, "hand_confidence": np.zeros(30),
+                "uv29": np.zeros((29, 2)), "uv29_confidence": np.zeros(29)}
 
 
 def build_pipeline_x(arch, state_dict, body, device="cpu", **kw):

@@ -291,3 +291,48 @@ def solve_clip(world, image_xy, visibility, valid, focal, principal, body_model=
     out["joints29"][valid] = targets + origin[:, None]
     out["rest29"] = rest
     return out
+
+
+# --- evidence for the 2D fit and per-joint confidence -----------------------------
+
+# 29-joint slot -> the landmarks whose image points are that joint (mean of several)
+EVIDENCE_LANDMARKS = {1: (L_HIP,), 2: (R_HIP,), 4: (L_KNEE,), 5: (R_KNEE,), 7: (L_ANK,),
+                      8: (R_ANK,), 16: (L_SH,), 17: (R_SH,), 18: (L_EL,), 19: (R_EL,),
+                      20: (L_WR,), 21: (R_WR,), 22: (L_INDEX, L_PINKY), 23: (R_INDEX, R_PINKY)}
+
+# joint -> groups of landmarks that fix its rotation; the confidence is the
+# best group's least visible landmark (the trunk is fixed by the hips or by
+# the shoulders)
+_TRUNK = ((L_HIP, R_HIP, L_SH, R_SH),)
+ROTATION_LANDMARKS = {
+    0: ((L_HIP, R_HIP), (L_SH, R_SH)), 3: _TRUNK, 6: _TRUNK, 9: _TRUNK,
+    1: ((L_HIP, L_KNEE),), 2: ((R_HIP, R_KNEE),), 4: ((L_KNEE, L_ANK),), 5: ((R_KNEE, R_ANK),),
+    7: ((L_ANK, L_HEEL, L_TOE),), 8: ((R_ANK, R_HEEL, R_TOE),), 10: ((L_HEEL, L_TOE),),
+    11: ((R_HEEL, R_TOE),), 12: ((NOSE, L_EAR, R_EAR),), 15: ((NOSE, L_EAR, R_EAR),),
+    13: ((L_SH, R_SH),), 14: ((L_SH, R_SH),), 16: ((L_SH, L_EL),), 17: ((R_SH, R_EL),),
+    18: ((L_EL, L_WR),), 19: ((R_EL, R_WR),), 20: ((L_WR, L_INDEX, L_PINKY),),
+    21: ((R_WR, R_INDEX, R_PINKY),), 22: ((L_WR, L_INDEX, L_PINKY),),
+    23: ((R_WR, R_INDEX, R_PINKY),),
+}
+
+
+def image_evidence(image_xy, visibility):
+    """(N, 29, 2) image points and (N, 29) confidences (landmark visibility;
+    0 for joints without a landmark) in the 29-joint order."""
+    xy = np.asarray(image_xy, np.float64)
+    vis = np.clip(np.asarray(visibility, np.float64), 0, 1)
+    uv = np.zeros(xy.shape[:-2] + (29, 2))
+    conf = np.zeros(xy.shape[:-2] + (29,))
+    for joint, lms in EVIDENCE_LANDMARKS.items():
+        uv[..., joint, :] = xy[..., list(lms), :].mean(-2)
+        conf[..., joint] = vis[..., list(lms)].min(-1)
+    return uv, conf
+
+
+def joint_confidence(visibility):
+    """(N, 24) how well each joint's rotation is seen (ROTATION_LANDMARKS)."""
+    vis = np.clip(np.asarray(visibility, np.float64), 0, 1)
+    out = np.zeros(vis.shape[:-1] + (24,))
+    for joint, groups in ROTATION_LANDMARKS.items():
+        out[..., joint] = np.max([vis[..., list(g)].min(-1) for g in groups], 0)
+    return out
