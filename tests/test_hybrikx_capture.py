@@ -194,8 +194,12 @@ def test_resume_keeps_the_smplx_rows(model):
                   hand_rotmats=np.tile(eye, (n, 30, 1, 1)), jaw_rotmat=np.tile(eye, (n, 1, 1)),
                   eye_rotmats=np.tile(eye, (n, 2, 1, 1)), joint_confidence=np.ones((n, 24)),
                   hand_confidence=np.ones((n, 30)),
-                  extras={"square_box": np.zeros((n, 4), np.float32),
-                          "raw_root": np.tile([0.0, 0.0, 3.0], (n, 1)).astype(np.float32)})
+                  extras={"square_box": np.tile([0.0, 0, 10, 10], (n, 1)).astype(np.float32),
+                          "raw_root": np.tile([0.0, 0.0, 3.0], (n, 1)).astype(np.float32),
+                          "raw_rotmats": np.tile(eye, (n, 24, 1, 1)),
+                          "raw_betas": np.zeros((n, 10), np.float32),
+                          "uv29": np.zeros((n, 29, 2), np.float32),
+                          "uv29_confidence": np.ones((n, 29), np.float32)})
     prev = Result.from_frames(valid=np.ones(n, bool), **fields)
 
     class Backend:

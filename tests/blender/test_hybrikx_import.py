@@ -35,7 +35,8 @@ def official_take():
     heads = {"uvd": t("pred_uvd_jts"), "sigma": t("pred_sigma"), "maxvals": t("maxvals"),
              "shape": t("pred_shape_full"), "phi": t("pred_phi"), "cam": t("pred_camera")}
     out = pipe.solve(heads, g["bbox_xyxy_input"][None], g["img_center"][None])
-    f = pipe.frame_arrays(out)
+    f = {k: v for k, v in pipe.frame_arrays(out).items()
+         if k not in ("uv29", "uv29_confidence")}     # the capture's 2D evidence (extras)
     # the HybrIK camera of this crop (f = 1000 px at 256 px) as the take's camera
     focal = float(g["focal_px"])
     take = Result.from_frames(
