@@ -3,11 +3,17 @@
 batched IK frames/s, and the baseline the official demo runs (one crop at a
 time, flip test, full outputs) measured in the same run.
 
-Weights are the deterministic synthetic ones (speed does not depend on the
-values); the body model is the synthetic SMPL-format model in tests/data.
-With a GPU: CUDA, float16 autocast and channels_last.
+Architectures: the SMPL networks (res34_cam, hrnet48_cam) and HybrIK-X's
+SMPL-X networks (hrnetx48_rle = HRNetSMPLXCamKidReg, the demo's model;
+hrnetx48 = HRNetSMPLXCamKid). HybrIK-X crops/s include its 3-step camera
+refinement (3 naive IK solves), the analytical IK and the SMPL-X skinning.
 
-    python scripts/bench_model.py [--arch res34_cam hrnet48_cam] [--batches 1 8 32]
+Weights are the deterministic synthetic ones (speed does not depend on the
+values); the body models are the synthetic SMPL and SMPL-X models in
+tests/data. With a GPU: CUDA, float16 autocast and channels_last.
+
+    python scripts/bench_model.py [--arch res34_cam hrnet48_cam hrnetx48_rle hrnetx48]
+                                  [--batches 1 8 32]
 """
 import argparse
 import os
@@ -22,9 +28,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from hybrik_blender.core.body.model import body_model_from_arrays  # noqa: E402
-from hybrik_blender.worker.hybrik import ik  # noqa: E402
+from hybrik_blender.worker.hybrik import ik, ikx, smplx_layer  # noqa: E402
 from hybrik_blender.worker.hybrik.model import HybrIKPipeline  # noqa: E402
+from hybrik_blender.worker.hybrik.modelx import HybrIKXPipeline  # noqa: E402
 from hybrik_blender.worker.hybrik.nets import build_network  # noqa: E402
+from hybrik_blender.worker.hybrik.netsx import ARCHITECTURES_X, build_network_x  # noqa: E402
 from hybrik_blender.worker.synthetic import manifest_from_network, synthetic_state  # noqa: E402
 
 
@@ -34,17 +42,35 @@ def load_body():
 
 
 def timed(fn, iters, sync):
-    times = []
+    """Median wall time of ``fn``; the median CPU time of this process (all
+    threads) is left in ``timed.cpu``: on a shared machine crops per
+    CPU-second stay comparable when wall-clock rates do not."""
+    times, cpu = [], []
     for _ in range(iters):
         sync()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
         sync()
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    timed.cpu = statistics.median(cpu)
     return statistics.median(times)
 
 
+def load_body_x():
+    data = os.path.join(ROOT, "tests", "data")
+    return smplx_layer.load_smplx_model(os.path.join(data, "synthetic_smplx_neutral.npz"),
+                                        os.path.join(data, "synthetic_smplx_kid_template.npy"))
+
+
 def pipeline(arch, body, device):
+    if arch in ARCHITECTURES_X:
+        body = load_body_x()
+        net = build_network_x(arch)
+        state = synthetic_state(manifest_from_network(net), arch, seed=1,
+                                rest_points71=body.rest_points())
+        net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+        return HybrIKXPipeline(net, body, device=device)
     net = build_network(arch)
     state = synthetic_state(manifest_from_network(net), arch, seed=1)
     net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
@@ -61,7 +87,8 @@ def inputs(b, device):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", nargs="+", default=["res34_cam", "hrnet48_cam"])
+    ap.add_argument("--arch", nargs="+",
+                    default=["res34_cam", "hrnet48_cam", "hrnetx48_rle", "hrnetx48"])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
     ap.add_argument("--crops", type=int, default=None,
                     help="crops to time per batch size (default: 32 on CPU, 1024 on GPU)")
@@ -97,6 +124,35 @@ def main():
     print(f"IK (hybrid analytical + FK), batch {n}: {n / t_ik:,.0f} frames/s "
           f"(target >= 20,000 on CPU)")
 
+    # HybrIK-X: SMPL-X IK alone, and IK + skinning + 127 joints (the layer call)
+    if any(a in ARCHITECTURES_X for a in args.arch):
+        layer = smplx_layer.TorchSMPLX(load_body_x(), torch.float32, device)
+        nx = max(1, args.ik_batch // 16)
+        bx = torch.tensor(np.concatenate([rng.normal(0, 1, (nx, 10)), np.zeros((nx, 1))], 1),
+                          dtype=torch.float32, device=device)
+        ex = torch.tensor(rng.normal(0, 1, (nx, 10)), dtype=torch.float32, device=device)
+        restx = layer.rest_points(layer.shaped(bx, ex))
+        posex = restx + torch.tensor(rng.normal(0, 0.01, (nx, 71, 3)), dtype=torch.float32,
+                                     device=device)
+        phisx = torch.tensor(rng.normal(0, 1, (nx, 54, 2)), dtype=torch.float32, device=device)
+
+        def run_ikx():
+            with torch.inference_mode():
+                ikx.solve(posex - posex[:, :1], restx, phisx)
+
+        def run_layer(full):
+            with torch.inference_mode():
+                layer.hybrik(bx, ex, posex - posex[:, :1], phisx, vertices=full)
+
+        run_ikx()
+        t = timed(run_ikx, 3, sync)
+        print(f"SMPL-X IK (HybrIK-X analytical), batch {nx}: {nx / t:,.0f} frames/s")
+        for full, what in ((True, "the whole mesh"), (False, "the output vertices only")):
+            run_layer(full)
+            t = timed(lambda: run_layer(full), 3, sync)
+            print(f"SMPL-X layer (IK + FK + skinning of {what} + 127 joints), batch {nx}: "
+                  f"{nx / t:,.0f} frames/s")
+
     for arch in args.arch:
         pipe = pipeline(arch, body, device)
         results = {}
@@ -109,7 +165,17 @@ def main():
 
             step()                       # warm-up
             results[b] = b / timed(step, iters, sync)
-            print(f"{arch}: batch {b:3d}: {results[b]:8.2f} crops/s")
+            print(f"{arch}: batch {b:3d}: {results[b]:8.2f} crops/s "
+                  f"({b / max(timed.cpu, 1e-9):.2f} per CPU-second)")
+        if arch in ARCHITECTURES_X:   # where the time goes: network vs SMPL-X solve
+            b = max(args.batches)
+            x, boxes, centre = inputs(b, device)
+            heads = pipe.heads(x)
+            t_net = timed(lambda: pipe.heads(x), 1, sync)
+            t_solve = timed(lambda: pipe.solve(heads, boxes, centre), 3, sync)
+            print(f"{arch}: batch {b}: network {1000 * t_net / b:.1f} ms/crop, refinement + "
+                  f"IK + skinning {1000 * t_solve / b:.2f} ms/crop "
+                  f"({100 * t_solve / (t_net + t_solve):.1f}% of the crop's time)")
         # baseline: the official demo's way, one crop per call, flip test, mesh
         x1, boxes1, centre1 = inputs(1, device)
 
@@ -119,8 +185,10 @@ def main():
 
         base()
         base_rate = base_frames / timed(base, 1, sync)
+        base_cpu = base_frames / max(timed.cpu, 1e-9)
         best = max(results.values())
-        print(f"{arch}: baseline batch-1 loop with flip test: {base_rate:8.2f} crops/s; "
+        print(f"{arch}: baseline batch-1 loop with flip test: {base_rate:8.2f} crops/s "
+              f"({base_cpu:.2f} per CPU-second); "
               f"best batched / baseline = {best / base_rate:.2f}x; "
               f"batch {max(args.batches)} / baseline = {results[max(args.batches)] / base_rate:.2f}x")
 

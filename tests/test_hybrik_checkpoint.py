@@ -63,7 +63,7 @@ def test_wrong_files_name_the_keys(res34_state, tmp_path):
     reshaped["decshape.weight"] = torch.zeros(11, 1024)
     with pytest.raises(ck.CheckpointError, match=r"wrong shapes: decshape\.weight"):
         ck.split_state(reshaped)
-    with pytest.raises(ck.CheckpointError, match="not a HybrIK SMPL checkpoint.*conv.weight"):
+    with pytest.raises(ck.CheckpointError, match="not a HybrIK checkpoint.*conv.weight"):
         ck.split_state({"conv.weight": torch.zeros(1), "fc.bias": torch.zeros(1)})
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint at all")

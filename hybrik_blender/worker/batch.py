@@ -94,6 +94,7 @@ class BatchOptions:
     backend: str = "mediapipe"
     checkpoint: str = None
     smpl_model: str = None
+    kid_template: str = None
     device: str = "auto"
     batch_size: int = 16
     cleanup: object = None
@@ -584,10 +585,10 @@ def run_batch(opts, progress=None):
     t0 = time.perf_counter()
     frames_here = 0
     worker_opts = {"backend": opts.backend, "checkpoint": opts.checkpoint,
-                   "smpl_model": opts.smpl_model, "batch_size": opts.batch_size,
-                   "cleanup": opts.cleanup, "hands": opts.hands, "people": opts.people,
-                   "max_people": opts.max_people, "detect_every": opts.detect_every,
-                   "camera": opts.camera,
+                   "smpl_model": opts.smpl_model, "kid_template": opts.kid_template,
+                   "batch_size": opts.batch_size, "cleanup": opts.cleanup, "hands": opts.hands,
+                   "people": opts.people, "max_people": opts.max_people,
+                   "detect_every": opts.detect_every, "camera": opts.camera,
                    "device": ("cuda" if opts.gpus_per_worker > 0
                               else "cpu" if opts.device == "auto" else opts.device)}
     exporter = ThreadPoolExecutor(max_workers=1) if opts.export else None

@@ -74,6 +74,7 @@ class CaptureOptions:
     backend: str = "mediapipe"
     checkpoint: str = None
     smpl_model: str = None
+    kid_template: str = None   # HybrIK-X: smplx_kid_template.npy (see load_pipeline)
     device: str = "auto"
     batch_size: int = 16
     start: int = 0
@@ -137,13 +138,19 @@ class MediapipeBackend:
 
 
 class HybrIKBackend:
-    """Batched crops -> HybrIK network -> IK, on CUDA when present."""
+    """Batched crops -> HybrIK or HybrIK-X network -> IK, on CUDA when present.
+
+    ``model_path``: the body model file (SMPL, or SMPL-X for a HybrIK-X
+    checkpoint; default: the one the checkpoint embeds)."""
     name = "hybrik"
     needs_crops = True
+    # per-frame fields of an SMPL-X take, passed through to the result
+    SMPLX_FIELDS = ("kid", "expression", "hand_rotmats", "jaw_rotmat", "eye_rotmats",
+                    "hand_confidence")
 
-    def __init__(self, checkpoint, body_model, device, flip_test=False):
+    def __init__(self, checkpoint, model_path, device, flip_test=False, kid_template=None):
         import torch
-        from .hybrik.checkpoint import CheckpointError, load_hybrik
+        from .hybrik.checkpoint import CheckpointError, load_pipeline
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cuda" and not torch.cuda.is_available():
@@ -152,12 +159,15 @@ class HybrIKBackend:
         if not checkpoint:
             raise CaptureError(EXIT_USAGE, "the hybrik backend needs --checkpoint")
         try:
-            self.pipe = load_hybrik(checkpoint, body_model=body_model, device=device)
+            self.pipe = load_pipeline(checkpoint, model_path, kid_template, device=device)
         except CheckpointError as exc:
             raise CaptureError(EXIT_MODEL, str(exc)) from None
         except ValueError as exc:  # body model problems
             raise CaptureError(EXIT_MODEL, str(exc)) from None
-        self.body_model = self.pipe.body.model
+        self.smplx = getattr(self.pipe, "body_model", "smpl") == "smplx"
+        # the core body model (SMPL, or SMPL-X with the children's direction)
+        # for the clean-up and the hands
+        self.body_model = self.pipe.body.model.body if self.smplx else self.pipe.body.model
         self.torch = torch
         self.flip_test = flip_test
         self.model_name = f"{os.path.basename(checkpoint)} ({self.pipe.arch})"
@@ -197,6 +207,8 @@ class HybrIKBackend:
                            "root_translation": np.zeros(3), "joints29": np.zeros((29, 3)),
                            "confidence": 0.0, "square_box": np.array([0.0, 0.0, 256.0, 256.0]),
                            "uv29": np.zeros((29, 2)), "uv29_confidence": np.zeros(29)}
+                if self.smplx:
+                    rows[i].update(self.pipe.placeholder_row())
         return rows
 
     def finish(self, cols, valid, focal, principal):
@@ -234,12 +246,28 @@ class HybrIKBackend:
                 fields, rest29, uv, conf, fields["joint_confidence"], valid, cols["time"],
                 cols["bbox"], focal, principal, self.body_model, betas0)
             extras.update(more)
+        if self.smplx:
+            # SMPL's hand joints 22/23 have no SMPL-X rotation: the fingers
+            # hang from the wrists (hand_rotmats), so they stay identity
+            fields["rotmats"] = np.array(fields["rotmats"], np.float64)
+            fields["rotmats"][:, 22:24] = np.eye(3)
+            fields["joint_confidence"] = np.array(fields["joint_confidence"], np.float64)
+            fields["joint_confidence"][:, 22:24] = 0.0
+            fields.update({k: cols[k] for k in self.SMPLX_FIELDS}, body_model="smplx")
         return fields, extras
 
 
 # --- the run ----------------------------------------------------------------
 
 def _load_backend(opts):
+    if opts.backend == "hybrik":
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise CaptureError(EXIT_ENVIRONMENT, "torch is not installed in the worker "
+                                                 "environment") from None
+        return HybrIKBackend(opts.checkpoint, opts.smpl_model, opts.device, opts.flip_test,
+                             kid_template=opts.kid_template)
     body = None
     if opts.smpl_model:
         try:
@@ -248,13 +276,6 @@ def _load_backend(opts):
             raise CaptureError(EXIT_MODEL, str(exc)) from None
     if opts.backend == "mediapipe":
         return MediapipeBackend(body)
-    if opts.backend == "hybrik":
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            raise CaptureError(EXIT_ENVIRONMENT, "torch is not installed in the worker "
-                                                 "environment") from None
-        return HybrIKBackend(opts.checkpoint, body, opts.device, opts.flip_test)
     raise CaptureError(EXIT_USAGE, f"unknown backend '{opts.backend}'")
 
 
@@ -334,9 +355,11 @@ def _previous(opts, info, backend):
     except ResultFormatError as exc:
         raise CaptureError(EXIT_USAGE, f"cannot resume: {exc}") from None
     prev = takes[0]
-    if prev.source != info.name or prev.backend != backend.name:
+    body = "smplx" if getattr(backend, "smplx", False) else "smpl"
+    if prev.source != info.name or prev.backend != backend.name or prev.body_model != body:
         raise CaptureError(EXIT_USAGE, f"cannot resume: {opts.out} was made from "
-                                       f"'{prev.source}' with {prev.backend}")
+                                       f"'{prev.source}' with {prev.backend} "
+                                       f"({prev.body_model})")
     several = len(takes) > 1 or "appearance" in prev.extras
     if several != (opts.people != 1):
         raise CaptureError(EXIT_USAGE, f"cannot resume: {opts.out} was captured with "
@@ -370,6 +393,8 @@ def _keep_rows(prev, go_on, backend):
                        uv29=(prev.extras["uv29"][i] - 0.5 * (sq[:2] + sq[2:]))
                        / max(float(sq[2] - sq[0]), 1e-6),
                        uv29_confidence=prev.extras["uv29_confidence"][i])
+            if prev.body_model == "smplx":   # the HybrIK-X network's own fields
+                row.update({k: getattr(prev, k)[i] for k in HybrIKBackend.SMPLX_FIELDS})
         if "appearance" in prev.extras:
             row["appearance"] = prev.extras["appearance"][i]
         row.update({k: prev.extras[k][i] for k in HAND_EXTRAS if k in prev.extras})

@@ -73,9 +73,10 @@ def _capture(args):
     from . import capture as cap
     opts = cap.CaptureOptions(
         video=args.video, out=args.out, backend=args.backend, checkpoint=args.checkpoint,
-        smpl_model=args.smpl_model, device=args.device, batch_size=max(1, args.batch_size),
-        start=args.start, end=args.end, resume=args.resume, focal_length=args.focal_length,
-        flip_test=args.flip_test, cleanup=cleanup_options_from_args(args), hands=args.hands,
+        smpl_model=args.smpl_model, kid_template=args.kid_template, device=args.device,
+        batch_size=max(1, args.batch_size), start=args.start, end=args.end,
+        resume=args.resume, focal_length=args.focal_length, flip_test=args.flip_test,
+        cleanup=cleanup_options_from_args(args), hands=args.hands,
         people=args.people, max_people=args.max_people, detect_every=max(1, args.detect_every),
         camera=args.camera)
     token = cap.CancelToken(args.cancel_file or (args.out + ".cancel"))
@@ -101,7 +102,8 @@ def _batch(args):
     from . import batch
     opts = batch.BatchOptions(
         inputs=args.inputs, out_dir=args.out_dir, backend=args.backend,
-        checkpoint=args.checkpoint, smpl_model=args.smpl_model, device=args.device,
+        checkpoint=args.checkpoint, smpl_model=args.smpl_model,
+        kid_template=args.kid_template, device=args.device,
         batch_size=max(1, args.batch_size), cleanup=cleanup_options_from_args(args),
         camera=args.camera, ray_address=args.ray_address, num_cpus=args.num_cpus,
         workers=args.workers,
@@ -153,7 +155,7 @@ def _watch_parent(pid, token):
     threading.Thread(target=watch, daemon=True).start()
 
 
-def check_environment(checkpoint=None, smpl_model=None):
+def check_environment(checkpoint=None, smpl_model=None, kid_template=None):
     """Lines of (ok, text) saying what the environment has and lacks."""
     lines = []
     for module, what in (("numpy", "numpy"), ("cv2", "OpenCV (opencv-python-headless)")):
@@ -185,17 +187,27 @@ def check_environment(checkpoint=None, smpl_model=None):
             lines.append((True, f"person detector: none ({exc}); only --people 1"))
     except ImportError:
         pass
+    smplx = False
     if checkpoint:
         try:
-            from .hybrik.checkpoint import read_checkpoint
+            from .hybrik.checkpoint import is_smplx, read_checkpoint
             arch, _, smpl = read_checkpoint(checkpoint)
+            smplx = is_smplx(arch)
+            embedded = ", with embedded SMPL-X layer" if smplx else ", with embedded SMPL"
             lines.append((True, f"checkpoint {os.path.basename(checkpoint)}: {arch}"
-                                + (", with embedded SMPL" if smpl else "")))
+                                + (embedded if smpl else "")))
         except Exception as exc:  # noqa: BLE001
             lines.append((False, f"checkpoint: {exc}"))
     else:
         lines.append((True, "checkpoint: none set (only the mediapipe backend is available)"))
-    if smpl_model:
+    if smpl_model and smplx:
+        try:
+            from .hybrik.checkpoint import smplx_model_for
+            smplx_model_for(smpl_model, kid_template, smpl)
+            lines.append((True, f"SMPL-X body model {os.path.basename(smpl_model)}: OK"))
+        except ValueError as exc:
+            lines.append((False, f"body model: {exc}"))
+    elif smpl_model:
         try:
             from ..core.body.model import load_body_model
             load_body_model(smpl_model)
@@ -208,7 +220,7 @@ def check_environment(checkpoint=None, smpl_model=None):
 
 
 def _check(args):
-    lines = check_environment(args.checkpoint, args.smpl_model)
+    lines = check_environment(args.checkpoint, args.smpl_model, args.kid_template)
     for ok, text in lines:
         print(("ok      " if ok else "MISSING ") + text)
     return 0 if all(ok for ok, _ in lines) else codes.EXIT_ENVIRONMENT
@@ -238,8 +250,12 @@ def main(argv=None):
     c.add_argument("--out", required=True, help="result file to write (.npz)")
     c.add_argument("--backend", choices=("hybrik", "mediapipe"), default="mediapipe")
     c.add_argument("--checkpoint", help="official HybrIK checkpoint (.pth), for --backend hybrik")
-    c.add_argument("--smpl-model", help="SMPL model (.pkl/.npz); default: the checkpoint's, "
+    c.add_argument("--smpl-model", help="SMPL model (.pkl/.npz), or SMPL-X (SMPLX_NEUTRAL.npz) "
+                                        "for a HybrIK-X checkpoint; default: the checkpoint's, "
                                         "or none for mediapipe")
+    c.add_argument("--kid-template", help="HybrIK-X with --smpl-model: HybrIK's "
+                                          "smplx_kid_template.npy (default: found next to the "
+                                          "model, else the checkpoint's)")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     c.add_argument("--batch-size", type=int, default=16)
     c.add_argument("--start", type=int, default=0, help="first frame (0-based)")
@@ -266,7 +282,8 @@ def main(argv=None):
     b.add_argument("--out-dir", required=True, help="folder for the results and manifest.jsonl")
     b.add_argument("--backend", choices=("hybrik", "mediapipe"), default="mediapipe")
     b.add_argument("--checkpoint", help="official HybrIK checkpoint (.pth), for --backend hybrik")
-    b.add_argument("--smpl-model", help="SMPL model (.pkl/.npz)")
+    b.add_argument("--smpl-model", help="SMPL model (.pkl/.npz), or SMPL-X for HybrIK-X")
+    b.add_argument("--kid-template", help="HybrIK-X: smplx_kid_template.npy (see capture)")
     b.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: cuda with --gpus-per-worker, else cpu")
     b.add_argument("--batch-size", type=int, default=16)
@@ -297,6 +314,7 @@ def main(argv=None):
     k = sub.add_parser("check", help="say what the environment has and lacks")
     k.add_argument("--checkpoint")
     k.add_argument("--smpl-model")
+    k.add_argument("--kid-template")
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")

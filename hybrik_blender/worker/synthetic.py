@@ -3,7 +3,11 @@
 Follows the recipe of the golden reference data exactly: every tensor is a
 function of its state_dict name, its shape and a seed, so tests and
 benchmarks can run the real architectures without trained checkpoints.
-``smpl.*`` buffers are not generated.
+``smpl.*`` and ``smplx_layer.*`` buffers are not generated.
+
+HybrIK-X's regression model (``hrnetx48_rle``) follows the golden_x recipe:
+its coordinate head's biases hold a rest-skeleton prior (:func:`rle_prior_biases`)
+so that the regressed points form a T-posed body in the box.
 """
 import json
 import re
@@ -11,7 +15,11 @@ import zlib
 
 import numpy as np
 
-DEFAULT_GAIN = {"res34_cam": 1.2, "hrnet48_cam": 1.1}
+DEFAULT_GAIN = {"res34_cam": 1.2, "hrnet48_cam": 1.1, "hrnetx48_rle": 1.1, "hrnetx48": 1.1}
+_HRNET_BACKBONE_RULES = [
+    (r"re:(\.branches\.\d+\.\d+\.conv2|^preact\.layer1\.\d+\.conv3"
+     r"|^preact\.incre_modules\.\d+\.\d+\.conv3)\.weight$", 0.3),
+    (r"re:\.fuse_layers\.", 0.6)]
 GAIN_RULES = {
     "res34_cam": [
         ("final_layer.weight", 20.0), ("decshape.weight", 0.25), ("decphi.weight", 0.25),
@@ -23,8 +31,19 @@ GAIN_RULES = {
         (r"re:(\.branches\.\d+\.\d+\.conv2|^preact\.layer1\.\d+\.conv3"
          r"|^preact\.incre_modules\.\d+\.\d+\.conv3)\.weight$", 0.3),
         (r"re:\.fuse_layers\.", 0.6)],
+    "hrnetx48_rle": [
+        ("fc_coord.weight", 0.004), ("fc_coord_mouthtop.weight", 0.004),
+        ("decsigma.weight", 0.2), ("decsigma_mouthtop.weight", 0.2),
+        ("decshape.weight", 0.05), ("decphi.weight", 0.05), ("deccam.weight", 0.01),
+        *_HRNET_BACKBONE_RULES],
+    "hrnetx48": [
+        ("preact.final_layer.weight", 3.0), ("preact.depth_layer.weight", 3.0),
+        ("decsigma.weight", 0.5), ("decshape.weight", 0.05), ("decphi.weight", 0.05),
+        ("deccam.weight", 0.01), *_HRNET_BACKBONE_RULES],
 }
-INIT_CAM = {"res34_cam": [0.9, 0.0, 0.0], "hrnet48_cam": [0.9]}
+INIT_CAM = {"res34_cam": [0.9, 0.0, 0.0], "hrnet48_cam": [0.9], "hrnetx48_rle": [0.9],
+            "hrnetx48": [0.9]}
+_NOT_GENERATED = ("smpl.", "smplx_layer.")
 
 
 def gain_for(arch, name):
@@ -47,16 +66,40 @@ def _value(arch, name, shape, seed):
     return gain_for(arch, name) * np.sqrt(3.0 / fan_in) * (2 * u - 1)
 
 
-def synthetic_state(manifest, arch, seed=1):
-    """{name: numpy array} for every non-``smpl.*`` entry of a key manifest
-    (a dict name -> {'shape': [...], ...}, or a path to its JSON file)."""
+def rle_prior_biases(rest_points71):
+    """The golden_x prior of ``hrnetx48_rle``'s coordinate head: the 71 rest
+    points of the body model (55 regressed joints, 16 leaf vertices; metres,
+    SMPL-X frame) made root-relative, turned into the camera frame (x, -y, -z)
+    and divided by 2.2, the finger joints relative to their wrist.
+
+    Returns (fc_coord.bias (210,), fc_coord_mouthtop.bias (3,)), float32."""
+    p = np.asarray(rest_points71, np.float64)
+    p = (p - p[0]) * np.array([1.0, -1.0, -1.0]) / 2.2
+    p[25:40] -= p[20]
+    p[40:55] -= p[21]
+    return p[:70].reshape(-1).astype(np.float32), p[70].astype(np.float32)
+
+
+def synthetic_state(manifest, arch, seed=1, rest_points71=None):
+    """{name: numpy array} for every entry of a key manifest (a dict name ->
+    {'shape': [...], ...}, or a path to its JSON file) but the body-model
+    buffers. ``rest_points71``: for ``hrnetx48_rle``, the rest points that
+    give the coordinate head's prior (see :func:`rle_prior_biases`); without
+    them those biases are random like every other one."""
     if not isinstance(manifest, dict):
         with open(manifest, encoding="utf-8") as fh:
             manifest = json.load(fh)
     out = {}
+    prior = {}
+    if arch == "hrnetx48_rle" and rest_points71 is not None:
+        prior = dict(zip(("fc_coord.bias", "fc_coord_mouthtop.bias"),
+                         rle_prior_biases(rest_points71)))
     for name, info in manifest.items():
         shape = tuple(info["shape"])
-        if name.startswith("smpl."):
+        if name.startswith(_NOT_GENERATED):
+            continue
+        if name in prior:
+            out[name] = prior[name]
             continue
         if name == "init_cam":
             out[name] = np.asarray(INIT_CAM[arch], np.float32)

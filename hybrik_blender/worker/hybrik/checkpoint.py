@@ -5,6 +5,11 @@ Accepted: a plain state_dict or ``{'model': state_dict}`` (optionally with a
 The architecture is recognised from the keys; checkpoints made before the
 ``decsigma`` head existed load without it. The SMPL buffers the checkpoints
 embed (``smpl.*``) can serve as the body model.
+
+HybrIK-X checkpoints (``hybrikx_rle_hrnet.pth``: ``hrnetx48_rle``,
+``hybrikx_hrnet.pth``: ``hrnetx48``) are recognised the same way; they embed
+the whole SMPL-X layer (``smplx_layer.*``, the children's shape direction
+included), which serves as their body model unless an SMPL-X file is given.
 """
 import os
 
@@ -13,6 +18,7 @@ import torch
 
 from ...core.body.model import _CHECKPOINT_KEYS, body_model_from_arrays
 from .nets import build_network
+from .netsx import ARCHITECTURES_X, build_network_x
 
 
 class CheckpointError(ValueError):
@@ -23,6 +29,9 @@ _MARKERS = {   # a key only that architecture has
     "hrnet48_cam": "preact.final_layer.weight",
     "res34_cam": "deconv_layers.0.weight",
 }
+# HybrIK-X: checked first (its heatmap model also has preact.final_layer)
+_MARKERS_X = {"hrnetx48": "preact.depth_layer.weight", "hrnetx48_rle": "fc_coord.weight"}
+_BODY_PREFIXES = ("smpl.", "smplx_layer.")
 
 
 def _list(keys, n=8):
@@ -46,12 +55,18 @@ def unwrap_state_dict(obj, name="checkpoint"):
 
 def detect_architecture(keys, name="checkpoint"):
     keys = set(keys)
-    found = [arch for arch, marker in _MARKERS.items() if marker in keys]
+    found = [arch for arch, marker in _MARKERS_X.items() if marker in keys]
+    if not found:
+        found = [arch for arch, marker in _MARKERS.items() if marker in keys]
     if len(found) != 1:
         raise CheckpointError(
-            f"{name}: not a HybrIK SMPL checkpoint (ResNet-34 or HRNet-W48 with camera); "
-            f"keys found: {_list(keys)}")
+            f"{name}: not a HybrIK checkpoint (SMPL: ResNet-34 or HRNet-W48 with camera; "
+            f"SMPL-X: HybrIK-X HRNet-W48); keys found: {_list(keys)}")
     return found[0]
+
+
+def is_smplx(arch):
+    return arch in ARCHITECTURES_X
 
 
 def split_state(state, name="checkpoint"):
@@ -59,9 +74,10 @@ def split_state(state, name="checkpoint"):
     against the architecture; raises CheckpointError naming missing and
     unexpected keys."""
     arch = detect_architecture(state, name)
-    net_state = {k: v for k, v in state.items() if not k.startswith("smpl.")}
+    net_state = {k: v for k, v in state.items() if not k.startswith(_BODY_PREFIXES)}
     with_sigma = any(k.startswith("decsigma.") for k in net_state)
-    ref = build_network(arch, with_sigma=with_sigma).state_dict()
+    ref = (build_network_x(arch) if is_smplx(arch)
+           else build_network(arch, with_sigma=with_sigma)).state_dict()
     missing = set(ref) - set(net_state)
     unexpected = set(net_state) - set(ref)
     wrong = [k for k in set(ref) & set(net_state)
@@ -76,6 +92,9 @@ def split_state(state, name="checkpoint"):
             parts.append("wrong shapes: " + _list(
                 f"{k} {tuple(np.shape(net_state[k]))} != {tuple(ref[k].shape)}" for k in wrong))
         raise CheckpointError(f"{name}: does not match HybrIK {arch}; " + "; ".join(parts))
+    if is_smplx(arch):
+        layer = {k: v for k, v in state.items() if k.startswith("smplx_layer.")}
+        return arch, net_state, (layer or None)
     smpl = {}
     for key, target in _CHECKPOINT_KEYS.items():
         if key in state:
@@ -85,7 +104,8 @@ def split_state(state, name="checkpoint"):
 
 
 def read_checkpoint(path):
-    """(arch, network state_dict, smpl arrays or None) from a file."""
+    """(arch, network state_dict, smpl arrays or None) from a file; for a
+    HybrIK-X checkpoint the third item holds its ``smplx_layer.*`` buffers."""
     path = os.fspath(path)
     name = os.path.basename(path)
     try:
@@ -106,15 +126,69 @@ def body_model_from_checkpoint(smpl_arrays, source="checkpoint"):
 
 
 def load_hybrik(path, body_model=None, device="cpu", **kw):
-    """Checkpoint file -> ready :class:`.model.HybrIKPipeline`.
+    """Checkpoint file -> ready :class:`.model.HybrIKPipeline` (or, for a
+    HybrIK-X checkpoint, :class:`.modelx.HybrIKXPipeline`).
 
     ``body_model``: a core BodyModel (e.g. from the user's SMPL file via
-    :func:`hybrik_blender.core.body.model.load_body_model`); by default the
-    checkpoint's embedded SMPL buffers."""
+    :func:`hybrik_blender.core.body.model.load_body_model`), or an
+    :class:`.smplx_layer.SMPLXModel` for HybrIK-X; by default the body model
+    the checkpoint embeds."""
+    arch, net_state, extra = read_checkpoint(path)
+    return _pipeline(path, arch, net_state, extra, body_model, device, **kw)
+
+
+def _pipeline(path, arch, net_state, extra, body_model, device, **kw):
+    name = os.path.basename(os.fspath(path))
+    if is_smplx(arch):
+        from . import smplx_layer
+        from .modelx import HybrIKXPipeline
+        if body_model is None:
+            if not extra:
+                raise CheckpointError(f"{name}: has no embedded SMPL-X layer; give an SMPL-X "
+                                      "model file (SMPLX_NEUTRAL.npz)")
+            body_model = smplx_layer.smplx_model_from_state(extra, name)
+        elif not isinstance(body_model, smplx_layer.SMPLXModel):
+            raise CheckpointError(f"{name}: a HybrIK-X (SMPL-X) checkpoint needs an SMPL-X "
+                                  "body model, not an SMPL one")
+        net = build_network_x(arch)
+        net.load_state_dict(net_state)
+        return HybrIKXPipeline(net, body_model, device=device, **kw)
     from .model import HybrIKPipeline
-    arch, net_state, smpl = read_checkpoint(path)
     if body_model is None:
-        body_model = body_model_from_checkpoint(smpl, os.path.basename(os.fspath(path)))
+        body_model = body_model_from_checkpoint(extra, name)
     net = build_network(arch, with_sigma=any(k.startswith("decsigma.") for k in net_state))
     net.load_state_dict(net_state)
     return HybrIKPipeline(net, body_model, device=device, **kw)
+
+
+def load_pipeline(checkpoint, model_path=None, kid_template=None, device="cpu", **kw):
+    """The capture's entry point: checkpoint file and optional body model file
+    -> a ready pipeline for whichever architecture the checkpoint holds.
+
+    SMPL checkpoints take an SMPL ``.pkl``/``.npz`` (default: the embedded
+    ``smpl.*``). HybrIK-X checkpoints take an SMPL-X ``.npz``/``.pkl``
+    (default: the embedded layer), with its children's template from
+    ``kid_template``, else ``smplx_kid_template.npy`` next to the model (or
+    one folder up: HybrIK's ``model_files`` layout), else the one the
+    checkpoint's embedded layer holds. Raises CheckpointError or ValueError
+    (body model problems) with a one-line message."""
+    arch, net_state, extra = read_checkpoint(checkpoint)
+    body = None
+    if model_path and is_smplx(arch):
+        body = smplx_model_for(model_path, kid_template, extra)
+    elif model_path:
+        from ...core.body.model import load_body_model
+        body = load_body_model(model_path)
+    return _pipeline(checkpoint, arch, net_state, extra, body, device, **kw)
+
+
+def smplx_model_for(model_path, kid_template=None, layer_state=None):
+    """An SMPL-X model file for a HybrIK-X checkpoint, with its children's
+    template: ``kid_template``, else ``smplx_kid_template.npy`` next to the
+    model (or one folder up), else the one of the checkpoint's embedded
+    layer (``layer_state``, its ``smplx_layer.*`` buffers)."""
+    from . import smplx_layer
+    kid = kid_template or smplx_layer.find_kid_template(model_path)
+    if kid is None and layer_state and smplx_layer.has_smplx_state(layer_state):
+        kid = smplx_layer.kid_template_from_state(layer_state)
+    return smplx_layer.load_smplx_model(model_path, kid)

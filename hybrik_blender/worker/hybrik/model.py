@@ -42,9 +42,14 @@ class HybrIKPipeline:
         self.net = net.to(self.device).eval()
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        self.body = self._torch_body(body)
+
+    def _torch_body(self, body):
+        """The body model as the torch tensors the IK uses (subclasses with
+        another body model override this)."""
         if not isinstance(body, ik.TorchBodyModel):
             body = ik.TorchBodyModel(body, torch.float32, self.device)
-        self.body = body
+        return body
 
     def _net(self, x):
         if self.channels_last:

@@ -210,7 +210,8 @@ class HRNetW48Backbone(nn.Module):
         self.final_feat_layer = nn.Sequential(nn.Conv2d(1024, 2048, 1), _bn(2048),
                                               nn.ReLU(inplace=True))
 
-    def forward(self, x):
+    def branches_out(self, x):
+        """The four stage-4 branches (64, 32, 16, 8 px for a 256 px input)."""
         x = F.relu(self.bn1(self.conv1(x)), inplace=True)
         x = F.relu(self.bn2(self.conv2(x)), inplace=True)
         x = self.layer1(x)
@@ -219,13 +220,19 @@ class HRNetW48Backbone(nn.Module):
         xs = [xs[0], xs[1], self.transition2[2](xs[-1])]
         xs = self.stage3(xs)
         xs = [xs[0], xs[1], xs[2], self.transition3[3](xs[-1])]
-        xs = self.stage4(xs)
-        heat = self.final_layer(xs[0])
+        return self.stage4(xs)
+
+    def pooled_feature(self, xs):
+        """The classification head on the branches: the pooled 2048-d feature."""
         y = self.incre_modules[0](xs[0])
         for i, down in enumerate(self.downsamp_modules):
             y = self.incre_modules[i + 1](xs[i + 1]) + down(y)
         y = self.final_feat_layer(y)
-        return heat, y.mean((2, 3))
+        return y.mean((2, 3))
+
+    def forward(self, x):
+        xs = self.branches_out(x)
+        return self.final_layer(xs[0]), self.pooled_feature(xs)
 
 
 class HybrIKHRNet48Cam(nn.Module):
