@@ -209,3 +209,11 @@ def test_resume_keeps_the_smplx_rows(model):
     np.testing.assert_allclose(rows[2]["kid"], prev.kid[2])
     np.testing.assert_allclose(rows[1]["expression"], prev.expression[1])
     assert rows[0]["hand_rotmats"].shape == (30, 3, 3)
+
+
+def test_job_line_forwards_the_kid_template():
+    from hybrik_blender.blender import jobs
+    line = jobs.capture_args("py", "v.mp4", "o.npz", smpl_model="SMPLX_NEUTRAL.npz",
+                             kid_template="kid.npy")
+    assert line[line.index("--kid-template") + 1] == "kid.npy"
+    assert "--kid-template" not in jobs.capture_args("py", "v.mp4", "o.npz")

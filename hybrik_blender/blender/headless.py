@@ -161,7 +161,8 @@ def run_capture(args):
                              people=getattr(args, "people", 1),
                              max_people=getattr(args, "max_people", None),
                              camera=getattr(args, "camera", "auto"),
-                             hands=getattr(args, "hands", False))
+                             hands=getattr(args, "hands", False),
+                             kid_template=getattr(args, "kid_template", None) or "")
     bar = ProgressBar()
     try:
         while job.proc.poll() is None:

@@ -181,7 +181,7 @@ def worker_env():
 
 def capture_args(python, video, out, backend="mediapipe", checkpoint="", smpl_model="",
                  device="auto", start=0, end=None, batch_size=16, resume=False, hands=False,
-                 people=1, max_people=None, camera="auto"):
+                 people=1, max_people=None, camera="auto", kid_template=""):
     """The worker command line for a capture (`people`: 1, N, or 0 for all)."""
     args = [python, "-m", f"{PACKAGE_NAME}.worker", "capture", video, "--out", out,
             "--backend", backend, "--device", device, "--batch-size", str(batch_size),
@@ -190,6 +190,8 @@ def capture_args(python, video, out, backend="mediapipe", checkpoint="", smpl_mo
         args += ["--checkpoint", checkpoint]
     if smpl_model:
         args += ["--smpl-model", smpl_model]
+    if kid_template:
+        args += ["--kid-template", kid_template]
     if start:
         args += ["--start", str(int(start))]
     if end:
