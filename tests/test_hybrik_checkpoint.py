@@ -99,3 +99,10 @@ def test_saved_checkpoint_with_smpl_buffers(res34_state, model_arrays, tmp_path)
     with pytest.raises(ck.CheckpointError, match="no embedded SMPL"):
         ck.load_hybrik(tmp_path / "bare.pth")
     assert ck.load_hybrik(tmp_path / "bare.pth", body_model=body).arch == "res34_cam"
+
+
+def test_smpl_checkpoint_refuses_an_smplx_model(res34_state, tmp_path):
+    torch.save(res34_state, tmp_path / "res34.pth")
+    with pytest.raises(ck.CheckpointError, match="SMPL-X model.*SMPL HybrIK checkpoint"):
+        ck.load_pipeline(str(tmp_path / "res34.pth"),
+                         model_path=os.path.join(DATA, "synthetic_smplx_neutral.npz"))

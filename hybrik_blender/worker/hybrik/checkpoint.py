@@ -179,6 +179,10 @@ def load_pipeline(checkpoint, model_path=None, kid_template=None, device="cpu", 
     elif model_path:
         from ...core.body.model import load_body_model
         body = load_body_model(model_path)
+        if body.is_smplx:
+            raise CheckpointError(f"{os.path.basename(model_path)} is an SMPL-X model, and "
+                                  f"{os.path.basename(checkpoint)} is an SMPL HybrIK "
+                                  "checkpoint: give an SMPL model, or a HybrIK-X checkpoint")
     return _pipeline(checkpoint, arch, net_state, extra, body, device, **kw)
 
 
