@@ -36,8 +36,11 @@ def _import_options(p):
     p.add_argument("--kid-template", metavar="NPY",
                    help="children's template (smplx_kid_template.npy) for takes with "
                         "HybrIK-X's kid shape (default: looked for beside the model file)")
-    p.add_argument("--no-hands", action="store_true",
-                   help="SMPL-X: leave the fingers unkeyed at rest")
+    # not "--no-hands": capture's --hands asks the worker to capture fingers,
+    # and "capture --hands --no-hands" would read as a contradiction
+    p.add_argument("--rest-fingers", dest="no_hands", action="store_true",
+                   help="SMPL-X: leave the fingers unkeyed at rest (the captured finger "
+                        "motion, if any, is not applied)")
     p.add_argument("--no-expressions", action="store_true",
                    help="SMPL-X: no expression shape keys")
     p.add_argument("--per-frame-betas", action="store_true",

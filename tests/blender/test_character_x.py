@@ -239,7 +239,7 @@ def test_cli_builds_an_smplx_character(tmp_path, capsys):
 
     # in-process: the switches and the clear one-line errors (exit status 2)
     assert cli_main(["import", str(res), "--smpl-model", SYNTHETIC_SMPLX_MODEL, "-o",
-                     str(out), "--no-hands", "--no-expressions", "--no-correctives",
+                     str(out), "--rest-fingers", "--no-expressions", "--no-correctives",
                      "--no-cleanup"]) == 0
     rig = next(o for o in bpy.data.objects if o.type == 'ARMATURE')
     assert not rig["hybrik_hands"]
