@@ -25,10 +25,22 @@ Design (the decisions, in one place):
   change (``done``, ``failed``, ``retry``), with frames, fps, duration, wall
   time, the worker's host and the error (code, reason, message). The last
   line for a video is its state.
-* Resume is free: a video whose result exists and is complete (same backend)
-  is skipped; so is one whose last recorded failure was its own fault
-  (unreadable: code 3, nobody in it: code 4) and whose file has not changed
-  since (``--retry-failed`` tries those again). Anything else runs again.
+* Resume is free, and never trusts a stale file: a video is skipped only
+  when its result exists, is complete (same backend) and the manifest's last
+  record for that output says it was captured from this very video, with
+  the same fingerprint (resolved path, size, mtime and a SHA-256 of the
+  first and last MiB; for a folder of images, its image list and the ends of
+  the first and last image). A different clip of the same name in the same
+  --out-dir, or the same file replaced, is captured again (from the start: a
+  batch never resumes a partial result it cannot vouch for). So is a video
+  whose last recorded failure was its own fault (unreadable: code 3, nobody
+  in it: code 4) once its fingerprint changed (``--retry-failed`` tries
+  those again anyway). Manifests written before fingerprints had these
+  fields get every video captured once more.
+* Outputs are checked before anything runs: --out-dir must be a writable
+  folder or creatable (else exit 6), and a video whose output would be one
+  of the inputs, or exists and is not a regular file, is recorded as failed
+  (code 2) without running.
 * A worker process or node that dies mid-video fails that call; the video is
   recorded as ``retry`` and queued again, up to ``--max-retries`` times, then
   recorded as ``failed`` (reason ``worker_died``). Ray restarts the actor.
@@ -49,10 +61,13 @@ single-video path never import it.
 """
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import logging
+import math
 import os
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -61,6 +76,7 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 
+from ..core.safe_paths import PathRefused, check_folder, check_outputs
 from . import exitcodes as codes
 from .video.reader import IMAGE_EXTENSIONS, natural_key
 
@@ -70,11 +86,13 @@ VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".m
                     ".flv", ".mts", ".m2ts", ".ts", ".3gp", ".ogv")
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
 MANIFEST = "manifest.jsonl"
-EXIT_SOME_FAILED = 9
+EXIT_SOME_FAILED = codes.EXIT_SOME_FAILED
 REASONS = {codes.EXIT_INTERNAL: "internal", codes.EXIT_USAGE: "usage",
            codes.EXIT_VIDEO: "video", codes.EXIT_NOBODY: "nobody", codes.EXIT_MODEL: "model",
            codes.EXIT_WRITE: "write", codes.EXIT_ENVIRONMENT: "environment",
-           codes.EXIT_GPU_MEMORY: "gpu_memory", codes.EXIT_CANCELLED: "cancelled"}
+           codes.EXIT_GPU_MEMORY: "gpu_memory", codes.EXIT_RESULT: "result",
+           codes.EXIT_NO_PROGRESS: "no_progress", codes.EXIT_CANCELLED: "cancelled"}
+HASH_BYTES = 1 << 20   # the fingerprint hashes this much at each end of a file
 VIDEO_FAULTS = (codes.EXIT_VIDEO, codes.EXIT_NOBODY)
 EXPORT_FORMATS = ("blend", "fbx")
 
@@ -121,6 +139,8 @@ class Job:
     frames_total: int = 0
     attempts: int = 0
     needs_capture: bool = True
+    fingerprint: dict = None    # of the video when the batch planned it
+    error: dict = None          # refused before running: {"code", "reason", "message"}
 
 
 # --- inputs -----------------------------------------------------------------
@@ -133,7 +153,8 @@ def _expand_folder(folder):
     for n in names:
         p = os.path.join(folder, n)
         if os.path.isdir(p):
-            found += [(v, os.path.join(n, rel)) for v, rel in _expand_folder(p)]
+            # an image sequence in a subfolder is named after the subfolder
+            found += [(v, os.path.join(n, rel) if rel else n) for v, rel in _expand_folder(p)]
         elif n.lower().endswith(VIDEO_EXTENSIONS):
             found.append((p, n))
         elif n.lower().endswith(IMAGE_EXTENSIONS):
@@ -188,14 +209,45 @@ def collect_videos(inputs):
     return named
 
 
-def _fingerprint(path):
+def fingerprint(path):
+    """What the done-record vouches for: the video's resolved path, size,
+    mtime and a SHA-256 of its first and last MiB; for a folder of images
+    the sum of their sizes, the latest mtime, and a hash of the image list
+    (names, sizes, mtimes) and of the ends of the first and last image.
+    None when it cannot be read (or is not a file or folder: a FIFO is never
+    opened)."""
     try:
-        st = os.stat(path)
+        real = os.path.realpath(path)
+        st = os.stat(real)
+        h = hashlib.sha256()
+        if stat.S_ISDIR(st.st_mode):
+            names = sorted((n for n in os.listdir(real) if n.lower().endswith(IMAGE_EXTENSIONS)),
+                           key=natural_key)
+            size, mtime = 0, st.st_mtime_ns
+            for n in names:
+                s = os.stat(os.path.join(real, n))
+                size, mtime = size + s.st_size, max(mtime, s.st_mtime_ns)
+                h.update(f"{n}\0{s.st_size}\0{s.st_mtime_ns}\n".encode("utf-8", "replace"))
+            ends = [os.path.join(real, n) for n in dict.fromkeys(names[:1] + names[-1:])]
+        elif stat.S_ISREG(st.st_mode):
+            size, mtime, ends = st.st_size, st.st_mtime_ns, [real]
+        else:
+            return None
+        for f in ends:
+            if stat.S_ISREG(os.stat(f).st_mode):
+                _hash_ends(h, f)
     except OSError:
         return None
-    if os.path.isdir(path):
-        return [len(os.listdir(path)), st.st_mtime_ns]
-    return [st.st_size, st.st_mtime_ns]
+    return {"path": real, "size": int(size), "mtime_ns": int(mtime), "sha256": h.hexdigest()}
+
+
+def _hash_ends(h, path):
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        h.update(fh.read(HASH_BYTES))
+        if size > HASH_BYTES:
+            fh.seek(max(HASH_BYTES, size - HASH_BYTES))
+            h.update(fh.read(HASH_BYTES))
 
 
 def _probe_frames(path):
@@ -225,28 +277,59 @@ def _result_state(path):
 
 # --- manifest ---------------------------------------------------------------
 
-def read_manifest(out_dir):
-    """The last record of each video in DIR/manifest.jsonl (a torn last line
-    from a crash is ignored)."""
-    last = {}
+def _records(out_dir):
+    """The last record of each video and of each output in DIR/manifest.jsonl
+    (a torn line from a crash, or anything that is not a record, is ignored)."""
+    by_video, by_output = {}, {}
+    path = os.path.join(out_dir, MANIFEST)
+    if not os.path.isfile(path):
+        return by_video, by_output
     try:
-        with open(os.path.join(out_dir, MANIFEST), encoding="utf-8") as fh:
+        with open(path, encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 try:
                     rec = json.loads(line)
                 except ValueError:
                     continue
-                if isinstance(rec, dict) and "video" in rec:
-                    last[rec["video"]] = rec
-    except FileNotFoundError:
+                if isinstance(rec, dict) and isinstance(rec.get("video"), str):
+                    by_video[rec["video"]] = rec
+                    if isinstance(rec.get("output"), str):
+                        by_output[rec["output"]] = rec
+    except OSError:
         pass
-    return last
+    return by_video, by_output
+
+
+def read_manifest(out_dir):
+    """The last record of each video in DIR/manifest.jsonl (a torn last line
+    from a crash is ignored)."""
+    return _records(out_dir)[0]
+
+
+def _captured(rec):
+    """The record says the capture of its video finished (only the export may
+    have failed)."""
+    return rec.get("status") == "done" or (rec.get("error") or {}).get("reason") == "export"
 
 
 class Manifest:
+    """Append-only JSON lines: earlier records are never rewritten. A line
+    torn by a crash is sealed with a newline before the first new record, so
+    it costs only itself."""
+
     def __init__(self, out_dir):
         self.path = os.path.join(out_dir, MANIFEST)
+        torn = False
+        try:
+            with open(self.path, "rb") as fh:
+                if fh.seek(0, os.SEEK_END) > 0:
+                    fh.seek(-1, os.SEEK_END)
+                    torn = fh.read(1) != b"\n"
+        except FileNotFoundError:
+            pass
         self._fh = open(self.path, "a", encoding="utf-8")
+        if torn:
+            self._fh.write("\n")
 
     def write(self, record):
         self._fh.write(json.dumps(record) + "\n")
@@ -315,9 +398,9 @@ class CaptureActor:
             except Exception:  # noqa: BLE001 - progress is best effort
                 pass
 
-        state = _result_state(output)
-        resume = bool(state and not state[0] and state[1] == self.opts["backend"])
-        opts = cap.CaptureOptions(video=video, out=output, resume=resume, **self.opts)
+        # always from the start: the driver only sends videos whose output it
+        # cannot vouch for (see _plan)
+        opts = cap.CaptureOptions(video=video, out=output, resume=False, **self.opts)
         try:
             res = cap.run_capture(opts, progress=progress, backend=self.backend)
         except cap.CaptureError as exc:
@@ -333,6 +416,8 @@ class CaptureActor:
             rec = dict(base, status="done", frames=res.num_frames,
                        valid_frames=int(res.valid.sum()), fps=round(float(res.fps), 3),
                        duration_s=round(res.num_frames / float(res.fps), 3))
+            if res.warnings:  # e.g. a video that ended before its declared frame count
+                rec["warnings"] = list(res.warnings)
         if rec["status"] == "failed":
             try:
                 from .video.reader import VideoSource
@@ -418,6 +503,7 @@ class TerminalLine:
             err = event.get("error") or {}
             what = event["status"] + (f" ({err.get('reason')}: {err.get('message')})"
                                       if err else f", {event.get('frames', 0)} frames")
+            what += "".join(f"; warning: {w}" for w in event.get("warnings") or ())
             self.stream.write(f"{os.path.basename(event['video'])}: {what}\n")
         elif event.get("event") == "progress":
             eta = event["eta_s"]
@@ -492,33 +578,83 @@ def _worker_count(opts, ray, todo):
     return max(1, min(n, todo))
 
 
-def _plan(opts, videos, previous):
+def _inode(path):
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _refusal(opts, video, output, exports, inputs):
+    """Why a video's outputs must not be written (an error dict), or None:
+    an output that is one of the batch's inputs (any video, the checkpoint,
+    the body model; by path and by inode) or is not a regular file, or whose
+    folder cannot be written."""
+    ins = [("video", video), ("checkpoint", opts.checkpoint), ("body model", opts.smpl_model),
+           ("children's template", opts.kid_template)]
+    outs = [("output", output)] + [("export", p) for p in exports]
+    try:
+        for label, path in outs:
+            if _inode(path) in inputs or os.path.realpath(path) in inputs:
+                raise PathRefused(f"the {label} '{path}' is one of the batch's inputs: "
+                                  "refusing to write over it", codes.EXIT_USAGE)
+        check_outputs(outs, ins)
+        os.makedirs(os.path.dirname(output), exist_ok=True)
+    except PathRefused as exc:
+        return {"code": exc.code, "reason": REASONS[exc.code], "message": str(exc)}
+    except OSError as exc:
+        return {"code": codes.EXIT_WRITE, "reason": "write",
+                "message": f"cannot create the folder of '{output}': {exc.strerror or exc}"}
+    return None
+
+
+def _plan(opts, videos, records):
     """Split the videos into jobs, those already done and those that failed
-    before through their own fault (resume)."""
+    before through their own fault (resume). `records`: the manifest's last
+    record per video and per output (see _records)."""
+    previous, by_output = records
+    inputs = set()
+    for path in [v for v, _ in videos] + [opts.checkpoint, opts.smpl_model, opts.kid_template]:
+        if path:
+            inputs.add(os.path.realpath(path))
+            if _inode(path) is not None and os.path.isfile(path):
+                inputs.add(_inode(path))
     jobs, skipped, failed_before = [], [], []
     for video, key in videos:
         output = os.path.join(opts.out_dir, key + ".npz")
-        os.makedirs(os.path.dirname(output), exist_ok=True)
-        state = _result_state(output)
+        fp = fingerprint(video)
         exports = list(_export_paths(opts.out_dir, key, opts.export).values())
+        refused = _refusal(opts, video, output, exports, inputs)
+        if refused:
+            jobs.append(Job(video, output, fingerprint=fp, error=refused))
+            continue
+        state = _result_state(output)
         if "fbx" in opts.export and os.path.exists(output):
             people_fbx = _person_fbx(os.path.splitext(output)[0], output)
             if people_fbx:
                 exports = [p for p in exports if not p.endswith(".fbx")] + people_fbx
         need_export = any(not os.path.exists(p) for p in exports)
-        if state and state[0] and state[1] == opts.backend:
+        rec = by_output.get(output)
+        vouched = (state and state[0] and state[1] == opts.backend and rec is not None
+                   and _captured(rec) and rec.get("video") == video and fp is not None
+                   and rec.get("fingerprint") == fp)
+        if vouched:
             if not need_export:
                 skipped.append(video)
                 continue
-            jobs.append(Job(video, output, needs_capture=False))
+            jobs.append(Job(video, output, needs_capture=False, fingerprint=fp))
             continue
+        if state:
+            log.info("%s: the result there is not vouched for by the manifest (another "
+                     "video, or this one changed): capturing again", output)
         prev = previous.get(video)
         if (prev and prev.get("status") == "failed" and not opts.retry_failed
                 and (prev.get("error") or {}).get("code") in VIDEO_FAULTS
-                and prev.get("fingerprint") == _fingerprint(video)):
+                and fp is not None and prev.get("fingerprint") == fp):
             failed_before.append(video)
             continue
-        jobs.append(Job(video, output, frames_total=_probe_frames(video)))
+        jobs.append(Job(video, output, frames_total=_probe_frames(video), fingerprint=fp))
     return jobs, skipped, failed_before
 
 
@@ -530,8 +666,6 @@ def _export(opts, job):
     people_fbx = _person_fbx(stem, job.output) if "fbx" in paths else None
     if people_fbx:
         paths["fbx"] = people_fbx
-    if all(os.path.exists(p) for v in paths.values() for p in (v if isinstance(v, list) else [v])):
-        return paths, None
     name = os.path.basename(stem)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=os.path.dirname(stem)) as tmp:
         blend = os.path.join(tmp, name + ".blend")
@@ -556,6 +690,30 @@ def _export(opts, job):
     return paths, None
 
 
+def _check_options(opts):
+    """Option values and requirements, before anything runs."""
+    bad = [f for f in opts.export if f not in EXPORT_FORMATS]
+    if bad:
+        raise BatchError(codes.EXIT_USAGE, f"--export: unknown format(s) {', '.join(bad)} "
+                                           f"(choose from {', '.join(EXPORT_FORMATS)})")
+    if opts.backend == "hybrik" and not opts.checkpoint:
+        raise BatchError(codes.EXIT_USAGE, "the hybrik backend needs --checkpoint")
+    checks = (("--batch-size", opts.batch_size, 1), ("--max-retries", opts.max_retries, 0),
+              ("--gpus-per-worker", opts.gpus_per_worker, 0),
+              ("--workers", opts.workers if opts.workers is not None else 1, 1),
+              ("--num-cpus", opts.num_cpus if opts.num_cpus is not None else 1, 1),
+              ("--detect-every", opts.detect_every, 1))
+    for name, value, low in checks:
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= low):
+            raise BatchError(codes.EXIT_USAGE, f"{name} must be a number of at least {low}, "
+                                               f"not {value}")
+    if not (math.isfinite(opts.cpus_per_worker) and opts.cpus_per_worker > 0):
+        raise BatchError(codes.EXIT_USAGE, "--cpus-per-worker must be more than 0")
+    if opts.export and importlib.util.find_spec("bpy") is None:
+        raise BatchError(codes.EXIT_ENVIRONMENT, "--export needs Blender's bpy module in this "
+                                                 "Python: pip install '.[blender]'")
+
+
 def run_batch(opts, progress=None):
     """Run the batch; returns the summary (the final "done" event). `progress`
     gets every event: "batch", "progress", "video" (each manifest record),
@@ -569,19 +727,31 @@ def run_batch(opts, progress=None):
     from ray.exceptions import ActorUnavailableError, RayActorError
     from ray.util.queue import Empty, Queue
 
-    bad = [f for f in opts.export if f not in EXPORT_FORMATS]
-    if bad:
-        raise BatchError(codes.EXIT_USAGE, f"--export: unknown format(s) {', '.join(bad)} "
-                                           f"(choose from {', '.join(EXPORT_FORMATS)})")
-    if opts.backend == "hybrik" and not opts.checkpoint:
-        raise BatchError(codes.EXIT_USAGE, "the hybrik backend needs --checkpoint")
+    _check_options(opts)
     videos = collect_videos(opts.inputs)
     if not videos:
         raise BatchError(codes.EXIT_USAGE, "no videos found in the inputs")
-    os.makedirs(opts.out_dir, exist_ok=True)
-    jobs, skipped, failed_before = _plan(opts, videos, read_manifest(opts.out_dir))
+    manifest_path = os.path.join(opts.out_dir, MANIFEST)
+    try:
+        check_folder("--out-dir", opts.out_dir)
+        check_outputs([("the manifest", manifest_path)],
+                      [("input", v) for v, _ in videos]
+                      + [("checkpoint", opts.checkpoint), ("body model", opts.smpl_model)])
+        os.makedirs(opts.out_dir, exist_ok=True)
+        if not os.path.isdir(opts.out_dir):
+            raise PathRefused(f"--out-dir '{opts.out_dir}' is not a folder", codes.EXIT_WRITE)
+    except PathRefused as exc:
+        raise BatchError(exc.code, str(exc)) from None
+    except OSError as exc:
+        raise BatchError(codes.EXIT_WRITE, f"--out-dir '{opts.out_dir}' cannot be created: "
+                                           f"{exc.strerror or exc}") from None
+    jobs, skipped, failed_before = _plan(opts, videos, _records(opts.out_dir))
     prog = Progress(jobs, len(skipped), len(failed_before), emit, opts.progress_interval)
-    manifest = Manifest(opts.out_dir)
+    try:
+        manifest = Manifest(opts.out_dir)
+    except OSError as exc:
+        raise BatchError(codes.EXIT_WRITE, f"cannot write {manifest_path}: "
+                                           f"{exc.strerror or exc}") from None
     t0 = time.perf_counter()
     frames_here = 0
     worker_opts = {"backend": opts.backend, "checkpoint": opts.checkpoint,
@@ -600,7 +770,7 @@ def run_batch(opts, progress=None):
 
     def record(job, rec):
         rec = dict(rec, video=job.video, output=job.output, attempt=job.attempts,
-                   fingerprint=_fingerprint(job.video),
+                   fingerprint=job.fingerprint,
                    time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         rec = {k: rec[k] for k in ("video", "output", "status", *sorted(set(rec) - {
             "video", "output", "status"}))}
@@ -628,9 +798,11 @@ def run_batch(opts, progress=None):
         emit({"event": "batch", "videos": len(videos), "todo": len(jobs),
               "skipped": len(skipped), "failed_before": len(failed_before),
               "out_dir": os.path.abspath(opts.out_dir)})
-        for job in [j for j in jobs if not j.needs_capture]:
+        for job in [j for j in jobs if j.error]:
+            record(job, {"status": "failed", "error": job.error})
+        for job in [j for j in jobs if not j.needs_capture and not j.error]:
             finish(job, {"status": "done", "note": "result already complete"})
-        queue_jobs = [j for j in jobs if j.needs_capture]
+        queue_jobs = [j for j in jobs if j.needs_capture and not j.error]
         if queue_jobs:
             shutdown = _connect(opts, ray)
             n = _worker_count(opts, ray, len(queue_jobs))

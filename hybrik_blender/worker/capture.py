@@ -47,8 +47,39 @@ class CaptureError(Exception):
 
 
 from .exitcodes import (EXIT_CANCELLED, EXIT_ENVIRONMENT, EXIT_GPU_MEMORY,  # noqa: E402,F401
-                        EXIT_INTERNAL, EXIT_MODEL, EXIT_NOBODY, EXIT_OK, EXIT_USAGE,
-                        EXIT_VIDEO, EXIT_WRITE)
+                        EXIT_INTERNAL, EXIT_MODEL, EXIT_NO_PROGRESS, EXIT_NOBODY, EXIT_OK,
+                        EXIT_RESULT, EXIT_USAGE, EXIT_VIDEO, EXIT_WRITE)
+from ..core.safe_paths import PathRefused, check_outputs  # noqa: E402
+
+
+def check_paths(opts, extra_outputs=()):
+    """Refuse, before any work, an --out that is one of the inputs (video,
+    checkpoint, body model, children's template; by path and by inode) or that
+    exists and is not a regular file, and an output folder that cannot be
+    written or created (see core.safe_paths). Raises CaptureError."""
+    if not opts.out:
+        raise CaptureError(EXIT_USAGE, "no output file given (--out)")
+    inputs = [("video", opts.video), ("checkpoint", opts.checkpoint),
+              ("body model", opts.smpl_model), ("children's template", opts.kid_template)]
+    try:
+        check_outputs([("--out", opts.out), *extra_outputs], inputs)
+    except PathRefused as exc:
+        raise CaptureError(exc.code, str(exc)) from None
+
+
+def check_options(opts):
+    """Option values that cannot work, refused before any work (exit 2)."""
+    if opts.start is not None and opts.start < 0:
+        raise CaptureError(EXIT_USAGE, f"--start must be 0 or more, not {opts.start}")
+    if opts.end is not None and opts.end <= (opts.start or 0):
+        raise CaptureError(EXIT_USAGE, f"--end ({opts.end}) must be after --start "
+                                       f"({opts.start or 0})")
+    f = opts.focal_length
+    if f is not None and not (np.isfinite(f) and 0 < f < 1e7):
+        raise CaptureError(EXIT_USAGE, f"--focal-length must be a positive number of pixels, "
+                                       f"not {f}")
+    if opts.max_people is not None and opts.max_people < 1:
+        raise CaptureError(EXIT_USAGE, "--max-people must be at least 1")
 
 
 class CancelToken:
@@ -160,10 +191,15 @@ class HybrIKBackend:
             raise CaptureError(EXIT_USAGE, "the hybrik backend needs --checkpoint")
         try:
             self.pipe = load_pipeline(checkpoint, model_path, kid_template, device=device)
-        except CheckpointError as exc:
+        except (CheckpointError, ValueError) as exc:  # ValueError: body model problems
             raise CaptureError(EXIT_MODEL, str(exc)) from None
-        except ValueError as exc:  # body model problems
-            raise CaptureError(EXIT_MODEL, str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes a reader raise
+            raise CaptureError(EXIT_MODEL, f"{os.path.basename(checkpoint)}: cannot be loaded "
+                                           f"({type(exc).__name__}: {exc})") from None
+        bad = non_finite_weight(self.pipe.net)
+        if bad:
+            raise CaptureError(EXIT_MODEL, f"{os.path.basename(checkpoint)}: the weight '{bad}' "
+                                           "holds NaN or infinite values")
         self.smplx = getattr(self.pipe, "body_model", "smpl") == "smplx"
         # the core body model (SMPL, or SMPL-X with the children's direction)
         # for the clean-up and the hands
@@ -174,7 +210,12 @@ class HybrIKBackend:
 
     def _run(self, x, boxes, centres):
         try:
-            return self.pipe.frame_arrays(self.pipe(x, boxes, centres, flip_test=self.flip_test))
+            arrays = self.pipe.frame_arrays(self.pipe(x, boxes, centres,
+                                                      flip_test=self.flip_test))
+        except (self.torch.linalg.LinAlgError, np.linalg.LinAlgError):
+            raise CaptureError(EXIT_MODEL, f"{self.model_name}: the network's output cannot be "
+                                           "solved (NaN or infinite values): the checkpoint is "
+                                           "broken") from None
         except self.torch.cuda.OutOfMemoryError:
             self.torch.cuda.empty_cache()
             if len(x) == 1:
@@ -185,6 +226,13 @@ class HybrIKBackend:
             a = self._run(x[:half], boxes[:half], centres[:half])
             b = self._run(x[half:], boxes[half:], centres[half:])
             return {k: np.concatenate([a[k], b[k]]) for k in a}
+        for key, value in arrays.items():
+            value = np.asarray(value)
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                raise CaptureError(EXIT_MODEL, f"{self.model_name}: the network gave NaN or "
+                                               f"infinite values ({key}): the checkpoint is "
+                                               "broken or does not fit")
+        return arrays
 
     def process(self, items):
         from .hybrik import preprocess
@@ -257,6 +305,17 @@ class HybrIKBackend:
         return fields, extras
 
 
+def non_finite_weight(net):
+    """The name of the first floating-point weight or buffer of `net` with a
+    NaN or an infinity, or None."""
+    import torch
+    with torch.no_grad():
+        for name, value in net.state_dict().items():
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                return name
+    return None
+
+
 # --- the run ----------------------------------------------------------------
 
 def _load_backend(opts):
@@ -274,6 +333,9 @@ def _load_backend(opts):
             body = load_body_model(opts.smpl_model)
         except ValueError as exc:
             raise CaptureError(EXIT_MODEL, str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes a reader raise
+            raise CaptureError(EXIT_MODEL, f"{os.path.basename(opts.smpl_model)}: cannot be "
+                                           f"loaded ({type(exc).__name__}: {exc})") from None
     if opts.backend == "mediapipe":
         return MediapipeBackend(body)
     raise CaptureError(EXIT_USAGE, f"unknown backend '{opts.backend}'")
@@ -353,20 +415,20 @@ def _previous(opts, info, backend):
     try:
         takes = load_tracks(opts.out)
     except ResultFormatError as exc:
-        raise CaptureError(EXIT_USAGE, f"cannot resume: {exc}") from None
+        raise CaptureError(EXIT_RESULT, f"cannot resume: {exc}") from None
     prev = takes[0]
     body = "smplx" if getattr(backend, "smplx", False) else "smpl"
     if prev.source != info.name or prev.backend != backend.name or prev.body_model != body:
-        raise CaptureError(EXIT_USAGE, f"cannot resume: {opts.out} was made from "
-                                       f"'{prev.source}' with {prev.backend} "
-                                       f"({prev.body_model})")
+        raise CaptureError(EXIT_RESULT, f"cannot resume: {opts.out} was made from "
+                                        f"'{prev.source}' with {prev.backend} "
+                                        f"({prev.body_model})")
     several = len(takes) > 1 or "appearance" in prev.extras
     if several != (opts.people != 1):
-        raise CaptureError(EXIT_USAGE, f"cannot resume: {opts.out} was captured with "
-                                       f"--people {'N' if several else '1'}")
+        raise CaptureError(EXIT_RESULT, f"cannot resume: {opts.out} was captured with "
+                                        f"--people {'N' if several else '1'}")
     if bool(opts.hands) != ("hand_world" in prev.extras):
-        raise CaptureError(EXIT_USAGE, f"cannot resume: {opts.out} was made "
-                                       f"{'without' if opts.hands else 'with'} --hands")
+        raise CaptureError(EXIT_RESULT, f"cannot resume: {opts.out} was made "
+                                        f"{'without' if opts.hands else 'with'} --hands")
     if prev.complete:
         return takes, None
     nums = [int(t.frame_index[-1]) for t in takes if t.num_frames]
@@ -467,6 +529,8 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     one for this run)."""
     progress = progress or (lambda event: None)
     cancel = cancel or CancelToken()
+    check_options(opts)
+    check_paths(opts)
     try:
         source = VideoSource(opts.video)
     except VideoError as exc:
@@ -482,6 +546,7 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
         return best
     kept = {t.track_id: _keep_rows(t, go_on, backend) for t in prev or []}
     kept = {k: v for k, v in kept.items() if v}
+    prev_cover = _cover(prev) if prev else None
 
     focal = float(opts.focal_length or mpb.default_focal_length(info.width, info.height))
     principal = (info.width / 2.0, info.height / 2.0)
@@ -565,10 +630,13 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
             hands.close()
 
     if not rows or not any(rows.values()):
+        if cancelled:
+            where = "the first frame" if last_index is None else "anybody was found"
+            raise CaptureError(EXIT_CANCELLED, f"cancelled before {where} in '{info.name}': "
+                                               "nothing was written")
         if last_index is None:
             raise CaptureError(EXIT_VIDEO, f"'{info.name}' has no frames in the requested range")
-        if not cancelled:
-            raise CaptureError(EXIT_NOBODY, f"nobody was found in '{info.name}'")
+        raise CaptureError(EXIT_NOBODY, f"nobody was found in '{info.name}'")
     several = isinstance(tracks, _MultiTrack)
     if several:
         from .detect.fragments import fill_gaps, merge_fragments
@@ -583,8 +651,34 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
         if not cancelled:
             raise CaptureError(EXIT_NOBODY, f"nobody was found in '{info.name}'")
         if not rows:
-            raise CaptureError(EXIT_NOBODY, f"cancelled before anybody was found in "
-                                            f"'{info.name}'")
+            raise CaptureError(EXIT_CANCELLED, f"cancelled before anybody was found in "
+                                               f"'{info.name}': nothing was written")
+    decoded_end = last_index + 1 if last_index is not None else go_on
+    cover = max([decoded_end] + [r["index"] + 1 for v in rows.values() for r in v])
+    if prev_cover is not None and cover <= prev_cover and (cancelled or cover < prev_cover):
+        # a resume that did not get past its partial result: keep that one
+        why = (f"cancelled at frame {cover}, before the end of the partial result (frame "
+               f"{prev_cover})" if cancelled else
+               f"the video now ends at frame {cover}, before the end of the partial result "
+               f"(frame {prev_cover}): it has changed; capture it again without --resume")
+        raise CaptureError(EXIT_NO_PROGRESS, f"--resume made no progress: {why}; {opts.out} "
+                                             "is unchanged")
+    if cancelled and prev_cover is None:
+        longer = _longer_capture(opts.out, info, backend, cover)
+        if longer:
+            raise CaptureError(EXIT_CANCELLED, f"cancelled at frame {cover}: {opts.out} "
+                                               f"already holds {longer} of '{info.name}', "
+                                               "kept unchanged")
+    video_warnings = []
+    truncated = None
+    if (not cancelled and not os.path.isdir(opts.video) and (end is None or end > decoded_end)
+            and decoded_end < info.frame_count):
+        truncated = {"declared": int(info.frame_count), "decoded": int(decoded_end)}
+        video_warnings.append(
+            f"the video ended at frame {decoded_end} of the {info.frame_count} its header "
+            f"declares (truncated or damaged): frames {decoded_end}-{info.frame_count - 1} "
+            "are missing")
+        log.warning("%s: %s", info.name, video_warnings[-1])
     progress({"event": "progress", "stage": "solve", "done": 0, "total": len(rows)})
     # the estimated focal length feeds the backends' finish
     estimate = finish_camera(camera, np.array(sorted(times), np.int64), focal)
@@ -593,7 +687,8 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     for track_id in sorted(rows):
         take = _finish_take(rows[track_id], track_id, backend, info, focal, principal,
                             cancelled, several, opts.hands, progress)
-        take.camera, take.warnings = estimate.track(), tuple(estimate.warnings)
+        take.camera = estimate.track()
+        take.warnings = tuple(estimate.warnings) + tuple(video_warnings)
         alignment[track_id] = _rounded(getattr(backend, "alignment", None))
         if opts.cleanup is not None and not cancelled and take.valid.any():
             from ..core.motion.cleanup import clean_take
@@ -609,6 +704,7 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
             if t.thumbnail is None:
                 t.thumbnail = np.zeros((THUMB_H, THUMB_W, 3), np.uint8)
     try:
+        os.makedirs(os.path.dirname(os.path.abspath(opts.out)), exist_ok=True)
         save_result(opts.out, takes if several else takes[0])
     except OSError as exc:
         raise CaptureError(EXIT_WRITE, f"cannot write '{opts.out}': "
@@ -618,8 +714,11 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     done_event = {"event": "done", "frames": result.num_frames, "valid": valid_total,
                   "output": opts.out, "complete": result.complete,
                   "seconds": round(time.perf_counter() - t0, 2), "camera": estimate.mode,
-                  "focal_px": round(focal, 2), "warnings": list(estimate.warnings),
+                  "focal_px": round(focal, 2),
+                  "warnings": list(estimate.warnings) + video_warnings,
                   "alignment": alignment.get(result.track_id)}
+    if truncated:
+        done_event["truncated"] = truncated
     if several:
         done_event["people"] = [{"id": t.track_id, "first": int(t.frame_index[0]),
                                  "last": int(t.frame_index[-1]),
@@ -630,6 +729,30 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
         raise CaptureError(EXIT_CANCELLED, f"cancelled: {result.num_frames} frames kept in "
                                            f"{opts.out}; run again with --resume to go on")
     return result
+
+
+def _cover(takes):
+    """Frames a result covers: one past its last row's frame (0 when empty)."""
+    return max([0] + [int(t.frame_index[-1]) + 1 for t in takes if t.num_frames])
+
+
+def _longer_capture(path, info, backend, cover):
+    """What an existing result at `path` holds when it is a capture of the same
+    video with the same backend that reaches further than `cover` frames
+    (a cancelled run never replaces it), else None."""
+    if not os.path.exists(path):
+        return None
+    try:
+        takes = load_tracks(path)
+    except (ResultFormatError, OSError):
+        return None
+    if takes[0].source != info.name or takes[0].backend != backend.name:
+        return None
+    old = _cover(takes)
+    if old < cover:
+        return None
+    return ("a complete result" if takes[0].complete else
+            f"a partial result up to frame {old} (go on with --resume)")
 
 
 def _finish_take(rows, track_id, backend, info, focal, principal, cancelled, several,
