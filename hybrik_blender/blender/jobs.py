@@ -214,6 +214,23 @@ def start_capture(python, video, out, **kw):
     return Job(args, env=worker_env(), cancel_file=out + ".cancel")
 
 
+def sample_video(worker_python):
+    """The sample clip, looked up in the worker's environment (which is where
+    the set-up installs it); a plain file lookup, nothing heavy is imported."""
+    from ..core.samples import carphone_path
+    path = carphone_path()
+    if path or os.path.abspath(worker_python) == os.path.abspath(sys.executable):
+        return path
+    code = (f"from {PACKAGE_NAME}.core.samples import carphone_path; "
+            "print(carphone_path() or '')")
+    try:
+        out = subprocess.run([worker_python, "-c", code], env=worker_env(),
+                             capture_output=True, text=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out or None
+
+
 def check_args(python, checkpoint="", smpl_model=""):
     args = [python, "-m", f"{PACKAGE_NAME}.worker", "check"]
     if checkpoint:

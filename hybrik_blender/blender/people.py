@@ -114,11 +114,12 @@ def export_fbx_all(path, rigs, preset='GENERIC', with_meshes=True):
     ranges = [export.action_frame_range(r) for r in rigs]
     frame_range = (min(a for a, _ in ranges), max(b for _, b in ranges))
     objects = [o for r in rigs for o in [r] + (export._meshes_of(r) if with_meshes else [])]
-    opts = export._fbx_common(os.path.abspath(path), frame_range)
-    opts.update(apply_scale_options='FBX_SCALE_ALL' if preset == 'UNITY' else 'FBX_SCALE_NONE',
-                apply_unit_scale=True)
-    with export._export_context(objects, frame_range):
-        bpy.ops.export_scene.fbx(**opts)
+    with export._written(path) as tmp:
+        opts = export._fbx_common(tmp, frame_range)
+        opts.update(apply_scale_options='FBX_SCALE_ALL' if preset == 'UNITY'
+                    else 'FBX_SCALE_NONE', apply_unit_scale=True)
+        with export._export_context(objects, frame_range):
+            bpy.ops.export_scene.fbx(**opts)
     return os.path.abspath(path)
 
 

@@ -10,11 +10,14 @@ with Blender's own importers, a .blend is searched for the armature named
 ``--target-name`` (or its only non-hybrik armature). The retargeted rig is
 saved in the output .blend with the take, and exported as asked. Exit codes:
 0 success; 2 bad input (a missing file, a rig no preset fits, a bone map
-that does not fit the rig: one line on stderr names the bones).
+that does not fit the rig: one line on stderr names the bones; an output
+that is one of the inputs); 10 the take or the rig file cannot be read; 6
+the .blend or an export cannot be written.
 """
 import os
 import sys
 
+from ..core import exitcodes as codes
 from ..core.retarget import maps
 from ..core.retarget.maps import BoneMapError
 
@@ -42,9 +45,13 @@ def add_arguments(sub):
     return p
 
 
-def _fail(msg):
+def _fail(msg, code=codes.EXIT_USAGE):
     print(f"error: {msg}", file=sys.stderr)
-    return 2
+    return code
+
+
+class _Unreadable(Exception):
+    """An input file that its reader cannot read (exit 10)."""
 
 
 def _load_target(path, name):
@@ -53,24 +60,33 @@ def _load_target(path, name):
     from .retarget import RetargetError, source_kind
     ext = os.path.splitext(path)[1].lower()
     before = set(bpy.data.objects)
-    if ext == ".fbx":
-        bpy.ops.import_scene.fbx(filepath=path)
-    elif ext == ".bvh":
-        bpy.ops.import_anim.bvh(filepath=path)
-    elif ext in (".glb", ".gltf"):
-        bpy.ops.import_scene.gltf(filepath=path)
-    elif ext == ".blend":
-        if os.path.abspath(path) == os.path.abspath(bpy.data.filepath):
-            raise RetargetError("the target .blend is the take's own file: save the rig in "
-                                "another file")
-        with bpy.data.libraries.load(path, link=False) as (src, dst):
-            dst.objects = [n for n in src.objects if name is None or n == name]
-        for ob in dst.objects:
-            if ob is not None and ob.users_collection == ():
-                bpy.context.scene.collection.objects.link(ob)
-    else:
+    if ext not in (".fbx", ".bvh", ".glb", ".gltf", ".blend"):
         raise RetargetError(f"cannot read a rig from {os.path.basename(path)!r} "
                             "(.fbx, .bvh, .glb, .gltf or .blend)")
+    if ext == ".blend":
+        from ..core.safe_paths import same_file
+        if bpy.data.filepath and same_file(path, bpy.data.filepath):
+            raise RetargetError("the target .blend is the take's own file: save the rig in "
+                                "another file")
+    try:
+        if ext == ".fbx":
+            bpy.ops.import_scene.fbx(filepath=path)
+        elif ext == ".bvh":
+            bpy.ops.import_anim.bvh(filepath=path)
+        elif ext in (".glb", ".gltf"):
+            bpy.ops.import_scene.gltf(filepath=path)
+        else:
+            with bpy.data.libraries.load(path, link=False) as (src, dst):
+                dst.objects = [n for n in src.objects if name is None or n == name]
+            for ob in dst.objects:
+                if ob is not None and ob.users_collection == ():
+                    bpy.context.scene.collection.objects.link(ob)
+    except (RuntimeError, OSError, ValueError, KeyError, IndexError, AttributeError,
+            TypeError, UnicodeDecodeError, AssertionError) as exc:
+        # Blender's importers raise whatever a damaged file makes them raise
+        text = str(exc).strip().splitlines()
+        raise _Unreadable(f"cannot read the rig {os.path.basename(path)}: "
+                          f"{text[-1] if text else type(exc).__name__}") from None
     new = [o for o in bpy.data.objects if o not in before and o.type == 'ARMATURE'
            and source_kind(o) is None]
     if name is not None:
@@ -93,7 +109,8 @@ def run(args):
     try:
         bpy.ops.wm.open_mainfile(filepath=os.path.abspath(args.take))
     except RuntimeError as exc:
-        return _fail(f"cannot open {args.take}: {exc}")
+        text = str(exc).strip().splitlines()
+        return _fail(f"cannot open {args.take}: {text[-1] if text else exc}", codes.EXIT_RESULT)
     try:
         source = bpy.data.objects.get(args.source) if args.source else \
             find_source_rig(bpy.context)
@@ -105,11 +122,16 @@ def run(args):
             mapping, preset = maps.load_map(args.bone_map)[1], 'CUSTOM'
         rep = retarget(source, target, preset=preset, mapping=mapping,
                        root_motion=ROOT_CHOICES[args.root])
+    except _Unreadable as exc:
+        return _fail(str(exc), codes.EXIT_RESULT)
     except (RetargetError, BoneMapError, OSError, UnicodeDecodeError) as exc:
         return _fail(str(exc))
-    out = os.path.abspath(args.output)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    bpy.ops.wm.save_as_mainfile(filepath=out, check_existing=False)
+    from ..core.safe_paths import PathRefused
+    from .files import save_blend
+    try:
+        save_blend(args.output)
+    except (OSError, RuntimeError, PathRefused) as exc:
+        return _fail(f"cannot write {args.output}: {exc}", codes.EXIT_WRITE)
     print(f"wrote {args.output}: {source.name} onto {target.name} ({rep.preset}, "
           f"{len(rep.mapping)} bones, frames {rep.frame_start}-{rep.frame_end}, "
           f"scale {rep.scale:.3g}) as {rep.action.name}")

@@ -165,10 +165,13 @@ class HYBRIK_OT_bone_map_save(bpy.types.Operator, ExportHelper):
             mapping = maps.resolve_preset(props.preset, names)
         elif not mapping and props.target is not None and props.preset == 'AUTO':
             mapping = guess_bone_map(props.target)[1]
+        from ..core.safe_paths import PathRefused
+        from .files import check_export_path
         try:
-            maps.save_map(self.filepath, mapping,
-                        name=os.path.splitext(os.path.basename(self.filepath))[0])
-        except (BoneMapError, OSError) as exc:
+            check_export_path(bpy.path.abspath(self.filepath), "bone map")
+            maps.save_map(bpy.path.abspath(self.filepath), mapping,
+                          name=os.path.splitext(os.path.basename(self.filepath))[0])
+        except (BoneMapError, OSError, PathRefused) as exc:
             self.report({'ERROR'}, f"could not save the bone map: {exc}")
             return {'CANCELLED'}
         self.report({'INFO'}, f"saved {len(mapping)} bones to {self.filepath}")

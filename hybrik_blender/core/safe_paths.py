@@ -76,8 +76,8 @@ def check_not_special(label, path):
     symbolic link: a link to a device is refused too)."""
     try:
         st = os.stat(path)
-    except FileNotFoundError:
-        return  # nothing there, or a dangling link: the rename replaces the link only
+    except (FileNotFoundError, NotADirectoryError):
+        return  # nothing there, or a dangling link (the rename replaces the link only)
     except OSError as exc:
         raise PathRefused(f"{label} '{path}' cannot be examined ({exc.strerror or exc})",
                           EXIT_WRITE) from None
@@ -197,3 +197,16 @@ def video_beside(result_path, source):
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)) or same_file(path, result_path):
         return None
     return path
+
+
+def inputs_of(args):
+    """(label, path) of every input a command line (parsed `args`) reads,
+    by the option names the commands share."""
+    names = (("result", "result"), ("video", "video"), ("smpl_model", "--smpl-model"),
+             ("checkpoint", "--checkpoint"), ("kid_template", "--kid-template"),
+             ("worker_python", "--worker-python"), ("take", "take"), ("target", "--target"),
+             ("bone_map", "--bone-map"))
+    out = [(label, getattr(args, key, None)) for key, label in names]
+    if getattr(args, "command", "") == "capture":  # its result is an output first
+        out = [(label, p) for label, p in out if label != "result"]
+    return [(label, p) for label, p in out if p]

@@ -37,52 +37,15 @@ exits 11, so a resume can never go round in circles.
 import argparse
 import json
 import logging
-import math
 import os
 import signal
 import sys
 import threading
 import time
 
+from ..core.argtypes import (OneLineParser, non_negative_float, non_negative_int,
+                             positive_float, positive_int)
 from . import exitcodes as codes
-
-
-def _number(text, kind, what):
-    try:
-        value = kind(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"{what} is not a number: '{text}'") from None
-    if kind is float and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{what} must be a finite number, not '{text}'")
-    return value
-
-
-def positive_float(text):
-    value = _number(text, float, "value")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
-    return value
-
-
-def non_negative_float(text):
-    value = _number(text, float, "value")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
-    return value
-
-
-def positive_int(text):
-    value = _number(text, int, "value")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
-    return value
-
-
-def non_negative_int(text):
-    value = _number(text, int, "value")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
-    return value
 
 
 def people_count(text):
@@ -388,7 +351,7 @@ def add_camera_argument(parser):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m hybrik_blender.worker",
+    parser = OneLineParser(prog="python -m hybrik_blender.worker",
                                      description="hybrik-blender capture worker",
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="exit codes:\n" + codes.describe())

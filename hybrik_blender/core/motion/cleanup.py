@@ -318,9 +318,10 @@ def add_cleanup_arguments(parser, default_on):
     d = CleanupOptions()
     g.add_argument("--smoothing", choices=("offline", "one_euro", "off"),
                    help=f"temporal filter (default {d.smoothing})")
-    g.add_argument("--smooth-strength", type=float,
+    from ..argtypes import non_negative_float
+    g.add_argument("--smooth-strength", type=non_negative_float,
                    help=f"rotation smoothing strength, 0 = none (default {d.rotation_strength})")
-    g.add_argument("--root-smooth-strength", type=float,
+    g.add_argument("--root-smooth-strength", type=non_negative_float,
                    help=f"root translation smoothing (default {d.translation_strength})")
     g.add_argument("--foot-locking", choices=("auto", "grounding", "off"),
                    help=f"pin planted feet (default {d.foot_locking})")

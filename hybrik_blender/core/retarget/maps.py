@@ -571,8 +571,9 @@ def map_from_json(text):
 
 
 def save_map(path, mapping, name="custom"):
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(map_to_json(mapping, name) + "\n")
+    """Write the map as JSON (temporary file beside it, then renamed)."""
+    from ..safe_paths import write_text_atomic
+    write_text_atomic(path, map_to_json(mapping, name) + "\n", "bone map")
 
 
 MAX_MAP_BYTES = 1 << 20
