@@ -122,9 +122,6 @@ def _capture(args):
         cap.check_options(opts)
         cap.check_paths(opts, [("--cancel-file", cancel_path)])
         checked = True
-        if args.parent_pid and not _alive(args.parent_pid):
-            raise cap.CaptureError(codes.EXIT_USAGE, f"--parent-pid {args.parent_pid}: no such "
-                                                     "process")
         clear_stale_cancel(cancel_path)
         if args.parent_pid:
             _watch_parent(args.parent_pid, token)
@@ -139,15 +136,6 @@ def _capture(args):
                 pass
     return codes.EXIT_OK
 
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True
-    return True
 
 
 def _batch(args):
