@@ -139,9 +139,9 @@ def argparse_copy(args):
 class ProgressBar:
     """One line on stderr, redrawn in place: frames, fps and time left."""
 
-    def __init__(self, stream=sys.stderr, width=30):
-        self.stream, self.width = stream, width
-        self.tty = stream.isatty()
+    def __init__(self, stream=None, width=30):
+        self.stream, self.width = stream or sys.stderr, width
+        self.tty = self.stream.isatty()
         self._last = 0.0
 
     def update(self, state, force=False):

@@ -25,7 +25,6 @@ import contextlib
 import os
 import secrets
 import stat
-import tempfile
 
 from .exitcodes import EXIT_USAGE, EXIT_WRITE
 
@@ -98,18 +97,13 @@ def check_folder(label, folder):
     if not os.path.isdir(probe):
         raise PathRefused(f"{label}: '{probe}' is not a folder, so '{folder}' cannot be "
                           "created", EXIT_WRITE)
-    if probe != folder:
-        if not os.access(probe, os.W_OK | os.X_OK):
+    # access() knows permissions, ACLs and read-only mounts (even for root);
+    # nothing is written here, so checking changes nothing on disk
+    if not os.access(probe, os.W_OK | os.X_OK):
+        if probe != folder:
             raise PathRefused(f"{label}: the folder '{folder}' cannot be created ('{probe}' "
                               "is not writable)", EXIT_WRITE)
-        return
-    try:  # access() does not know ACLs, read-only mounts seen by root, quotas...
-        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + "probe-", dir=folder)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as exc:
-        raise PathRefused(f"{label}: cannot write in the folder '{folder}' "
-                          f"({exc.strerror or exc})", EXIT_WRITE) from None
+        raise PathRefused(f"{label}: the folder '{folder}' is not writable", EXIT_WRITE)
 
 
 def check_outputs(outputs, inputs=()):
