@@ -177,6 +177,40 @@ def test_second_run_does_no_work(first_run, inputs):
     assert summary["skipped"] == 4 and summary["failed"] == 2 and summary["failed_before"] == 0
 
 
+def test_a_different_clip_of_the_same_name_or_a_replaced_file_is_captured_again(cluster,
+                                                                               tmp_path):
+    """The done-record vouches for the very file (path, size, mtime, content
+    hash): another clip.avi into the same --out-dir, or clip.avi replaced, is
+    captured again; a result the manifest knows nothing of is not trusted."""
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    a = person_video(tmp_path / "one" / "clip.avi", 8)
+    b = person_video(tmp_path / "two" / "clip.avi", 12, start_x=10)
+    out = tmp_path / "out"
+    assert batch.run_batch(opts_for(out, [a]))["done"] == 1
+    assert load_result(out / "clip.npz").num_frames == 8
+    summary = batch.run_batch(opts_for(out, [b]))
+    assert summary["done"] == 1 and summary["skipped"] == 0
+    assert load_result(out / "clip.npz").num_frames == 12
+    # the same file replaced, by a clip cut short: captured again, with a warning
+    person_video(b, 16, start_x=4)
+    data = open(b, "rb").read()
+    open(b, "wb").write(data[:len(data) // 2])
+    summary = batch.run_batch(opts_for(out, [b]))
+    assert summary["done"] == 1 and summary["skipped"] == 0
+    rec = batch.read_manifest(out)[b]
+    got = load_result(out / "clip.npz")
+    assert got.complete and got.num_frames == rec["frames"] < 16
+    assert any("header declares" in w for w in rec["warnings"])
+    assert rec["fingerprint"] == batch.fingerprint(b)
+    # unchanged: nothing runs
+    assert batch.run_batch(opts_for(out, [b]))["skipped"] == 1
+    # a result without a done-record for this video (the manifest lost) is redone
+    os.unlink(out / batch.MANIFEST)
+    summary = batch.run_batch(opts_for(out, [b]))
+    assert summary["done"] == 1 and summary["skipped"] == 0
+
+
 def test_killed_worker_is_retried_and_every_good_video_is_done(cluster, inputs, tmp_path):
     root, args = inputs
     long = person_video(tmp_path / "long.avi", 160, step=0)

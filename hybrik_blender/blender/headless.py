@@ -175,16 +175,20 @@ def run_capture(args):
     result_path = args.result or os.path.splitext(os.path.abspath(args.output))[0] + ".npz"
     print(f"capturing {os.path.basename(video)} with {args.backend} -> {result_path}",
           file=sys.stderr)
-    job = jobs.start_capture(args.worker_python, os.path.abspath(video), result_path,
-                             backend=args.backend, checkpoint=args.checkpoint or "",
-                             smpl_model=args.smpl_model or "", device=args.device,
-                             start=args.start, end=args.end, batch_size=args.batch_size,
-                             resume=getattr(args, "resume", False),
-                             people=getattr(args, "people", 1),
-                             max_people=getattr(args, "max_people", None),
-                             camera=getattr(args, "camera", "auto"),
-                             hands=getattr(args, "hands", False),
-                             kid_template=getattr(args, "kid_template", None) or "")
+    try:
+        job = jobs.start_capture(args.worker_python, os.path.abspath(video), result_path,
+                                 backend=args.backend, checkpoint=args.checkpoint or "",
+                                 smpl_model=args.smpl_model or "", device=args.device,
+                                 start=args.start, end=args.end, batch_size=args.batch_size,
+                                 resume=getattr(args, "resume", False),
+                                 people=getattr(args, "people", 1),
+                                 max_people=getattr(args, "max_people", None),
+                                 camera=getattr(args, "camera", "auto"),
+                                 hands=getattr(args, "hands", False),
+                                 kid_template=getattr(args, "kid_template", None) or "")
+    except OSError as exc:
+        return _error(f"the worker Python '{args.worker_python}' cannot run: "
+                      f"{exc.strerror or exc}", codes.EXIT_ENVIRONMENT)
     bar = ProgressBar()
     try:
         while job.proc.poll() is None:

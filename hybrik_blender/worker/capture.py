@@ -595,6 +595,11 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
             if isinstance(batch, BaseException):
                 if isinstance(batch, VideoError):
                     raise CaptureError(EXIT_VIDEO, str(batch))
+                import cv2
+                if isinstance(batch, cv2.error):  # the decoder gave up on a frame
+                    text = str(batch).strip().splitlines()
+                    raise CaptureError(EXIT_VIDEO, f"'{info.name}' cannot be decoded: "
+                                                   f"{text[-1] if text else 'OpenCV error'}")
                 raise batch
             items, (last_index, last_time) = batch
             for item, out in zip(items, backend.process(items) if items else []):

@@ -179,6 +179,11 @@ def _batch(args):
         show({"event": "error", "code": exc.code, "message": str(exc)})
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
+    except OSError as exc:  # the manifest or an output folder, mid-batch (disk full...)
+        message = f"cannot write in {args.out_dir}: {exc.strerror or exc}"
+        show({"event": "error", "code": codes.EXIT_WRITE, "message": message})
+        print(f"error: {message}", file=sys.stderr)
+        return codes.EXIT_WRITE
     failed = summary["failed"] + summary["failed_before"]
     return codes.EXIT_OK if failed == 0 else codes.EXIT_SOME_FAILED
 
