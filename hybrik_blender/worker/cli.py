@@ -137,7 +137,6 @@ def _capture(args):
     return codes.EXIT_OK
 
 
-
 def _batch(args):
     """Many videos on Ray (see batch.py): JSON lines on stdout, one progress
     line on stderr; exit 0 when every video is done, 9 when some failed, in this
