@@ -383,6 +383,14 @@ def test_out_of_gpu_memory_at_batch_1_and_no_cuda_have_their_codes(tmp_path, cli
     assert err.value.code == codes.EXIT_GPU_MEMORY
 
 
+def test_a_worker_python_that_cannot_run_is_code_7(tmp_path, clip):
+    p = _headless("capture", clip, "-o", tmp_path / "t.blend", "--worker-python",
+                  tmp_path / "no-such-python")
+    assert p.returncode == codes.EXIT_ENVIRONMENT, p.stderr[-2000:]
+    assert "cannot run" in one_error_line(p.stderr)
+    assert not os.listdir(tmp_path)
+
+
 def test_a_bug_is_one_line_and_exit_1(tmp_path, clip, capsys, monkeypatch):
     def broken(*args, **kwargs):
         raise KeyError("something nobody expected")
@@ -471,8 +479,7 @@ PRODUCED_BY = {
     4: "tests/test_worker_capture.py::test_nobody_in_the_video",
     5: "tests/test_data_safety.py::test_check_says_5_for_a_bad_model_file_and_nan_weights",
     6: "tests/test_data_safety.py::test_impossible_output_folders_fail_before_the_capture",
-    7: "tests/test_data_safety.py::test_out_of_gpu_memory_at_batch_1_and_no_cuda_have_their_"
-       "codes",
+    7: "tests/test_data_safety.py::test_a_worker_python_that_cannot_run_is_code_7",
     8: "tests/test_data_safety.py::test_out_of_gpu_memory_at_batch_1_and_no_cuda_have_their_"
        "codes",
     9: "tests/test_batch.py::test_cli_on_a_running_cluster_with_export",
