@@ -585,7 +585,7 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     t0 = time.perf_counter()
     done_here = 0
     cancelled = False
-    last_index = None
+    last_index = last_time = None
     thread.start()
     try:
         while True:
@@ -677,7 +677,7 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     video_warnings = []
     truncated = None
     if (not cancelled and not os.path.isdir(opts.video) and (end is None or end > decoded_end)
-            and decoded_end < info.frame_count):
+            and _ended_early(info, decoded_end, last_time)):
         truncated = {"declared": int(info.frame_count), "decoded": int(decoded_end)}
         video_warnings.append(
             f"the video ended at frame {decoded_end} of the {info.frame_count} its header "
@@ -734,6 +734,19 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
         raise CaptureError(EXIT_CANCELLED, f"cancelled: {result.num_frames} frames kept in "
                                            f"{opts.out}; run again with --resume to go on")
     return result
+
+
+def _ended_early(info, decoded_end, last_time):
+    """True when the video stopped decoding before the end its header
+    declares. Some containers (mkv, webm, variable-rate files) only estimate
+    the frame count, as duration x nominal fps, so a variable-rate clip has
+    fewer frames than that; the time of the last decoded frame tells the two
+    apart: a cut file stops well before the declared duration."""
+    if decoded_end >= info.frame_count:
+        return False
+    if last_time is None:
+        return True
+    return last_time + 1.5 / info.fps < info.frame_count / info.fps
 
 
 def _cover(takes):
