@@ -403,6 +403,7 @@ MAX_PICKLE_BYTES = 2 << 30
 MAX_VALUE = 1e6             # |x| of any float in a body model
 ELEMENTS_PER_VERTEX = 1500  # SMPL-X v1.1 shapedirs: 3 x 400, posedirs: 3 x 486
 _MODEL_VERTICES = (SMPL_NUM_VERTICES, SMPLX_NUM_VERTICES)
+LEGACY_TORCH_HEAD = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."  # torch < 1.6
 # the arrays a body model is built from; nothing else in a file is read
 _MODEL_KEYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "f",
                "kintree_table", "parents", "J_regressor_h36m", "kid_dir", "hands_componentsl",
@@ -423,7 +424,7 @@ def load_body_model(path, model_type=None, kid_template=None):
     try:
         with bounded.open_regular(path, "body model") as fh:
             size = os.fstat(fh.fileno()).st_size
-            head = fh.read(4)
+            head = fh.read(16)
     except OSError as exc:
         raise BodyModelError(f"cannot read body model '{name}': "
                              f"{exc.strerror or exc}") from None
@@ -432,12 +433,16 @@ def load_body_model(path, model_type=None, kid_template=None):
     if size == 0:
         raise BodyModelError(f"'{name}' is empty, not a body model")
     try:
+        checkpoint = head.startswith(LEGACY_TORCH_HEAD)
         if head.startswith(b"PK"):
             with bounded.BoundedZip(path, name) as zf:
-                if any(n.endswith("data.pkl") for n in zf.names):
-                    arrays = _checkpoint_arrays(zf, name)
-                else:
+                checkpoint = any(n.endswith("data.pkl") for n in zf.names)
+                if not checkpoint:
                     arrays = _npz_arrays(zf, name)
+        if checkpoint:
+            arrays = _checkpoint_arrays(path, name)
+        elif head.startswith(b"PK"):
+            pass
         elif head[:1] in (b"\x80", b"(", b"}", b"]"):
             arrays = _pickle_arrays(path, name)
         else:
@@ -508,10 +513,11 @@ def _npz_arrays(zf, name):
     return out
 
 
-def _checkpoint_arrays(zf, name):
+def _checkpoint_arrays(path, name):
     try:
-        prefix, obj = safe_pickle.read_torch_zip(zf)
-        byteorder = safe_pickle.torch_byteorder(zf, prefix)
+        ckpt = safe_pickle.TorchCheckpoint(path, name)
+    except (bounded.LimitError, bounded.ArchiveError, OSError, MemoryError):
+        raise
     except safe_pickle.UnsafePickleError as exc:
         raise BodyModelError(f"'{name}' was refused: {exc}") from None
     except (ValueError, TypeError, KeyError, EOFError) as exc:
@@ -520,7 +526,12 @@ def _checkpoint_arrays(zf, name):
     except Exception as exc:  # noqa: BLE001 - any other unpickling failure
         raise BodyModelError(f"'{name}' is not a readable checkpoint ({type(exc).__name__}: "
                              f"{bounded.one_line(exc, 120)})") from None
-    state = checkpoint_state_dict(obj)
+    with ckpt:
+        return _checkpoint_tensors(ckpt, name)
+
+
+def _checkpoint_tensors(ckpt, name):
+    state = checkpoint_state_dict(ckpt.obj)
     if state is None:
         raise BodyModelError(f"'{name}' holds no state dict")
     out = {}
@@ -533,7 +544,7 @@ def _checkpoint_arrays(zf, name):
             try:
                 if ref.numel > _element_limit():
                     raise ValueError(f"shape {ref.shape} is too large for a body model")
-                out[target] = ref.read(zf, prefix, byteorder)
+                out[target] = ckpt.read(ref)
             except ValueError as exc:
                 raise BodyModelError(f"'{name}': tensor '{bounded.shown(key)}' is damaged "
                                      f"({exc})") from None

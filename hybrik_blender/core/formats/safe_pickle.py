@@ -53,7 +53,7 @@ import pickletools
 
 import numpy as np
 
-from .bounded import ArchiveError, one_line, shown
+from .bounded import ArchiveError, LimitError, one_line, shown
 
 MAX_OPCODES = 1 << 20
 MAX_MARKS = 1000
@@ -103,7 +103,7 @@ _GETS = {"GET", "BINGET", "LONG_BINGET"}
 def scan_pickle(data, start=0):
     """Check one pickle in `data` (from `start`) against the limits without
     running it; returns the offset just past its STOP opcode."""
-    if not isinstance(data, bytes):
+    if not hasattr(data, "find"):  # bytes, bytearray and mmap are scanned in place
         data = bytes(data)
     view = memoryview(data)
     end = len(view)
@@ -803,6 +803,10 @@ class TorchZipUnpickler(pickle.Unpickler):
     needs for a state dict; builds no torch objects.
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.storages = {}
+
     def find_class(self, module, name):
         if module == "collections" and name == "OrderedDict":
             return collections.OrderedDict
@@ -826,7 +830,15 @@ class TorchZipUnpickler(pickle.Unpickler):
         if not isinstance(key, (str, int)) or isinstance(key, bool) or len(str(key)) > 64:
             raise UnsafePickleError("unexpected storage key in checkpoint")
         numel = _int(numel, "a storage's element count", 0, 1 << 62)
-        return StorageRef(dtype, str(key), numel)
+        if len(pid) > 5 and pid[5] is not None:
+            raise UnsafePickleError("storage views of the legacy format are not supported")
+        key = str(key)
+        ref = self.storages.get(key)
+        if ref is None:
+            ref = self.storages[key] = StorageRef(dtype, key, numel)
+        elif (ref.dtype, ref.numel) != (dtype, numel):
+            raise UnsafePickleError(f"storage '{shown(key)}' is described twice, differently")
+        return ref
 
 
 MAX_DATA_PKL_BYTES = 64 << 20
@@ -863,15 +875,138 @@ def torch_byteorder(zf, prefix):
     return text
 
 
-def tensor_refs(obj, limit=1 << 16):
-    """Every TensorRef in an unpickled checkpoint (dicts and lists walked)."""
-    out, todo = [], [obj]
-    while todo:
-        o = todo.pop()
-        if isinstance(o, TensorRef):
-            out.append(o)
-        elif isinstance(o, dict):
-            todo.extend(o.values())
-        elif isinstance(o, (list, tuple)):
-            todo.extend(o)
-    return out
+LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
+MAX_CHECKPOINT_BYTES = 8 << 30
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Plain values only: no global, no persistent id."""
+
+    def find_class(self, module, name):
+        raise UnsafePickleError(f"refused to load '{shown(module)}.{shown(name)}' from a "
+                                "checkpoint header")
+
+    def persistent_load(self, pid):
+        raise UnsafePickleError("unexpected persistent id in a checkpoint header")
+
+
+class _LegacyStore:
+    """The storages of a legacy (pre-zip, torch < 1.6) checkpoint, each an
+    (offset, size) in the file, with BoundedZip's ``read``."""
+
+    def __init__(self, data, records):
+        self.data, self.records = data, records
+        self.names = list(records)
+
+    def read(self, member, max_bytes, nbytes=None):
+        if member not in self.records:
+            raise ArchiveError(f"the checkpoint has no storage '{shown(member)}'")
+        offset, size = self.records[member]
+        if size > max_bytes:
+            raise LimitError(f"a storage of {size / 2**20:.0f} MiB; at most "
+                             f"{max_bytes / 2**20:.0f} MiB are read")
+        n = size if nbytes is None else nbytes
+        if n > size:
+            raise ArchiveError(f"storage '{shown(member)}' holds {size} bytes, {n} are needed")
+        return self.data[offset:offset + n]
+
+    def close(self):
+        close = getattr(self.data, "close", None)
+        if close is not None:
+            close()
+
+
+def _legacy_load(data):
+    """(store, object, byteorder) of a legacy torch file: three header
+    pickles, the object pickle, the list of storage keys, then each storage
+    as an 8-byte element count and its bytes (all checked against the file)."""
+    pos, header = 0, []
+    for _ in range(3):
+        end = scan_pickle(data, pos)
+        header.append(_PlainUnpickler(io.BytesIO(data[pos:end])).load())
+        pos = end
+    magic, protocol, info = header
+    if magic != LEGACY_MAGIC or protocol != 1001 or not isinstance(info, dict):
+        raise ValueError("not a torch checkpoint (unknown legacy header)")
+    byteorder = "little" if info.get("little_endian", True) else "big"
+    end = scan_pickle(data, pos)
+    unpickler = TorchZipUnpickler(io.BytesIO(data[pos:end]), encoding="utf-8")
+    try:
+        obj = unpickler.load()
+    except UnsafePickleError:
+        raise
+    except RecursionError:
+        raise PickleLimitError("the pickle nests too deeply") from None
+    check_graph(obj)
+    pos = end
+    end = scan_pickle(data, pos)
+    keys = _PlainUnpickler(io.BytesIO(data[pos:end])).load()
+    pos = end
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) \
+            or len(keys) > (1 << 16):
+        raise ValueError("damaged legacy checkpoint (storage key list)")
+    records = {}
+    for key in keys:
+        ref = unpickler.storages.get(key)
+        if ref is None or f"data/{key}" in records:
+            raise ValueError(f"damaged legacy checkpoint (storage '{shown(key)}')")
+        if pos + 8 > len(data):
+            raise ValueError("the checkpoint is truncated")
+        count = int.from_bytes(data[pos:pos + 8], "little", signed=True)
+        if count != ref.numel:
+            raise ValueError(f"storage '{shown(key)}' holds {count} elements, its tensor "
+                             f"says {ref.numel}")
+        if pos + 8 + ref.nbytes > len(data):
+            raise ValueError("the checkpoint is truncated")
+        records[f"data/{key}"] = (pos + 8, ref.nbytes)
+        pos += 8 + ref.nbytes
+    return _LegacyStore(data, records), obj, byteorder
+
+
+class TorchCheckpoint:
+    """A torch checkpoint (zip, or the legacy format) opened under the
+    limits of this module: ``obj`` is its unpickled top level with tensors as
+    :class:`TensorRef`; :meth:`read` reads one. No torch is involved."""
+
+    def __init__(self, path, name=None):
+        import mmap
+        import os
+        from . import bounded
+        self.name = shown(name or os.path.basename(os.fspath(path)))
+        with bounded.open_regular(path, "checkpoint") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size == 0:
+                raise ValueError("the file is empty")
+            if size > MAX_CHECKPOINT_BYTES:
+                raise LimitError(f"the file is {size / 2**30:.1f} GiB; a checkpoint is at most "
+                                 f"{MAX_CHECKPOINT_BYTES >> 30} GiB")
+            head = fh.read(4)
+            if not head.startswith(b"PK"):
+                data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        if head.startswith(b"PK"):
+            self.store = bounded.BoundedZip(path, self.name)
+            try:
+                self.prefix, self.obj = read_torch_zip(self.store)
+                self.byteorder = torch_byteorder(self.store, self.prefix)
+            except BaseException:
+                self.store.close()
+                raise
+        else:
+            try:
+                self.store, self.obj, self.byteorder = _legacy_load(data)
+            except BaseException:
+                data.close()
+                raise
+            self.prefix = ""
+
+    def read(self, ref):
+        return ref.read(self.store, self.prefix, self.byteorder)
+
+    def close(self):
+        self.store.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
