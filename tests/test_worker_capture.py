@@ -292,7 +292,7 @@ def test_check_reports_in_plain_words(tmp_path):
     out, _ = p.communicate(timeout=120)
     assert "ok      torch" in out and "ok      mediapipe 0.10.21" in out
     assert "MISSING checkpoint: missing.pth: file not found" in out
-    assert p.returncode == cap.EXIT_ENVIRONMENT
+    assert p.returncode == cap.EXIT_MODEL  # a bad file, not a missing package
 
 
 # --- a real video, both backends; failure paths -------------------------------------

@@ -231,7 +231,7 @@ def run_check(python, checkpoint="", smpl_model="", timeout=120):
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, f"the worker Python cannot run: {exc}"
     text = p.stdout.strip()
-    if p.returncode not in (0, 7):
+    if p.returncode not in (0, 5, 7):  # 5: a bad model file, 7: something missing
         err = [line for line in p.stderr.splitlines() if line.strip()]
         return False, f"the worker cannot start: {err[-1] if err else p.returncode}"
     return p.returncode == 0, text

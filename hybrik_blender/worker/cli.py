@@ -219,11 +219,21 @@ def check_environment(checkpoint=None, smpl_model=None, kid_template=None):
     return lines
 
 
+_MODEL_LINES = ("checkpoint", "body model", "SMPL-X body model")
+
+
 def _check(args):
+    """Exit 0 when everything is there, 7 when the environment lacks
+    something, else 5 when a given checkpoint or body model is unusable."""
     lines = check_environment(args.checkpoint, args.smpl_model, args.kid_template)
     for ok, text in lines:
         print(("ok      " if ok else "MISSING ") + text)
-    return 0 if all(ok for ok, _ in lines) else codes.EXIT_ENVIRONMENT
+    failed = [text for ok, text in lines if not ok]
+    if not failed:
+        return codes.EXIT_OK
+    if all(text.startswith(_MODEL_LINES) for text in failed):
+        return codes.EXIT_MODEL
+    return codes.EXIT_ENVIRONMENT
 
 
 HANDS_HELP = ("also capture the fingers (mediapipe hand landmarks seeded from the pose): "
