@@ -261,7 +261,9 @@ def import_people_with_settings(context, result_path, ids, video_path=None, mode
     settings = context.scene.hybrik
     if not model_path:
         model_path = prefs.body_model_path if prefs else ""
-    model = load_body_model(bpy.path.abspath(model_path)) if model_path else None
+    kid = bpy.path.abspath(prefs.kid_template_path) if prefs and prefs.kid_template_path \
+        else None
+    model = load_character_model(bpy.path.abspath(model_path), kid) if model_path else None
     results = load_tracks(result_path)
     if video_path is None:
         guess = os.path.join(os.path.dirname(result_path), results[0].source)
@@ -315,7 +317,7 @@ def finish_capture(context, state):
                                           "then Import People")
                 return True
             take, result = import_with_settings(context, out, _State.video)
-        except (BodyModelError, ResultFormatError) as exc:
+        except (BodyModelError, ResultFormatError, ValueError) as exc:
             _set_job_props(wm, state, f"Import failed: {exc}", error=True)
             return False
         context.scene.hybrik.last_result = out
@@ -507,7 +509,7 @@ class HYBRIK_OT_import_result(bpy.types.Operator):
                                       "tick whom to import, then Import People")
                 return {'FINISHED'}
             take, result = import_with_settings(context, path, model_path=self.body_model_path)
-        except (BodyModelError, ResultFormatError) as exc:
+        except (BodyModelError, ResultFormatError, ValueError) as exc:
             self.report({'ERROR'}, str(exc))
             return {'CANCELLED'}
         note = "" if result.complete else " (partial result)"
@@ -536,7 +538,7 @@ class HYBRIK_OT_import_people(bpy.types.Operator):
         try:
             takes, result = import_people_with_settings(context, s.people_result, ids,
                                                         video_path=_State.people_video)
-        except (BodyModelError, ResultFormatError) as exc:
+        except (BodyModelError, ResultFormatError, ValueError) as exc:
             self.report({'ERROR'}, str(exc))
             return {'CANCELLED'}
         note = "" if result.complete else " (partial result)"

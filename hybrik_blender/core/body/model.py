@@ -435,7 +435,7 @@ def load_body_model(path, model_type=None, kid_template=None):
     try:
         checkpoint = head.startswith(LEGACY_TORCH_HEAD)
         if head.startswith(b"PK"):
-            with bounded.BoundedZip(path, name) as zf:
+            with bounded.BoundedZip(path, name, what="body model") as zf:
                 checkpoint = any(n.endswith("data.pkl") for n in zf.names)
                 if not checkpoint:
                     arrays = _npz_arrays(zf, name)

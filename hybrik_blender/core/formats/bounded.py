@@ -172,9 +172,9 @@ class BoundedZip:
     ``names`` lists the members; :meth:`read` and :meth:`read_npy` read one,
     each with a byte limit."""
 
-    def __init__(self, path, name=None, max_members=MAX_ZIP_MEMBERS):
+    def __init__(self, path, name=None, max_members=MAX_ZIP_MEMBERS, what="zip archive"):
         self.name = shown(name or os.path.basename(os.fspath(path)))
-        self._fh = open_regular(path, "zip archive")
+        self._fh = open_regular(path, what)
         try:
             try:
                 entries, cd_size = _zip_entry_count(self._fh)
@@ -238,8 +238,8 @@ class BoundedZip:
             raise LimitError(f"{what} uses compression method {info.compress_type}; only "
                              "stored and deflated members are read")
         if info.file_size > max_bytes:
-            raise LimitError(f"{what} declares {info.file_size / 2**20:.1f} MiB; at most "
-                             f"{max_bytes / 2**20:.1f} MiB are read")
+            raise LimitError(f"{what} declares {size_text(info.file_size)}; at most "
+                             f"{size_text(max_bytes)} are read")
         if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
             raise ArchiveError(f"{what} is stored with inconsistent sizes")
         if info.compress_type == zipfile.ZIP_DEFLATED and info.file_size > RATIO_FLOOR \

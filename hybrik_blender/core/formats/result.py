@@ -567,7 +567,7 @@ def _read_arrays(path):
     path = os.fspath(path)
     name = bounded.shown(os.path.basename(path))
     try:
-        zf = bounded.BoundedZip(path, name, max_members=MAX_RESULT_MEMBERS)
+        zf = bounded.BoundedZip(path, name, max_members=MAX_RESULT_MEMBERS, what="result file")
     except FileNotFoundError:
         raise ResultFormatError(f"{name}: file not found") from None
     except OSError as exc:

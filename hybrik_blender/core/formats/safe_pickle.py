@@ -55,7 +55,7 @@ import numpy as np
 
 from .bounded import ArchiveError, LimitError, one_line, shown
 
-MAX_OPCODES = 1 << 20
+MAX_OPCODES = 1 << 18
 MAX_MARKS = 1000
 MAX_MEMO = 1 << 20
 MAX_INT_DIGITS = 4000
@@ -258,7 +258,8 @@ def _children(obj):
 
 def check_graph(root):
     """Refuse cycles, nesting deeper than MAX_DEPTH and expanded sizes above
-    MAX_EXPANDED in an unpickled object graph (iteratively, once per node)."""
+    MAX_EXPANDED in an unpickled object graph (iteratively, once per node;
+    the depth is refused on the way down, before the walk reaches the end)."""
     done = {}
     path = set()
     todo = [(root, False)]
@@ -270,9 +271,11 @@ def check_graph(root):
                 continue
             kids = _children(obj)
             if not kids:
-                done[key] = (1, 1)
+                done[key] = 1
                 continue
             path.add(key)
+            if len(path) > MAX_DEPTH:
+                raise PickleLimitError(f"the pickle nests objects more than {MAX_DEPTH} deep")
             todo.append((obj, True))
             for kid in kids:
                 if id(kid) in path:
@@ -282,15 +285,11 @@ def check_graph(root):
                     todo.append((kid, False))
         else:
             path.discard(key)
-            kids = [done[id(k)] for k in _children(obj)]
-            depth = 1 + max(d for d, _ in kids)
-            size = 1 + sum(s for _, s in kids)
-            if depth > MAX_DEPTH:
-                raise PickleLimitError(f"the pickle nests objects more than {MAX_DEPTH} deep")
+            size = 1 + sum(done[id(k)] for k in _children(obj))
             if size > MAX_EXPANDED:
                 raise PickleLimitError(f"a value expands to more than {MAX_EXPANDED} elements "
                                        "through shared references")
-            done[key] = (depth, size)
+            done[key] = size
 
 
 # --- inert stand-ins ----------------------------------------------------------------
@@ -984,7 +983,7 @@ class TorchCheckpoint:
             if not head.startswith(b"PK"):
                 data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         if head.startswith(b"PK"):
-            self.store = bounded.BoundedZip(path, self.name)
+            self.store = bounded.BoundedZip(path, self.name, what="checkpoint")
             try:
                 self.prefix, self.obj = read_torch_zip(self.store)
                 self.byteorder = torch_byteorder(self.store, self.prefix)

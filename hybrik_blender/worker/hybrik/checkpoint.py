@@ -137,8 +137,13 @@ def read_checkpoint(path):
                               f"({bounded.one_line(exc.strerror or exc, 80)})") from None
     except safe_pickle.UnsafePickleError as exc:
         raise CheckpointError(f"{name}: refused: {exc}") from None
+    except bounded.LimitError as exc:
+        raise CheckpointError(f"{name}: refused: {exc}") from None
     except MemoryError:
         raise CheckpointError(f"{name}: needs more memory than is available") from None
+    except ValueError as exc:
+        raise CheckpointError(f"{name}: not a readable PyTorch checkpoint "
+                              f"({_first_line(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
         raise CheckpointError(f"{name}: not a readable PyTorch checkpoint "
                               f"({type(exc).__name__}: {_first_line(exc)})") from None
