@@ -12,7 +12,10 @@ costs a fork, not an interpreter start):
 * ``worker``: torch, OpenCV, mediapipe and the worker; a case is the argv of
   ``python -m hybrik_blender.worker``;
 * ``blender``: bpy and the headless import; a case is the argv of
-  ``python -m hybrik_blender``.
+  ``python -m hybrik_blender``;
+* ``operator``: no fork: one Blender runs the add-on's Import Result
+  operator on every case ``[result, body model]`` in turn (see
+  :func:`_operator_loop`), to show that it stays up.
 
 The request is ``{"cases": [{"id": ..., "call": [...]}], "limit_mb": 1024,
 "timeout_s": 10}``. Each child gets ``RLIMIT_AS`` = the address space the
@@ -115,11 +118,56 @@ def _child(run, call, limit_bytes, timeout_s, out_path, err_path):
         os._exit(status)
 
 
+MARK = "@@hybrik-case "
+
+
+def _operator_loop(request, limit, timeout_s):
+    """One Blender for all cases, no fork: the add-on's Import Result
+    operator on each (result, body model) pair, in turn. Each outcome is one
+    marked JSON line on stdout as soon as it is known, so a crash shows
+    which case it was; at the end a valid import must still work."""
+    import bpy
+    import hybrik_blender
+    base_vm = _vm_kib("VmSize") << 10
+    resource.setrlimit(resource.RLIMIT_AS, (base_vm + limit, base_vm + limit))
+    hybrik_blender.register()
+    out = sys.__stdout__
+
+    def emit(entry):
+        out.write(MARK + json.dumps(entry) + "\n")
+        out.flush()
+
+    for case in request["cases"]:
+        result, model = case["call"]
+        t0 = time.monotonic()
+        signal.alarm(timeout_s)
+        entry = {"id": case["id"]}
+        try:
+            got = bpy.ops.hybrik.import_result(filepath=result, body_model_path=model or "")
+            entry.update(rc=0 if got == {"FINISHED"} else 2, message=str(sorted(got)))
+        except RuntimeError as exc:  # an ERROR report surfaces here in the background
+            entry.update(rc=2, message=str(exc))
+        except BaseException:  # noqa: BLE001
+            entry.update(rc=1, message=traceback.format_exc())
+        signal.alarm(0)
+        entry["wall_s"] = round(time.monotonic() - t0, 3)
+        emit(entry)
+    final = request.get("final")
+    if final:
+        got = bpy.ops.hybrik.import_result(filepath=final[0], body_model_path=final[1] or "")
+        emit({"id": "final", "rc": 0 if got == {"FINISHED"} else 2,
+              "objects": len(bpy.data.objects)})
+    hybrik_blender.unregister()
+    return 0
+
+
 def main(argv=None):
     mode = (argv or sys.argv[1:])[0]
     request = json.load(sys.stdin)
     limit = int(request.get("limit_mb", 1024)) << 20
     timeout_s = int(request.get("timeout_s", 10))
+    if mode == "operator":
+        return _operator_loop(request, limit, timeout_s)
     run = _prepare(mode)
     report = []
     scratch = tempfile.mkdtemp(prefix="hybrik-fuzz-")

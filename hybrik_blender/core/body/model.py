@@ -337,7 +337,7 @@ def with_kid_template(model, kid_template):
             raise BodyModelError(f"'{name}' is not a readable .npy template "
                                  f"({exc.strerror or exc})") from None
         except (bounded.LimitError, bounded.ArchiveError) as exc:
-            raise BodyModelError(f"'{name}' is not a readable .npy template ({exc})") from None
+            raise BodyModelError(f"children's template {exc}") from None
     kid = np.asarray(kid_template)
     if not model.is_smplx:
         raise BodyModelError(f"{name}: a children's template needs an SMPL-X body model")

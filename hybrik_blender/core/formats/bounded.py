@@ -282,8 +282,8 @@ class BoundedZip:
         with self._open(info) as fh:
             return self._guard(self._header, fh, info, kinds)[:3]
 
-    def _header(self, fh, info, kinds):
-        what = f"'{self.name}': '{shown(info.filename.removesuffix('.npy'))}'"
+    def _header(self, fh, info, kinds, what=None):
+        what = what or f"'{self.name}': '{shown(info.filename.removesuffix('.npy'))}'"
         try:
             version = np.lib.format.read_magic(fh)
             shape, fortran, dtype = np.lib.format._read_array_header(
@@ -306,7 +306,7 @@ class BoundedZip:
             nbytes *= s
         if start + nbytes != info.file_size:
             raise ArchiveError(f"{what} declares {shown(shape)} {dtype} ({size_text(nbytes)}) "
-                               f"but the member holds {size_text(info.file_size - start)}")
+                               f"but holds {size_text(info.file_size - start)}")
         return shape, bool(fortran), dtype, nbytes
 
     def read_npy(self, member, max_bytes, kinds="biuf", check=None):
@@ -343,7 +343,8 @@ def read_npy_file(path, max_bytes, kinds="biuf", check=None, what=".npy array"):
         info.file_size = size
         holder = BoundedZip.__new__(BoundedZip)
         holder.name = name
-        shape, fortran, dtype, nbytes = holder._guard(holder._header, fh, info, kinds)
+        shape, fortran, dtype, nbytes = holder._guard(holder._header, fh, info, kinds,
+                                                      f"'{name}'")
         if check is not None:
             check(shape, dtype)
         buf = holder._guard(read_bounded, fh, nbytes, f"'{name}'")
