@@ -614,8 +614,8 @@ def _checkpoints(add):
     add("pth_storage_bomb_ratio.pth", "checkpoint", torch_zip(
         [T("smpl.v_template", "0", (80 << 20) // 4, (6890, 3), (3, 1))], big, deflate=True),
         MODEL_BAD, "80 MiB of zeros, deflated 1000:1")
-    add("pth_data_pkl_declared_huge.pth", "checkpoint", torch_zip(ts, st, lie={"data.pkl": 1 << 33}),
-        MODEL_BAD)
+    add("pth_data_pkl_declared_huge.pth", "checkpoint",
+        torch_zip(ts, st, lie={"data.pkl": 1 << 33}), MODEL_BAD)
     add("pth_no_data_pkl.pth", "checkpoint", zip_bytes([("archive/data/0", st["0"], False)]),
         MODEL_BAD)
     add("pth_empty_data_pkl.pth", "checkpoint", torch_zip(ts, st, pkl=b""), MODEL_BAD)
