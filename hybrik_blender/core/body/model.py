@@ -16,6 +16,15 @@ Three sources give the same :class:`BodyModel`:
   ``smplx_layer.*`` buffers of a HybrIK-X checkpoint, read from the torch zip
   archive without torch.
 
+Reading is bounded (see the README's "Limits"): files must be regular, zip
+members and ``.npy`` headers are checked before their data are read
+(:mod:`..formats.bounded`), pickles and checkpoints go through the limits of
+:mod:`..formats.safe_pickle`, only the keys a model uses (``_MODEL_KEYS``)
+are read, each ``.npz``/checkpoint array holds at most
+``ELEMENTS_PER_VERTEX`` elements per SMPL-X vertex, and every float is
+finite and at most ``MAX_VALUE`` in magnitude. Every failure is one
+:class:`BodyModelError` line.
+
 The type (``model_type`` "smpl" or "smplx") follows from the vertex count:
 6,890 for SMPL, 10,475 for SMPL-X. Arrays are kept in float64 in the model's
 own frame: metres, +Y up, the body facing +Z, the subject's left at +X.
@@ -398,7 +407,7 @@ _CHECKPOINT_KEYS_X = {
 _REQUIRED = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "f")
 
 
-# Limits of the body-model readers (see the module docstring's "Limits")
+# limits of the body-model readers (see the module docstring)
 MAX_PICKLE_BYTES = 2 << 30
 MAX_VALUE = 1e6             # |x| of any float in a body model
 ELEMENTS_PER_VERTEX = 1500  # SMPL-X v1.1 shapedirs: 3 x 400, posedirs: 3 x 486

@@ -95,10 +95,13 @@ them ignore them. Both backends write ``x_uv29`` (N, 29, 2) and
 per joint) that the alignment metric (core.align.metric) measures against;
 hybrik also keeps its raw ``x_raw_rotmats`` and ``x_raw_betas`` for resume.
 
-The reader refuses missing keys, wrong shapes or dtypes, NaN or infinite
-values (checked after every cast to the working dtype), non-rotation matrices,
-truncated archives and versions newer than it knows, each with a one-line
-message naming the problem.
+The reader reads only the members named above (and ``x_`` extras), each
+after its declared size and ``.npy`` header are checked against the limits
+below (:mod:`.bounded`); unknown members are never read. It refuses missing
+keys, wrong shapes or dtypes, NaN or infinite values (checked after every
+cast to the working dtype), values outside their sane range (``MAX_*``
+below), non-rotation matrices, truncated archives and versions newer than it
+knows, each with a one-line message naming the problem.
 """
 import dataclasses
 import os
