@@ -11,7 +11,8 @@
 
 CI cost is bounded: the corpus is fixed, hypothesis is derandomized (seeded by
 the test) with HYBRIK_FUZZ_EXAMPLES examples per property (default 40); set
-it higher for a long run, e.g. ``HYBRIK_FUZZ_EXAMPLES=5000``.
+it higher for a long run, e.g. ``HYBRIK_FUZZ_EXAMPLES=5000``, and
+``HYBRIK_FUZZ_RANDOM=1`` to explore new examples instead of the seeded ones.
 """
 import io
 import json
@@ -32,9 +33,10 @@ from tests import adversarial as adv
 from tests.conftest import ROOT
 
 EXAMPLES = int(os.environ.get("HYBRIK_FUZZ_EXAMPLES", "40"))
+RANDOM = bool(os.environ.get("HYBRIK_FUZZ_RANDOM"))  # explore new examples (not seeded)
 TIMEOUT_S = 10
 LIMIT_MB = 1024
-fuzz = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
+fuzz = settings(max_examples=EXAMPLES, derandomize=not RANDOM, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 

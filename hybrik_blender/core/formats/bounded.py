@@ -35,7 +35,6 @@ import os
 import stat
 import struct
 import zipfile
-import zlib
 
 import numpy as np
 
@@ -190,8 +189,9 @@ class BoundedZip:
             self._fh.seek(0)
             try:
                 self.zf = zipfile.ZipFile(self._fh)
-            except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError,
-                    struct.error, UnicodeDecodeError) as exc:
+            except MemoryError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - zipfile on hostile bytes raises anything
                 raise ArchiveError(f"'{self.name}' is a damaged or truncated archive "
                                    f"({one_line(exc, 80)})") from None
             names = self.zf.namelist()
@@ -252,8 +252,9 @@ class BoundedZip:
     def _open(self, info):
         try:
             return self.zf.open(info)
-        except (zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError, ValueError,
-                struct.error, OSError) as exc:
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - zipfile on hostile bytes raises anything
             raise ArchiveError(f"'{self.name}': member '{shown(info.filename)}' is damaged "
                                f"({one_line(exc, 80)})") from None
 
@@ -271,7 +272,11 @@ class BoundedZip:
     def _guard(self, fn, *args):
         try:
             return fn(*args)
-        except (zipfile.BadZipFile, EOFError, zlib.error, struct.error, OSError) as exc:
+        except (ArchiveError, LimitError):
+            raise
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - zipfile on hostile bytes raises anything
             raise ArchiveError(f"'{self.name}' is damaged or truncated "
                                f"({one_line(exc, 80)})") from None
 

@@ -324,7 +324,10 @@ def validate_tracks(arrays, name="result"):
             or str(arrays["format"]) != FORMAT_NAME:
         fail("not a hybrik-blender result file (no 'format' marker)")
     try:
-        version = int(arrays["version"])
+        raw_version = np.asarray(arrays["version"])
+        if raw_version.shape != () or raw_version.dtype.kind not in "iuf":
+            raise TypeError
+        version = int(raw_version)
     except (KeyError, TypeError, ValueError, OverflowError):
         fail("missing or unreadable 'version'")
     if version > FORMAT_VERSION:
