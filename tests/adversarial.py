@@ -260,8 +260,8 @@ def torch_zip(tensors, storages, pkl=None, prefix="archive/", lie=None, deflate=
     return zip_bytes(members, lie=lie, duplicate=duplicate and f"{prefix}{duplicate}")
 
 
-def torch_legacy(tensors, storages, counts=None):
-    info = {"protocol_version": 1001, "little_endian": True,
+def torch_legacy(tensors, storages, counts=None, little_endian=True):
+    info = {"protocol_version": 1001, "little_endian": little_endian,
             "type_sizes": {"short": 2, "int": 4, "long": 4}}
     out = pickle.dumps(TORCH_LEGACY_MAGIC, 2) + pickle.dumps(1001, 2) + pickle.dumps(info, 2)
     out += torch_pickle(tensors, legacy=True)
@@ -393,6 +393,14 @@ def _pickles(add):
     for _ in range(60):
         x = [x, x, x, x]
     add("shared_lists.pkl", "body", pickle.dumps({"v_template": x}, protocol=2), MODEL_BAD)
+    a = Asm()
+    a.raw(b"}").str("v_template").raw(b"]")
+    prev = a.put()
+    for _ in range(1500):  # the 25 KB pickle that never finished
+        a.raw(b"](").get(prev).get(prev).get(prev).raw(b"e")
+        prev = a.put()
+    a.raw(b"s")
+    add("shared_lists_25k.pkl", "body", a.done(), MODEL_BAD, "1500 levels of 3 shared refs")
     a = Asm()
     a.raw(b"}").str("v_template").raw(b"}")
     a.raw(b")")
@@ -655,6 +663,12 @@ def _checkpoints(add):
     lts, lst = _one_tensor((2, 3), (3, 1))
     add("legacy_count_mismatch.pth", "checkpoint", torch_legacy(lts, lst, counts={"0": 1 << 40}),
         MODEL_BAD)
+    head = pickle.dumps(TORCH_LEGACY_MAGIC, 2) + pickle.dumps(1001, 2) + pickle.dumps(
+        {"little_endian": True}, 2)
+    add("legacy_marks_bomb.pth", "checkpoint", head + b"\x80\x02" + b"(" * 5000 + b".",
+        MODEL_BAD)
+    add("legacy_big_endian.pth", "checkpoint", torch_legacy(lts, lst, little_endian=False),
+        MODEL_BAD, "read big-endian: not a HybrIK checkpoint")
     add("legacy_truncated.pth", "checkpoint", torch_legacy(tensors, storages)[:100000], MODEL_BAD)
     add("legacy_numel_1tb.pth", "checkpoint", torch_legacy(
         [T("smpl.v_template", "0", 1 << 38, (2, 3), (3, 1))], {"0": b"\0" * 24},

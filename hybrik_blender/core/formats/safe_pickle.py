@@ -106,6 +106,13 @@ def scan_pickle(data, start=0):
     if not hasattr(data, "find"):  # bytes, bytearray and mmap are scanned in place
         data = bytes(data)
     view = memoryview(data)
+    try:
+        return _scan(data, view, start)
+    finally:
+        view.release()  # an mmap can be closed after a refusal
+
+
+def _scan(data, view, start):
     end = len(view)
     pos = start
     stack = []          # expanded size of each stack item (_MARK for marks)
