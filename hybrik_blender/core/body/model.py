@@ -67,7 +67,6 @@ import dataclasses
 import logging
 import os
 import warnings
-import zipfile
 
 import numpy as np
 

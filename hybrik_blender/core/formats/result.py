@@ -106,7 +106,6 @@ knows, each with a one-line message naming the problem.
 import dataclasses
 import os
 import tempfile
-import zipfile
 
 import numpy as np
 
