@@ -17,7 +17,8 @@ Limits
 A pickle is scanned opcode by opcode *before* it is unpickled
 (:func:`scan_pickle`), with a model of the unpickler's stack and memo:
 
-* at most :data:`MAX_OPCODES` opcodes, :data:`MAX_MARKS` nested marks and
+* at most :data:`MAX_OPCODES` opcodes (:data:`MAX_CHECKPOINT_OPCODES` for a
+  checkpoint's ``data.pkl``), :data:`MAX_MARKS` nested marks and
   memo indices below :data:`MAX_MEMO` (the C unpickler sizes its memo by the
   largest index it is given);
 * no argument may claim more bytes than the file holds; integers are limited
@@ -55,7 +56,8 @@ import numpy as np
 
 from .bounded import ArchiveError, LimitError, one_line, shown
 
-MAX_OPCODES = 1 << 18
+MAX_OPCODES = 1 << 18            # an SMPL pickle has a few thousand
+MAX_CHECKPOINT_OPCODES = 1 << 20  # a HybrIK(-X) data.pkl has ~70,000
 MAX_MARKS = 1000
 MAX_MEMO = 1 << 20
 MAX_INT_DIGITS = 4000
@@ -100,19 +102,19 @@ _PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
 _GETS = {"GET", "BINGET", "LONG_BINGET"}
 
 
-def scan_pickle(data, start=0):
+def scan_pickle(data, start=0, max_opcodes=MAX_OPCODES):
     """Check one pickle in `data` (from `start`) against the limits without
     running it; returns the offset just past its STOP opcode."""
     if not hasattr(data, "find"):  # bytes, bytearray and mmap are scanned in place
         data = bytes(data)
     view = memoryview(data)
     try:
-        return _scan(data, view, start)
+        return _scan(data, view, start, max_opcodes)
     finally:
         view.release()  # an mmap can be closed after a refusal
 
 
-def _scan(data, view, start):
+def _scan(data, view, start, max_opcodes):
     end = len(view)
     pos = start
     stack = []          # expanded size of each stack item (_MARK for marks)
@@ -157,8 +159,8 @@ def _scan(data, view, start):
         if op is None:
             bad(f"unknown pickle opcode 0x{view[pos]:02x}")
         ops += 1
-        if ops > MAX_OPCODES:
-            fail(f"more than {MAX_OPCODES} pickle opcodes")
+        if ops > max_opcodes:
+            fail(f"more than {max_opcodes} pickle opcodes")
         pos += 1
         arg = op.arg
         value = None
@@ -574,8 +576,8 @@ class SMPLUnpickler(pickle.Unpickler):
         raise UnsafePickleError("refused a persistent id: not an SMPL model pickle")
 
 
-def _guarded_load(unpickler_cls, data, encoding):
-    end = scan_pickle(data)
+def _guarded_load(unpickler_cls, data, encoding, max_opcodes=MAX_OPCODES):
+    end = scan_pickle(data, max_opcodes=max_opcodes)
     try:
         obj = unpickler_cls(io.BytesIO(data), encoding=encoding).load()
         del end
@@ -863,7 +865,7 @@ def read_torch_zip(zf):
         data = zf.read(name, MAX_DATA_PKL_BYTES)
     except ArchiveError as exc:
         raise ValueError(str(exc)) from None
-    obj = _guarded_load(TorchZipUnpickler, bytes(data), "utf-8")
+    obj = _guarded_load(TorchZipUnpickler, bytes(data), "utf-8", MAX_CHECKPOINT_OPCODES)
     return prefix, obj
 
 
@@ -935,7 +937,7 @@ def _legacy_load(data):
     if magic != LEGACY_MAGIC or protocol != 1001 or not isinstance(info, dict):
         raise ValueError("not a torch checkpoint (unknown legacy header)")
     byteorder = "little" if info.get("little_endian", True) else "big"
-    end = scan_pickle(data, pos)
+    end = scan_pickle(data, pos, MAX_CHECKPOINT_OPCODES)
     unpickler = TorchZipUnpickler(io.BytesIO(data[pos:end]), encoding="utf-8")
     try:
         obj = unpickler.load()
