@@ -323,7 +323,7 @@ def finish_capture(context, state):
                                           "then Import People")
                 return True
             take, result = import_with_settings(context, out, _State.video)
-        except (BodyModelError, ResultFormatError) as exc:
+        except (BodyModelError, ResultFormatError, ValueError) as exc:
             _set_job_props(wm, state, f"Import failed: {exc}", error=True)
             return False
         context.scene.hybrik.last_result = out
@@ -521,7 +521,7 @@ class HYBRIK_OT_import_result(bpy.types.Operator):
                                       "tick whom to import, then Import People")
                 return {'FINISHED'}
             take, result = import_with_settings(context, path, model_path=self.body_model_path)
-        except (BodyModelError, ResultFormatError) as exc:
+        except (BodyModelError, ResultFormatError, ValueError) as exc:
             self.report({'ERROR'}, str(exc))
             return {'CANCELLED'}
         note = "" if result.complete else " (partial result)"
@@ -550,7 +550,7 @@ class HYBRIK_OT_import_people(bpy.types.Operator):
         try:
             takes, result = import_people_with_settings(context, s.people_result, ids,
                                                         video_path=_State.people_video)
-        except (BodyModelError, ResultFormatError) as exc:
+        except (BodyModelError, ResultFormatError, ValueError) as exc:
             self.report({'ERROR'}, str(exc))
             return {'CANCELLED'}
         note = "" if result.complete else " (partial result)"

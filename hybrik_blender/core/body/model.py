@@ -16,6 +16,15 @@ Three sources give the same :class:`BodyModel`:
   ``smplx_layer.*`` buffers of a HybrIK-X checkpoint, read from the torch zip
   archive without torch.
 
+Reading is bounded (see the README's "Limits"): files must be regular, zip
+members and ``.npy`` headers are checked before their data are read
+(:mod:`..formats.bounded`), pickles and checkpoints go through the limits of
+:mod:`..formats.safe_pickle`, only the keys a model uses (``_MODEL_KEYS``)
+are read, each ``.npz``/checkpoint array holds at most
+``ELEMENTS_PER_VERTEX`` elements per SMPL-X vertex, and every float is
+finite and at most ``MAX_VALUE`` in magnitude. Every failure is one
+:class:`BodyModelError` line.
+
 The type (``model_type`` "smpl" or "smplx") follows from the vertex count:
 6,890 for SMPL, 10,475 for SMPL-X. Arrays are kept in float64 in the model's
 own frame: metres, +Y up, the body facing +Z, the subject's left at +X.
@@ -58,11 +67,10 @@ import dataclasses
 import logging
 import os
 import warnings
-import zipfile
 
 import numpy as np
 
-from ..formats import safe_pickle
+from ..formats import bounded, safe_pickle
 from .skeleton import (LEAF_VERTEX_IDS, NUM_BETAS, NUM_EXPRESSION, NUM_JOINTS,
                        NUM_POSE_CORRECTIVES, PARENTS, SMPL_NUM_VERTICES, SMPLX_JOINT_NAMES,
                        SMPLX_NUM_JOINTS, SMPLX_NUM_POSE_CORRECTIVES, SMPLX_NUM_VERTICES,
@@ -84,7 +92,11 @@ MAX_ARRAY_BYTES = 1 << 30  # no body-model array is anywhere near 1 GiB
 
 
 class BodyModelError(ValueError):
-    """The file is not a usable SMPL/SMPL-X body model; the message says why."""
+    """The file is not a usable SMPL/SMPL-X body model; the message (one
+    line) says why."""
+
+    def __init__(self, message=""):
+        super().__init__(bounded.one_line(message, 600))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -315,12 +327,25 @@ def with_kid_template(model, kid_template):
     """The model with HybrIK-X's children's shape direction from a
     (V, 3) template (array or path to a ``.npy``, read without pickle)."""
     name = "kid template"
+    if not model.is_smplx:
+        raise BodyModelError(f"{name}: a children's template needs an SMPL-X body model")
     if not isinstance(kid_template, np.ndarray):
-        name = os.path.basename(os.fspath(kid_template))
+        name = bounded.shown(os.path.basename(os.fspath(kid_template)))
+
+        def check(shape, dtype):
+            if tuple(shape) != model.v_template.shape:
+                raise BodyModelError(f"{name}: shape {bounded.shown(shape)} ({dtype}); "
+                                     f"expected {model.v_template.shape} vertices like the "
+                                     "body model")
         try:
-            kid_template = np.load(os.fspath(kid_template), allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise BodyModelError(f"'{name}' is not a readable .npy template ({exc})") from None
+            kid_template = bounded.read_npy_file(os.fspath(kid_template),
+                                                 model.v_template.size * 8, check=check,
+                                                 what="children's template")
+        except OSError as exc:
+            raise BodyModelError(f"'{name}' is not a readable .npy template "
+                                 f"({exc.strerror or exc})") from None
+        except (bounded.LimitError, bounded.ArchiveError) as exc:
+            raise BodyModelError(f"children's template {exc}") from None
     kid = np.asarray(kid_template)
     if not model.is_smplx:
         raise BodyModelError(f"{name}: a children's template needs an SMPL-X body model")
@@ -330,6 +355,8 @@ def with_kid_template(model, kid_template):
     kid = kid.astype(np.float64)
     if not np.all(np.isfinite(kid)):
         raise BodyModelError(f"{name}: contains NaN or infinite values")
+    if np.abs(kid).max() > MAX_VALUE:
+        raise BodyModelError(f"{name}: has values beyond {MAX_VALUE:g}")
     kid_dir = (kid - kid.mean(axis=0)) - model.v_template
     fresh = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)}
     return BodyModel(**dict(fresh, kid_dir=kid_dir))
@@ -379,127 +406,156 @@ _CHECKPOINT_KEYS_X = {
 _REQUIRED = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "f")
 
 
+# limits of the body-model readers (see the module docstring)
+MAX_PICKLE_BYTES = 2 << 30
+MAX_VALUE = 1e6             # |x| of any float in a body model
+ELEMENTS_PER_VERTEX = 1500  # SMPL-X v1.1 shapedirs: 3 x 400, posedirs: 3 x 486
+_MODEL_VERTICES = (SMPL_NUM_VERTICES, SMPLX_NUM_VERTICES)
+LEGACY_TORCH_HEAD = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."  # torch < 1.6
+# the arrays a body model is built from; nothing else in a file is read
+_MODEL_KEYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "f",
+               "kintree_table", "parents", "J_regressor_h36m", "kid_dir", "hands_componentsl",
+               "hands_componentsr", "hands_meanl", "hands_meanr")
+
+
+def _element_limit():
+    return ELEMENTS_PER_VERTEX * max(_MODEL_VERTICES)
+
+
 def load_body_model(path, model_type=None, kid_template=None):
     """Load an SMPL or SMPL-X body model from a .pkl, .npz or HybrIK /
     HybrIK-X checkpoint file. model_type "smpl"/"smplx" refuses the other
-    kind; kid_template (path or array) adds HybrIK-X's children's direction."""
+    kind; kid_template (path or array) adds HybrIK-X's children's direction.
+    Every failure, limits included, is a BodyModelError with one line."""
     path = os.fspath(path)
-    name = os.path.basename(path)
+    name = bounded.shown(os.path.basename(path))
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(4)
+        with bounded.open_regular(path, "body model") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(16)
     except OSError as exc:
-        raise BodyModelError(f"cannot read body model '{name}': {exc.strerror}") from None
-    if head.startswith(b"PK"):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
-                if any(n.endswith("data.pkl") for n in names):
-                    arrays = _checkpoint_arrays(zf, name)
-                else:
-                    arrays = _npz_arrays(zf, path, name)
-        except zipfile.BadZipFile:
-            raise BodyModelError(f"'{name}' is a damaged or truncated archive") from None
-    elif head[:1] in (b"\x80", b"(", b"}"):
-        arrays = _pickle_arrays(path, name)
-    else:
-        raise BodyModelError(f"'{name}' is not an SMPL/SMPL-X model (.pkl, .npz) or a "
-                             "HybrIK checkpoint (.pth)")
-    model = body_model_from_arrays(arrays, source=name, model_type=model_type)
-    if kid_template is not None:
-        model = with_kid_template(model, kid_template)
+        raise BodyModelError(f"cannot read body model '{name}': "
+                             f"{exc.strerror or exc}") from None
+    except bounded.LimitError as exc:
+        raise BodyModelError(str(exc)) from None
+    if size == 0:
+        raise BodyModelError(f"'{name}' is empty, not a body model")
+    try:
+        checkpoint = head.startswith(LEGACY_TORCH_HEAD)
+        if head.startswith(b"PK"):
+            with bounded.BoundedZip(path, name, what="body model") as zf:
+                checkpoint = any(n.endswith("data.pkl") for n in zf.names)
+                if not checkpoint:
+                    arrays = _npz_arrays(zf, name)
+        if checkpoint:
+            arrays = _checkpoint_arrays(path, name)
+        elif head.startswith(b"PK"):
+            pass
+        elif head[:1] in (b"\x80", b"(", b"}", b"]"):
+            arrays = _pickle_arrays(path, name)
+        else:
+            raise BodyModelError(f"'{name}' is not an SMPL/SMPL-X model (.pkl, .npz) or a "
+                                 "HybrIK checkpoint (.pth)")
+        model = body_model_from_arrays(arrays, source=name, model_type=model_type)
+        if kid_template is not None:
+            model = with_kid_template(model, kid_template)
+    except (bounded.LimitError, bounded.ArchiveError) as exc:
+        raise BodyModelError(str(exc)) from None
+    except OSError as exc:
+        raise BodyModelError(f"cannot read body model '{name}': "
+                             f"{exc.strerror or exc}") from None
+    except MemoryError:
+        raise BodyModelError(f"'{name}' needs more memory than is available") from None
     return model
 
 
 def _pickle_arrays(path, name):
-    with open(path, "rb") as fh:
-        data = fh.read()
+    data = bounded.read_file(path, MAX_PICKLE_BYTES, "body model")
     try:
         obj = safe_pickle.load_smpl_pickle(data)
     except safe_pickle.UnsafePickleError as exc:
         raise BodyModelError(f"'{name}' was refused: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any decoding failure is a bad file
         raise BodyModelError(f"'{name}' is not a readable SMPL pickle "
-                             f"({type(exc).__name__}: {exc})") from None
+                             f"({type(exc).__name__}: {bounded.one_line(exc, 120)})") from None
+    del data
     if not isinstance(obj, dict):
         raise BodyModelError(f"'{name}' holds a {type(obj).__name__}, not an SMPL model dict")
     out = {}
     for key, value in obj.items():
+        if not isinstance(key, str):
+            continue
+        if key not in _MODEL_KEYS:
+            out.setdefault(key, None)  # listed in messages, never converted
+            continue
         try:
-            out[str(key)] = safe_pickle.plain_value(value)
+            out[key] = safe_pickle.plain_value(value)
         except ValueError as exc:
             if key in _REQUIRED:
                 raise BodyModelError(f"'{name}': key '{key}': {exc}") from None
-    return out
+            out.pop(key, None)
+    return {k: v for k, v in out.items() if v is not None or k not in _MODEL_KEYS}
 
 
-def _npz_member_header(zf, member):
-    """(shape, dtype) of one .npy member, read from its header only."""
-    with zf.open(member) as fh:
-        version = np.lib.format.read_magic(fh)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
-        else:
-            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
-    return shape, dtype
-
-
-def _npz_arrays(zf, path, name):
-    """The numeric members of an .npz; object members (pickles) are skipped
-    unless the model needs them, which is an error."""
-    sizes = {}
-    try:
-        for member in zf.namelist():
-            if not member.endswith(".npy"):
+def _npz_arrays(zf, name):
+    """The body-model members of an .npz (only those: see _MODEL_KEYS), each
+    header checked before its data are read; object members (pickles) are
+    skipped unless the model needs them, which is an error."""
+    members = bounded.npz_members(zf)
+    limit = _element_limit()
+    out = {key: None for key in members if key not in _MODEL_KEYS}  # names, for messages
+    for key in _MODEL_KEYS:
+        if key not in members:
+            continue
+        try:
+            shape, _, dtype = zf.npy_header(members[key], MAX_ARRAY_BYTES)
+        except bounded.ArchiveError as exc:
+            if "Python objects" in str(exc) and key not in _REQUIRED:
                 continue
-            shape, dtype = _npz_member_header(zf, member)
-            sizes[member[:-4]] = (shape, dtype)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise BodyModelError(f"'{name}' is not a readable .npz ({exc})") from None
-    for key, (shape, dtype) in sizes.items():
-        nbytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-        if nbytes > MAX_ARRAY_BYTES:
-            raise BodyModelError(f"'{name}': '{key}' declares {shape} {dtype} "
-                                 f"({nbytes / 2**30:.1f} GiB); not a body model")
-    out = {}
-    try:
-        with np.load(path, allow_pickle=False) as d:
-            for key in d.files:
-                if sizes.get(key, (None, np.dtype(float)))[1].hasobject:
-                    if key in _REQUIRED:
-                        raise BodyModelError(f"'{name}': '{key}' holds Python objects, "
-                                             "which are not loaded for safety")
-                    continue
-                out[key] = d[key]
-    except BodyModelError:
-        raise
-    except ValueError as exc:
-        raise BodyModelError(f"'{name}' holds Python objects, which are not loaded for "
-                             f"safety ({exc})") from None
-    except Exception as exc:  # noqa: BLE001
-        raise BodyModelError(f"'{name}' is not a readable .npz ({exc})") from None
+            raise
+        count = int(np.prod(shape, dtype=object)) if shape else 1
+        if count > limit:
+            raise BodyModelError(f"'{name}': '{key}' declares {bounded.shown(shape)}; not a "
+                                 "body model")
+        out[key] = zf.read_npy(members[key], MAX_ARRAY_BYTES)
     return out
 
 
-def _checkpoint_arrays(zf, name):
+def _checkpoint_arrays(path, name):
     try:
-        prefix, obj = safe_pickle.read_torch_zip(zf)
+        ckpt = safe_pickle.TorchCheckpoint(path, name)
+    except (bounded.LimitError, bounded.ArchiveError, OSError, MemoryError):
+        raise
     except safe_pickle.UnsafePickleError as exc:
         raise BodyModelError(f"'{name}' was refused: {exc}") from None
-    except Exception as exc:  # noqa: BLE001
-        raise BodyModelError(f"'{name}' is not a readable checkpoint ({exc})") from None
-    state = checkpoint_state_dict(obj)
+    except (ValueError, TypeError, KeyError, EOFError) as exc:
+        raise BodyModelError(f"'{name}' is not a readable checkpoint "
+                             f"({bounded.one_line(exc, 160)})") from None
+    except Exception as exc:  # noqa: BLE001 - any other unpickling failure
+        raise BodyModelError(f"'{name}' is not a readable checkpoint ({type(exc).__name__}: "
+                             f"{bounded.one_line(exc, 120)})") from None
+    with ckpt:
+        return _checkpoint_tensors(ckpt, name)
+
+
+def _checkpoint_tensors(ckpt, name):
+    state = checkpoint_state_dict(ckpt.obj)
     if state is None:
         raise BodyModelError(f"'{name}' holds no state dict")
     out = {}
     for key, ref in state.items():
+        if not isinstance(key, str):
+            continue
         bare = key.removeprefix("module.")
         target = _CHECKPOINT_KEYS.get(bare) or _CHECKPOINT_KEYS_X.get(bare)
         if target is not None and isinstance(ref, safe_pickle.TensorRef):
             try:
-                out[target] = ref.read(zf, prefix)
-            except (KeyError, ValueError) as exc:
-                raise BodyModelError(f"'{name}': tensor '{key}' is damaged ({exc})") from None
+                if ref.numel > _element_limit():
+                    raise ValueError(f"shape {ref.shape} is too large for a body model")
+                out[target] = ckpt.read(ref)
+            except ValueError as exc:
+                raise BodyModelError(f"'{name}': tensor '{bounded.shown(key)}' is damaged "
+                                     f"({exc})") from None
     if "v_template" not in out:
         raise BodyModelError(f"'{name}' is a checkpoint without embedded SMPL buffers "
                              "(smpl.* or smplx_layer.*); choose an SMPL .pkl or .npz instead")
@@ -509,7 +565,11 @@ def _checkpoint_arrays(zf, name):
             out["kid_dir"] = sd[:, :, NUM_BETAS]
             sd = sd[:, :, :NUM_BETAS]
         if "expr_dirs" in out:
-            sd = np.concatenate([sd, np.asarray(out.pop("expr_dirs"))], axis=2)
+            ed = np.asarray(out.pop("expr_dirs"))
+            if ed.ndim != 3 or sd.ndim != 3 or ed.shape[:2] != sd.shape[:2]:
+                raise BodyModelError(f"'{name}': 'smplx_layer.expr_dirs' has shape {ed.shape}, "
+                                     f"which does not match the shapedirs {sd.shape}")
+            sd = np.concatenate([sd, ed], axis=2)
         out["shapedirs"] = sd
     return out
 
@@ -531,17 +591,22 @@ class _Checker:
         raise BodyModelError(f"{self.name}: {msg}")
 
     def need(self, key, kind="model"):
-        if key not in self.arrays:
-            keys = ", ".join(sorted(map(str, self.arrays))[:12])
+        if self.arrays.get(key) is None:
+            keys = ", ".join(bounded.shown(k, 40) for k in sorted(map(str, self.arrays))[:12])
             self.fail(f"missing '{key}' (found: {keys}); is this an {kind} model file?")
         try:
             arr = np.asarray(self.arrays[key])
         except Exception:  # noqa: BLE001
             self.fail(f"'{key}' is not an array")
         if arr.dtype == object or arr.dtype.kind not in "fiub":
-            self.fail(f"'{key}' is not numeric ({arr.dtype})")
-        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-            self.fail(f"'{key}' contains NaN or infinite values")
+            self.fail(f"'{key}' is not numeric ({bounded.shown(arr.dtype.str)})")
+        if arr.dtype.kind == "f" and arr.size:
+            with np.errstate(invalid="ignore"):
+                big = np.abs(arr).max()
+            if not np.isfinite(big):
+                self.fail(f"'{key}' contains NaN or infinite values")
+            if big > MAX_VALUE:
+                self.fail(f"'{key}' has values beyond {MAX_VALUE:g}")
         return arr
 
 

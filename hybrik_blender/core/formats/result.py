@@ -95,24 +95,31 @@ them ignore them. Both backends write ``x_uv29`` (N, 29, 2) and
 per joint) that the alignment metric (core.align.metric) measures against;
 hybrik also keeps its raw ``x_raw_rotmats`` and ``x_raw_betas`` for resume.
 
-The reader refuses missing keys, wrong shapes or dtypes, NaN or infinite
-values (checked after every cast to the working dtype), non-rotation matrices,
-truncated archives and versions newer than it knows, each with a one-line
-message naming the problem.
+The reader reads only the members named above (and ``x_`` extras), each
+after its declared size and ``.npy`` header are checked against the limits
+below (:mod:`.bounded`); unknown members are never read. It refuses missing
+keys, wrong shapes or dtypes, NaN or infinite values (checked after every
+cast to the working dtype), values outside their sane range (``MAX_*``
+below), non-rotation matrices, truncated archives and versions newer than it
+knows, each with a one-line message naming the problem.
 """
 import dataclasses
 import os
 import tempfile
-import zipfile
 
 import numpy as np
+
+from . import bounded
 
 FORMAT_NAME = "hybrik-blender.result"
 FORMAT_VERSION = 2
 
 
 class ResultFormatError(ValueError):
-    """The file is not a valid result file; the message says why."""
+    """The file is not a valid result file; the message (one line) says why."""
+
+    def __init__(self, message=""):
+        super().__init__(bounded.one_line(message, 600))
 
 
 # name -> (per-row trailing shape, dtype kind); the required row fields
@@ -146,6 +153,7 @@ MAX_METRES = 1e4           # translations and joint positions
 MAX_BETA = 1e3             # shape and expression coefficients
 MAX_FRAME_INDEX = 2 ** 40
 MAX_TIME_S = 1e8
+MAX_TEXT_CHARS = 4096
 
 
 @dataclasses.dataclass(eq=False)
@@ -315,7 +323,10 @@ def validate_tracks(arrays, name="result"):
             or str(arrays["format"]) != FORMAT_NAME:
         fail("not a hybrik-blender result file (no 'format' marker)")
     try:
-        version = int(arrays["version"])
+        raw_version = np.asarray(arrays["version"])
+        if raw_version.shape != () or raw_version.dtype.kind not in "iuf":
+            raise TypeError
+        version = int(raw_version)
     except (KeyError, TypeError, ValueError, OverflowError):
         fail("missing or unreadable 'version'")
     if version > FORMAT_VERSION:
@@ -392,7 +403,7 @@ def validate_tracks(arrays, name="result"):
     focal = values["focal_length"].astype(np.float64)
     if np.any(focal <= 0) or np.any(focal > 1e3 * MAX_IMAGE_SIDE):
         fail("focal length must be positive and sane")
-    if np.abs(values["principal_point"]).max() > 16 * MAX_IMAGE_SIDE:
+    if np.abs(values["principal_point"].astype(np.float64)).max() > 16 * MAX_IMAGE_SIDE:
         fail("principal point lies far outside the image")
     for key in _UNIT_FIELDS:
         if key in cast and n and (cast[key].min() < 0 or cast[key].max() > 1):
@@ -403,7 +414,10 @@ def validate_tracks(arrays, name="result"):
 
     body_model = str(arrays["body_model"]) if "body_model" in arrays else "smpl"
     if body_model not in BODY_MODELS:
-        fail(f"unknown body_model '{body_model}'")
+        fail(f"unknown body_model '{bounded.shown(body_model)}'")
+    for key in ("source", "backend", "model"):
+        if len(str(values[key])) > MAX_TEXT_CHARS:
+            fail(f"'{key}' is longer than {MAX_TEXT_CHARS} characters")
 
     extras = {}
     for key in arrays:
@@ -411,8 +425,9 @@ def validate_tracks(arrays, name="result"):
             arr = np.asarray(arrays[key])
             if arr.shape[:1] != (n,) or arr.dtype.kind not in "fiub":
                 fail(f"'{key}' must be numeric with {n} rows, got {arr.dtype} {arr.shape}")
-            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-                fail(f"'{key}' contains NaN or infinite values")
+            if arr.dtype.kind == "f":
+                # finite in the float32 that the consumers compute in
+                _finite_after_cast(fail, key, arr, np.float32)
             extras[key[2:]] = arr
 
     cam = None
@@ -437,7 +452,7 @@ def validate_tracks(arrays, name="result"):
         text = np.asarray(arrays["warnings"])
         if text.shape != () or text.dtype.kind != "U":
             fail("'warnings' must be a string")
-        warnings = tuple(w for w in str(text).split("\n") if w)
+        warnings = tuple(bounded.one_line(w, 1000) for w in str(text).split("\n") if w)
 
     clip = dict(
         fps=fps, image_size=tuple(int(v) for v in size),
@@ -477,7 +492,8 @@ def _camera_track(arrays, fail):
         fail(f"'camera_rotation' has shape {rot.shape}, expected {(f, 3, 3)}")
     if foc.shape != (f,) or foc.dtype.kind not in "fiu":
         fail(f"'camera_focal' has shape {foc.shape}, expected {(f,)}")
-    if fi.min() < 0 or fi.max() > MAX_FRAME_INDEX or np.any(np.diff(fi) <= 0):
+    if fi.min() < 0 or fi.max() > MAX_FRAME_INDEX \
+            or np.any(np.diff(fi.astype(np.int64)) <= 0):
         fail("'camera_frame_index' must be increasing frame numbers")
     rot = _finite_after_cast(fail, "camera_rotation", rot, np.float64)
     foc = _finite_after_cast(fail, "camera_focal", foc, np.float64)
@@ -486,7 +502,7 @@ def _camera_track(arrays, fail):
         fail("'camera_focal' must be positive and sane")
     mode = str(arrays["camera_mode"]) if "camera_mode" in arrays else "static"
     if mode not in CAMERA_MODES:
-        fail(f"unknown camera_mode '{mode}'")
+        fail(f"unknown camera_mode '{bounded.shown(mode)}'")
     return CameraTrack(fi.astype(np.int64), rot, foc, mode)
 
 
@@ -507,18 +523,103 @@ def pick_track(takes, track=None, name="result"):
                             f"{', '.join(str(r.track_id) for r in takes)})")
 
 
+# limits of the reader (bytes of one member), checked on each member's
+# declared size and .npy header before its data are read
+MAX_ROWS = 1 << 24
+_ROW_BYTES = 30 * 9 * 8          # the widest row field (hand_rotmats) in float64
+MAX_EXTRA_ROW_BYTES = 16 << 10   # one row of one x_ extra
+MAX_TEXT_BYTES = 4 * 4096        # source, backend, model, ...: 4,096 characters
+MAX_WARNINGS_BYTES = 4 << 18     # 262,144 characters
+MAX_SMALL_BYTES = 4096           # fps, version, image size, camera_to_world, ...
+MAX_TRACKS = 1 << 16
+MAX_RESULT_MEMBERS = 4096
+_TEXT_KEYS = ("format", "source", "backend", "model", "body_model", "camera_mode")
+_CAMERA_ROWS = {"camera_frame_index": 8, "camera_rotation": 72, "camera_focal": 8}
+
+
+def _used_keys(members):
+    """The members a reader uses, in reading order: nothing else is read."""
+    known = ("format", "version", *_FRAME_FIELDS, *_OPTIONAL_FRAME_FIELDS, *_CLIP_FIELDS,
+             "track", "track_ids", "track_thumbnails", "warnings", "body_model",
+             *_CAMERA_ROWS, "camera_mode", "camera_to_world")
+    keys = list(dict.fromkeys(k for k in known if k in members))
+    keys += sorted(k for k in members if k.startswith("x_"))
+    return keys
+
+
+def _member_limit(key, rows, cameras, tracks):
+    if key in _TEXT_KEYS:
+        return MAX_TEXT_BYTES, "U"
+    if key == "warnings":
+        return MAX_WARNINGS_BYTES, "U"
+    if key == "track_thumbnails":
+        return tracks * 128 * 128 * 3 + MAX_SMALL_BYTES, "u"
+    if key in _CAMERA_ROWS:
+        return cameras * _CAMERA_ROWS[key] + MAX_SMALL_BYTES, "biuf"
+    if key.startswith("x_"):
+        return rows * MAX_EXTRA_ROW_BYTES + MAX_SMALL_BYTES, "biuf"
+    if key in _FRAME_FIELDS or key in _OPTIONAL_FRAME_FIELDS or key in ("track", "track_ids"):
+        return rows * _ROW_BYTES + MAX_SMALL_BYTES, "biuf"
+    return MAX_SMALL_BYTES, "biufU"
+
+
+def _strip_name(text, name):
+    prefix = f"'{name}': "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
 def _read_arrays(path):
     path = os.fspath(path)
-    name = os.path.basename(path)
+    name = bounded.shown(os.path.basename(path))
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
+        zf = bounded.BoundedZip(path, name, max_members=MAX_RESULT_MEMBERS, what="result file")
     except FileNotFoundError:
         raise ResultFormatError(f"{name}: file not found") from None
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise ResultFormatError(f"{name}: truncated or damaged file ({exc})") from None
-    except ValueError as exc:
-        raise ResultFormatError(f"{name}: not a result file ({exc})") from None
+    except OSError as exc:
+        raise ResultFormatError(f"{name}: cannot read the file "
+                                f"({bounded.one_line(exc.strerror or exc, 80)})") from None
+    except bounded.LimitError as exc:
+        raise ResultFormatError(str(exc)) from None
+    except bounded.ArchiveError as exc:
+        raise ResultFormatError(f"{name}: truncated or damaged file "
+                                f"({_strip_name(str(exc), name)})") from None
+    arrays = {}
+    try:
+        with zf:
+            members = bounded.npz_members(zf)
+            if "format" not in members:
+                raise ResultFormatError(f"{name}: not a hybrik-blender result file (no "
+                                        "'format' marker)")
+            rows = cameras = tracks = 0
+            for key, member in ((k, members[k]) for k in ("frame_index", "camera_frame_index",
+                                                          "track_ids") if k in members):
+                shape, _, dtype = zf.npy_header(member, MAX_ROWS * 8 + MAX_SMALL_BYTES, "iuf")
+                count = shape[0] if len(shape) == 1 else 0
+                if count > (MAX_TRACKS if key == "track_ids" else MAX_ROWS):
+                    raise ResultFormatError(f"{name}: '{key}' lists {count} entries; at most "
+                                            f"{MAX_TRACKS if key == 'track_ids' else MAX_ROWS}")
+                if key == "frame_index":
+                    rows = count
+                elif key == "camera_frame_index":
+                    cameras = count
+                else:
+                    tracks = count
+            tracks = max(tracks, 1)
+            for key in _used_keys(members):
+                limit, kinds = _member_limit(key, rows, cameras, tracks)
+                arrays[key] = zf.read_npy(members[key], limit, kinds)
+    except bounded.LimitError as exc:
+        raise ResultFormatError(f"{name}: {_strip_name(str(exc), name)}") from None
+    except bounded.ArchiveError as exc:
+        text = _strip_name(str(exc), name)
+        if "damaged" in text or "truncated" in text:
+            raise ResultFormatError(f"{name}: truncated or damaged file ({text})") from None
+        raise ResultFormatError(f"{name}: not a result file ({text})") from None
+    except OSError as exc:
+        raise ResultFormatError(f"{name}: cannot read the file "
+                                f"({bounded.one_line(exc.strerror or exc, 80)})") from None
+    except MemoryError:
+        raise ResultFormatError(f"{name}: needs more memory than is available") from None
     return arrays, name
 
 

@@ -1,7 +1,9 @@
 """Loading official HybrIK checkpoints.
 
 Accepted: a plain state_dict or ``{'model': state_dict}`` (optionally with a
-``module.`` prefix from DataParallel), read with ``weights_only=True``.
+``module.`` prefix from DataParallel), read by the bounded reader of
+``core.formats.safe_pickle`` (the globals ``torch.load(weights_only=True)``
+admits, no torch.load: see :func:`read_checkpoint`).
 The architecture is recognised from the keys; checkpoints made before the
 ``decsigma`` head existed load without it. The SMPL buffers the checkpoints
 embed (``smpl.*``) can serve as the body model.
@@ -17,12 +19,17 @@ import numpy as np
 import torch
 
 from ...core.body.model import _CHECKPOINT_KEYS, body_model_from_arrays
+from ...core.formats import bounded, safe_pickle
 from .nets import build_network
 from .netsx import ARCHITECTURES_X, build_network_x
 
 
 class CheckpointError(ValueError):
-    """The file is not a usable HybrIK checkpoint; the message says why."""
+    """The file is not a usable HybrIK checkpoint; the message (one line)
+    says why."""
+
+    def __init__(self, message=""):
+        super().__init__(bounded.one_line(message, 600))
 
 
 _MARKERS = {   # a key only that architecture has
@@ -48,7 +55,9 @@ def unwrap_state_dict(obj, name="checkpoint"):
         raise CheckpointError(f"{name}: holds a {type(obj).__name__}, not a state dict")
     out = {}
     for k, v in obj.items():
-        k = str(k)
+        if not isinstance(k, str):
+            raise CheckpointError(f"{name}: a state dict key is a {type(k).__name__}, not a "
+                                  "name")
         out[k[len("module."):] if k.startswith("module.") else k] = v
     return out
 
@@ -103,19 +112,73 @@ def split_state(state, name="checkpoint"):
     return arch, net_state, (smpl or None)
 
 
+def _first_line(exc, limit=200):
+    text = str(exc).strip()
+    return bounded.one_line(text.splitlines()[0] if text else type(exc).__name__, limit)
+
+
 def read_checkpoint(path):
     """(arch, network state_dict, smpl arrays or None) from a file; for a
-    HybrIK-X checkpoint the third item holds its ``smplx_layer.*`` buffers."""
+    HybrIK-X checkpoint the third item holds its ``smplx_layer.*`` buffers.
+
+    The file is read by the bounded reader of ``core.formats.safe_pickle``
+    (zip or legacy format; the same restricted globals as
+    ``torch.load(weights_only=True)``, tensor geometry checked against its
+    storage, member sizes checked before reading), never by ``torch.load``.
+    Tensors holding NaN or infinite values are refused here, by name."""
     path = os.fspath(path)
-    name = os.path.basename(path)
+    name = bounded.shown(os.path.basename(path))
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = safe_pickle.TorchCheckpoint(path, name)
     except FileNotFoundError:
         raise CheckpointError(f"{name}: file not found") from None
+    except OSError as exc:
+        raise CheckpointError(f"{name}: cannot read the file "
+                              f"({bounded.one_line(exc.strerror or exc, 80)})") from None
+    except safe_pickle.UnsafePickleError as exc:
+        raise CheckpointError(f"{name}: refused: {exc}") from None
+    except bounded.LimitError as exc:
+        raise CheckpointError(f"{name}: refused: {exc}") from None
+    except MemoryError:
+        raise CheckpointError(f"{name}: needs more memory than is available") from None
+    except ValueError as exc:
+        raise CheckpointError(f"{name}: not a readable PyTorch checkpoint "
+                              f"({_first_line(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
         raise CheckpointError(f"{name}: not a readable PyTorch checkpoint "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
-    return split_state(unwrap_state_dict(obj, name), name)
+                              f"({type(exc).__name__}: {_first_line(exc)})") from None
+    with ckpt:
+        state = _read_tensors(ckpt, unwrap_state_dict(ckpt.obj, name), name)
+    return split_state(state, name)
+
+
+def _read_tensors(ckpt, state, name):
+    """The state dict with every TensorRef read into a torch tensor: all
+    geometries checked first, then the data, each float tensor checked for
+    NaN and infinity."""
+    refs = {k: v for k, v in state.items() if isinstance(v, safe_pickle.TensorRef)}
+    total = 0
+    for key, ref in refs.items():
+        try:
+            ref.check()
+        except ValueError as exc:
+            raise CheckpointError(f"{name}: tensor '{bounded.shown(key)}': {exc}") from None
+        total += ref.nbytes
+    if total > safe_pickle.MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{name}: its tensors take {total / 2**30:.1f} GiB; at most "
+                              f"{safe_pickle.MAX_CHECKPOINT_BYTES >> 30} GiB")
+    out = dict(state)
+    for key, ref in refs.items():
+        try:
+            arr = ckpt.read(ref)
+        except (ValueError, MemoryError) as exc:
+            raise CheckpointError(f"{name}: tensor '{bounded.shown(key)}' is damaged "
+                                  f"({_first_line(exc, 160)})") from None
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            raise CheckpointError(f"{name}: tensor '{bounded.shown(key)}' holds NaN or "
+                                  "infinite values; the checkpoint is damaged")
+        out[key] = torch.from_numpy(arr)
+    return out
 
 
 def body_model_from_checkpoint(smpl_arrays, source="checkpoint"):

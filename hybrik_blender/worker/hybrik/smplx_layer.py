@@ -30,7 +30,6 @@ vertices, 51 face landmarks), everything centred on the root joint.
 """
 import dataclasses
 import os
-import zipfile
 
 import numpy as np
 import torch
@@ -137,50 +136,45 @@ def smplx_model_from_body_model(bm, lmk_faces_idx, lmk_bary_coords):
         head_top=int(bm.leaf_vertex_ids[0]), body=bm, source=name)
 
 
-def _npy_header(fh):
-    version = np.lib.format.read_magic(fh)
-    if version == (1, 0):
-        return np.lib.format.read_array_header_1_0(fh)
-    return np.lib.format.read_array_header_2_0(fh)
-
-
 _LANDMARKS = {"lmk_faces_idx": (NUM_LANDMARKS,), "lmk_bary_coords": (NUM_LANDMARKS, 3)}
 
 
 def read_landmarks(path):
-    """(lmk_faces_idx, lmk_bary_coords) of an official SMPL-X .npz or .pkl:
-    in an .npz each header is checked before its data is read."""
+    """(lmk_faces_idx, lmk_bary_coords) of an official SMPL-X .npz or .pkl,
+    through the same bounded readers as the model (core.formats.bounded):
+    in an .npz only these two members are read, each header checked first."""
+    from ...core.formats import bounded, safe_pickle
     path = os.fspath(path)
-    name = os.path.basename(path)
-    with open(path, "rb") as fh:
-        head = fh.read(4)
+    name = bounded.shown(os.path.basename(path))
     out = {}
-    if head.startswith(b"PK"):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                members = {n[:-4]: n for n in zf.namelist() if n.endswith(".npy")}
+    try:
+        with bounded.open_regular(path, "body model") as fh:
+            head = fh.read(4)
+        if head.startswith(b"PK"):
+            with bounded.BoundedZip(path, name, what="body model") as zf:
+                members = bounded.npz_members(zf)
                 for key, shape in _LANDMARKS.items():
                     if key not in members:
                         raise SMPLXModelError(f"{name}: missing '{key}' (the face landmarks "
                                               "HybrIK-X's outputs use)")
-                    with zf.open(members[key]) as fh:
-                        got, _, dtype = _npy_header(fh)
-                    if dtype.hasobject or tuple(got) != shape:
-                        raise SMPLXModelError(f"{name}: '{key}' has shape {tuple(got)} "
-                                              f"({dtype}), expected {shape}")
-            with np.load(path, allow_pickle=False) as d:
-                out = {k: d[k] for k in _LANDMARKS}
-        except zipfile.BadZipFile:
-            raise SMPLXModelError(f"{name}: damaged or truncated archive") from None
-    else:
-        from ...core.formats import safe_pickle
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_FILE_BYTES + 1)
-        try:
-            obj = safe_pickle.load_smpl_pickle(data)
-            out = {k: np.asarray(safe_pickle.plain_value(obj[k])) for k in _LANDMARKS}
-        except Exception as exc:  # noqa: BLE001 - the core loader already vetted the file
-            raise SMPLXModelError(f"{name}: no readable face landmarks ({exc})") from None
+
+                    def check(got, dtype, key=key, shape=shape):
+                        if tuple(got) != shape:
+                            raise SMPLXModelError(f"{name}: '{key}' has shape {tuple(got)} "
+                                                  f"({dtype}), expected {shape}")
+                    out[key] = zf.read_npy(members[key], 1 << 20, "iuf", check)
+        else:
+            data = bounded.read_file(path, MAX_FILE_BYTES, "body model")
+            try:
+                obj = safe_pickle.load_smpl_pickle(data)
+                out = {k: np.asarray(safe_pickle.plain_value(obj[k])) for k in _LANDMARKS}
+            except Exception as exc:  # noqa: BLE001 - the core loader already vetted the file
+                raise SMPLXModelError(f"{name}: no readable face landmarks "
+                                      f"({bounded.one_line(exc, 200)})") from None
+    except (bounded.LimitError, bounded.ArchiveError) as exc:
+        raise SMPLXModelError(str(exc)) from None
+    except OSError as exc:
+        raise SMPLXModelError(f"{name}: cannot read the file ({exc.strerror or exc})") from None
     return out["lmk_faces_idx"], out["lmk_bary_coords"]
 
 

@@ -11,15 +11,130 @@ rate clips keep their real timing in ``time_s``; ``fps`` is the nominal rate.
 import dataclasses
 import os
 import re
+import struct
 
-import cv2
 import numpy as np
 
+from ...core.formats import bounded
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# Limits, checked before anything is decoded: the pixels of one image or
+# video frame (8192 x 8192), its sides, and the bytes of one image file.
+MAX_IMAGE_PIXELS = 1 << 26
+MAX_IMAGE_SIDE = 65536
+MAX_IMAGE_FILE_BYTES = 512 << 20
+MAX_FOLDER_IMAGES = 1 << 20
+# OpenCV's own decoder limit, as a second guard (read when it first decodes)
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
+
+import cv2  # noqa: E402
 
 
 class VideoError(ValueError):
-    """The video cannot be read; the message says why."""
+    """The video cannot be read; the message (one line) says why."""
+
+    def __init__(self, message=""):
+        super().__init__(bounded.one_line(message, 600))
+
+
+def _be(data, pos, n):
+    return int.from_bytes(data[pos:pos + n], "big")
+
+
+def _le(data, pos, n):
+    return int.from_bytes(data[pos:pos + n], "little")
+
+
+def image_header_size(data):
+    """(width, height) of a PNG, JPEG, BMP, TIFF or WebP image from its
+    header bytes alone; None when the format is not recognised or the header
+    is damaged."""
+    try:
+        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+            return _be(data, 16, 4), _be(data, 20, 4)
+        if data[:2] == b"\xff\xd8":
+            pos = 2
+            while pos + 4 <= len(data):
+                if data[pos] != 0xFF:
+                    return None
+                marker = data[pos + 1]
+                if marker == 0xFF:
+                    pos += 1
+                    continue
+                if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+                    pos += 2
+                    continue
+                length = _be(data, pos + 2, 2)
+                if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                    if pos + 9 > len(data):
+                        return None
+                    return _be(data, pos + 7, 2), _be(data, pos + 5, 2)
+                if length < 2:
+                    return None
+                pos += 2 + length
+            return None
+        if data[:2] == b"BM" and len(data) >= 26:
+            if _le(data, 14, 4) == 12:
+                return _le(data, 18, 2), _le(data, 20, 2)
+            w, h = struct.unpack("<ii", data[18:26])
+            return abs(w), abs(h)
+        if data[:4] in (b"II*\x00", b"MM\x00*"):
+            order = "<" if data[:2] == b"II" else ">"
+            ifd = struct.unpack(order + "I", data[4:8])[0]
+            count = struct.unpack(order + "H", data[ifd:ifd + 2])[0]
+            found = {}
+            for i in range(min(count, 4096)):
+                tag, kind, _, value = struct.unpack(order + "HHI4s", data[ifd + 2 + 12 * i:
+                                                                       ifd + 14 + 12 * i])
+                if tag in (256, 257):
+                    found[tag] = struct.unpack(order + ("H" if kind == 3 else "I"),
+                                               value[:2] if kind == 3 else value)[0]
+            if 256 in found and 257 in found:
+                return found[256], found[257]
+            return None
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            chunk = data[12:16]
+            if chunk == b"VP8 ":
+                return _le(data, 26, 2) & 0x3FFF, _le(data, 28, 2) & 0x3FFF
+            if chunk == b"VP8L":
+                bits = _le(data, 21, 4)
+                return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+            if chunk == b"VP8X":
+                return _le(data, 24, 3) + 1, _le(data, 27, 3) + 1
+        return None
+    except (struct.error, IndexError):
+        return None
+
+
+def check_frame_size(width, height, what):
+    """Refuse a frame larger than MAX_IMAGE_PIXELS (or a side above
+    MAX_IMAGE_SIDE) before it is decoded."""
+    if width <= 0 or height <= 0:
+        raise VideoError(f"{what} declares a size of {width} x {height}")
+    if width > MAX_IMAGE_SIDE or height > MAX_IMAGE_SIDE or width * height > MAX_IMAGE_PIXELS:
+        raise VideoError(f"{what} is {width} x {height} pixels; at most {MAX_IMAGE_PIXELS:,} "
+                         f"pixels (8192 x 8192) and {MAX_IMAGE_SIDE} a side are decoded")
+
+
+def read_image(path):
+    """One image file as BGR uint8, its size checked from the header before
+    it is decoded; FIFOs and other non-regular files are refused."""
+    name = bounded.shown(os.path.basename(path))
+    try:
+        data = bounded.read_file(path, MAX_IMAGE_FILE_BYTES, "image")
+    except bounded.LimitError as exc:
+        raise VideoError(str(exc)) from None
+    except OSError as exc:
+        raise VideoError(f"image '{name}' cannot be read ({exc.strerror or exc})") from None
+    size = image_header_size(data)
+    if size is None:
+        raise VideoError(f"image '{name}' cannot be read (not a PNG, JPEG, BMP, TIFF or WebP "
+                         "image, or its header is damaged)")
+    check_frame_size(*size, f"image '{name}'")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise VideoError(f"image '{name}' cannot be read")
+    return img
 
 
 @dataclasses.dataclass
@@ -41,7 +156,14 @@ def natural_key(name):
 
 
 def _image_files(folder):
-    files = [f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS)]
+    files = []
+    with os.scandir(folder) as it:
+        for entry in it:
+            if entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                files.append(entry.name)
+                if len(files) > MAX_FOLDER_IMAGES:
+                    raise VideoError(f"folder '{bounded.shown(os.path.basename(folder))}' "
+                                     f"holds more than {MAX_FOLDER_IMAGES} images")
     return [os.path.join(folder, f) for f in sorted(files, key=natural_key)]
 
 
@@ -50,10 +172,17 @@ class VideoSource:
 
     def __init__(self, path, fps_for_images=30.0):
         self.path = os.fspath(path)
-        name = os.path.basename(os.path.normpath(self.path))
+        name = bounded.shown(os.path.basename(os.path.normpath(self.path)))
         if not os.path.exists(self.path):
             raise VideoError(f"'{name}' does not exist")
         self._images = None
+        if not os.path.isdir(self.path):
+            try:  # a FIFO, socket or device would block or never end
+                bounded.check_regular(self.path, "video")
+            except bounded.LimitError as exc:
+                raise VideoError(str(exc)) from None
+            except OSError as exc:
+                raise VideoError(f"'{name}' cannot be read ({exc.strerror or exc})") from None
         if os.path.isdir(self.path):
             self._images = _image_files(self.path)
             if not self._images:
@@ -63,6 +192,13 @@ class VideoSource:
             self.info = VideoInfo(self.path, w, h, float(fps_for_images), len(self._images))
             return
         cap = self._open()
+        width, height = cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)
+        if width > 0 and height > 0:  # the container's size, before any frame is decoded
+            try:
+                check_frame_size(int(width), int(height), f"video '{name}'")
+            except VideoError:
+                cap.release()
+                raise
         ok, frame = cap.read()
         if not ok or frame is None:
             cap.release()
@@ -80,17 +216,14 @@ class VideoSource:
         cap = cv2.VideoCapture(self.path, cv2.CAP_FFMPEG)
         if not cap.isOpened():
             cap.release()
-            name = os.path.basename(self.path)
+            name = bounded.shown(os.path.basename(self.path))
             raise VideoError(f"'{name}' cannot be opened as a video (unknown or corrupt file)")
         cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
         return cap
 
     @staticmethod
     def _read_image(path):
-        img = cv2.imread(path, cv2.IMREAD_COLOR)
-        if img is None:
-            raise VideoError(f"image '{os.path.basename(path)}' cannot be read")
-        return img
+        return read_image(path)
 
     def frames(self, start=0, end=None):
         start = max(0, int(start))
