@@ -26,9 +26,12 @@ SMPL_MODEL = os.path.join(DATA, "synthetic_smpl_neutral.npz")
 SMPLX_MODEL = os.path.join(DATA, "synthetic_smplx_neutral.npz")
 VIDEO = os.path.join(DATA, "vtest_static.mp4")
 
-# the documented exit codes (hybrik_blender/worker/exitcodes.py): a bad
-# result is bad input (2), a bad model or checkpoint 5, a bad video 3
-OK, USAGE, VIDEO_BAD, MODEL_BAD = 0, 2, 3, 5
+# the documented exit codes (hybrik_blender/core/exitcodes.py): a bad result
+# is 10, a bad model or checkpoint 5, a bad video 3, bad input otherwise 2
+from hybrik_blender.core import exitcodes as _codes  # noqa: E402
+
+OK, USAGE, VIDEO_BAD, MODEL_BAD = 0, _codes.EXIT_USAGE, _codes.EXIT_VIDEO, _codes.EXIT_MODEL
+RESULT_BAD = _codes.EXIT_RESULT
 TORCH_LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
 
 
@@ -721,11 +724,11 @@ def _results(add):
         "source_bytes": dict(source=np.array(b"clip.mp4")),
     }
     for name, change in mutations.items():
-        add(f"result_{name}.npz", "result", npz_bytes(_changed(base, **change)), USAGE)
+        add(f"result_{name}.npz", "result", npz_bytes(_changed(base, **change)), RESULT_BAD)
     add("result_thumbnail_huge.npz", "result", npz_bytes(_changed(
-        base, track_thumbnails=np.zeros((1, 4096, 4096, 3), np.uint8)), deflate=True), USAGE)
+        base, track_thumbnails=np.zeros((1, 4096, 4096, 3), np.uint8)), deflate=True), RESULT_BAD)
     add("result_object_member.npz", "result", npz_bytes(_changed(
-        base, source=np.array([{"evil": 1}], dtype=object))), USAGE)
+        base, source=np.array([{"evil": 1}], dtype=object))), RESULT_BAD)
     members = [(f"{k}.npy", npy(v), False) for k, v in base.items()]
     add("result_unused_member_bomb.npz", "result", zip_bytes(
         members + [("junk.npy", npy(np.zeros(8)), True)], lie={"junk.npy": 4 << 30}), OK,
@@ -733,25 +736,25 @@ def _results(add):
     add("result_used_member_bomb.npz", "result", zip_bytes(
         [m for m in members if m[0] != "rotmats.npy"] + [("rotmats.npy", npy(base["rotmats"]),
                                                           True)],
-        lie={"rotmats.npy": 4 << 30}), USAGE)
+        lie={"rotmats.npy": 4 << 30}), RESULT_BAD)
     add("result_huge_rows.npz", "result", zip_bytes(
         [m for m in members if m[0] != "frame_index.npy"]
-        + [("frame_index.npy", npy_header("<i8", (1 << 40,)), False)]), USAGE)
+        + [("frame_index.npy", npy_header("<i8", (1 << 40,)), False)]), RESULT_BAD)
     add("result_huge_string.npz", "result", zip_bytes(
         [m for m in members if m[0] != "source.npy"]
-        + [("source.npy", npy_header("<U1000000000", ()), False)]), USAGE)
+        + [("source.npy", npy_header("<U1000000000", ()), False)]), RESULT_BAD)
     add("result_header_shape_lies.npz", "result", zip_bytes(
         [m for m in members if m[0] != "rotmats.npy"]
-        + [("rotmats.npy", npy_header("<f4", (1 << 30, 24, 3, 3)) + b"\0" * 64, False)]), USAGE)
+        + [("rotmats.npy", npy_header("<f4", (1 << 30, 24, 3, 3)) + b"\0" * 64, False)]), RESULT_BAD)
     add("result_duplicate_member.npz", "result", zip_bytes(members, duplicate="rotmats.npy"),
-        USAGE)
-    add("result_many_members.npz", "result", zip64_many_entries(1 << 20), USAGE)
+        RESULT_BAD)
+    add("result_many_members.npz", "result", zip64_many_entries(1 << 20), RESULT_BAD)
     full = npz_bytes(base)
     for cut in (len(full) // 2, 30):
-        add(f"result_cut_{cut}.npz", "result", full[:cut], USAGE)
-    add("result_empty.npz", "result", b"", USAGE)
-    add("result_random_bytes.npz", "result", np.random.default_rng(5).bytes(4096), USAGE)
-    add("result_bzip2.npz", "result", zip_bytes([(m[0], m[1], 12) for m in members]), USAGE)
+        add(f"result_cut_{cut}.npz", "result", full[:cut], RESULT_BAD)
+    add("result_empty.npz", "result", b"", RESULT_BAD)
+    add("result_random_bytes.npz", "result", np.random.default_rng(5).bytes(4096), RESULT_BAD)
+    add("result_bzip2.npz", "result", zip_bytes([(m[0], m[1], 12) for m in members]), RESULT_BAD)
 
 
 def _videos(add, folder):
@@ -794,13 +797,13 @@ def _kid_templates(add):
 
 def _specials(add, folder):
     """Paths that are not regular files: each kind must refuse them up front."""
-    for kind, expect, ext in (("result", USAGE, "npz"), ("body", MODEL_BAD, "pkl"),
+    for kind, expect, ext in (("result", RESULT_BAD, "npz"), ("body", MODEL_BAD, "pkl"),
                               ("checkpoint", MODEL_BAD, "pth"), ("video", VIDEO_BAD, "mp4"),
                               ("kid", MODEL_BAD, "npy")):
         add(f"fifo_{kind}.{ext}", kind, os.mkfifo, expect, "a FIFO must not block")
         add(f"devzero_{kind}.{ext}", kind, lambda p: os.symlink("/dev/zero", p), expect,
             "a link to /dev/zero")
-    add("folder_as_result.npz", "result", os.mkdir, USAGE)
+    add("folder_as_result.npz", "result", os.mkdir, RESULT_BAD)
     add("folder_as_model.pkl", "body", os.mkdir, MODEL_BAD)
     add("folder_as_checkpoint.pth", "checkpoint", os.mkdir, MODEL_BAD)
 

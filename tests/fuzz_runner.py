@@ -70,7 +70,7 @@ def _prepare(mode):
                     raise SystemExit(f"unknown kind {kind}")
             except ResultFormatError as exc:
                 print(f"error: {exc}", file=sys.stderr)
-                return 2
+                return 10
             except BodyModelError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 5

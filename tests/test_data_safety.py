@@ -361,7 +361,7 @@ def test_check_says_5_for_a_bad_model_file_and_nan_weights(tmp_path, checkpoint,
     nan = tmp_path / "nan.pth"
     torch.save({"model": state}, nan)
     assert cli.main(["check", "--checkpoint", str(nan)]) == codes.EXIT_MODEL
-    assert f"MISSING checkpoint: nan.pth: the weight '{key}' holds NaN" in capsys.readouterr().out
+    assert f"MISSING checkpoint: nan.pth: tensor '{key}' holds NaN" in capsys.readouterr().out
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a model")
     assert cli.main(["check", "--smpl-model", str(bad)]) == codes.EXIT_MODEL
