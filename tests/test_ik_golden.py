@@ -33,8 +33,11 @@ def _per_case(a, b):
 
 
 def _tolerance(cases):
-    clean = np.char.startswith(cases["case_kind"].astype(str), "clean")
-    return np.where(clean, 1e-4, 1e-3)
+    """1e-4 for every case: with the official arithmetic (regularising terms
+    included) the noisy and mismatched-shape cases match as closely as the
+    clean ones (the golden README suggests 1e-3 for them, which the exact
+    swing needed)."""
+    return np.full(len(cases["case_kind"]), 1e-4)
 
 
 def test_tree_constants_match_the_reference(cases):
@@ -67,10 +70,16 @@ def test_naive_ik_matches(cases, body, dtype, suffix):
 
 
 def test_clean_cases_recover_ground_truth(cases, body):
-    """Without the reference's epsilons the analytical IK is exact on clean input."""
+    """Without the reference's epsilons (``swing="exact"``) the analytical IK
+    is exact on clean input; with them (the default) it keeps the official
+    solver's own residual (its README: max 2.3e-3 degrees in float64)."""
     _, pose, _, phis, rest = _inputs(cases, body, torch.float64)
-    rot = ik.hybrik_ik(pose, rest, phis).numpy()
     clean = np.char.startswith(cases["case_kind"].astype(str), "clean")
-    d = np.linalg.norm(rot - cases["gt_rot_mats"], axis=(-2, -1))
-    angle = 2 * np.arcsin(np.clip(d / (2 * np.sqrt(2)), 0, 1))
-    assert angle[clean].max() < 1e-5    # the float32 inputs limit this
+
+    def angle(rot):
+        d = np.linalg.norm(rot.numpy() - cases["gt_rot_mats"], axis=(-2, -1))
+        return 2 * np.arcsin(np.clip(d / (2 * np.sqrt(2)), 0, 1))[clean]
+
+    assert angle(ik.hybrik_ik(pose, rest, phis, swing="exact")).max() < 1e-5  # float32 inputs
+    official = np.degrees(angle(ik.hybrik_ik(pose, rest, phis)).max())
+    assert 1e-3 < official < 2.5e-3, official
