@@ -36,9 +36,10 @@ def orth(r):
     return float(np.abs(r @ np.swapaxes(r, -1, -2) - np.eye(3)).max())
 
 
-def row(name, rot, verts, ortho=None, raw=None):
+def row(name, rot, verts, ortho=None, raw=None, uvd=None):
     extra = "" if raw is None else f"   (official matrices {raw:.1e})"
     extra += "" if ortho is None else f"   |RR^T-I| of the reference {ortho:.1e}"
+    extra += "" if uvd is None else f"   uvd {uvd:.1e}"
     print(f"{name:28s} rotations {rot:.1e}   vertices {verts:.1e} m{extra}")
 
 
@@ -49,19 +50,18 @@ def raw_err(o, ref):
 def smpl(arch, body, swing):
     g = hg.golden(arch)
     state = synthetic_state(os.path.join(DATA, f"checkpoint_keys_{arch}.json"), arch, seed=1)
-    pipe = build_pipeline(arch, state, body)
-    pipe.swing = swing
+    pipe = build_pipeline(arch, state, body, swing=swing)
     args = (g["bbox_xyxy_input"][None], g["img_center"][None])
     o = pipe(torch.from_numpy(g["input_tensor"]), *args, vertices=True)
     row(f"{arch} float32", err(o["rot_mats"][0], g["pred_theta_mats"]),
         err(o["vertices"][0], g["pred_vertices"]), orth(g["pred_theta_mats"]),
-        raw_err(o, g["pred_theta_mats"]))
+        raw_err(o, g["pred_theta_mats"]), err(o["uvd"][0], g["pred_uvd_jts"]))
     pipe.net.double()
     pipe.body = pipe.body.to(dtype=torch.float64)
     o = pipe(torch.from_numpy(g["input_tensor"]).double(), *args, vertices=True)
     row(f"{arch} float64", err(o["rot_mats"][0], g["f64_pred_theta_mats"]),
         err(o["vertices"][0], g["f64_pred_vertices"]), orth(g["f64_pred_theta_mats"]),
-        raw_err(o, g["f64_pred_theta_mats"]))
+        raw_err(o, g["f64_pred_theta_mats"]), err(o["uvd"][0], g["f64_pred_uvd_jts"]))
 
 
 def ik_cases(body, swing):

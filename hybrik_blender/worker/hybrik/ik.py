@@ -26,18 +26,26 @@ checkpoints' numbers to float rounding, nearly reversed bones too:
   1e-8)``, ``sin = |a x b| / (|a||b| + 1e-8)`` and the axis ``a x b / (|a x b|
   + 1e-8)``; the twist is ``phi / (|phi| + 1e-8)`` about the unit rest bone;
   the pelvis fit puts det(V U^T) itself, not its sign, into the SVD;
-* these terms make the matrices slightly non-orthonormal: by about 2e-8 /
-  (|a||b|) + 2 (1 - cos) 1e-8 / |a x b|, which for a nearly reversed short
-  bone (a 6 cm bone swung through 179.9 degrees) reaches 1e-2. The official
-  code uses them as they are: the chain (G_i = G_parent R_i, targets brought
-  into the parent frame with G_parent^T), the FK joints and the skinning
-  (posedirs on R - I included) all take the unprojected matrices, and so do
-  :func:`forward_kinematics` and :meth:`TorchBodyModel.skin` here. Projecting
-  them onto rotations would move the vertices by up to that amount times the
-  lever arm, beyond the 2e-5 m parity bound, so the IK does not; the
-  pipelines project only the rotations they write into a take
-  (``frame_arrays``), where a rotation is what is asked for (the official
-  add-on, too, turns each matrix into a quaternion);
+* these terms make the matrices slightly non-orthonormal, by about
+  2e-8 / (|a||b|) + 2 (1 - cos) 1e-8 / |a x b|: 1e-4 on the golden HRNet
+  run, 1e-2 for a 6 cm bone swung through 179.9 degrees. The official code
+  uses them as they are, and so does this one: the chain (G_i = G_parent
+  R_i, targets brought into the parent frame with G_parent^T), the FK joints
+  and the skinning (posedirs on R - I included) take the unprojected
+  matrices. Projecting them there breaks parity: on the test poses with one
+  bone swung through 170 degrees (tests/test_ik_reversed.py), by 3.2e-4 in
+  rotations when projected inside the chain and by 4.9e-5 m in vertices
+  when skinned with projected rotations (bounds: 1e-4, 2e-5 m);
+* the rotations handed out are the nearest rotations to those matrices
+  (:func:`project_rotations`, the polar factor): :func:`hybrik_ik` returns
+  them by default (``project=False``: the matrices), :func:`solve` as
+  ``rot_mats`` beside the matrices as ``rot_mats_official``. Projecting moves
+  an entry by about half the matrix's |R R^T - I|: 5.5e-5 on the golden
+  data (within the 1e-4 bound), 7e-5 for a bone swung through 170 degrees,
+  2e-4 at 175, 6e-3 at 179.9, where parity is the matrices' (and the joints'
+  and vertices'), not the rotations'. A consumer of the official output
+  does the same: the official Blender add-on turns each matrix into a
+  quaternion. Takes, and everything downstream, get rotations;
 * where the terms stop being small corrections (a distortion estimate above
   :data:`DEGENERATE`: zero-length or (nearly) coincident vectors, exactly or
   nearly exactly reversed bones, an all-zero or vanishing twist) the
@@ -266,11 +274,12 @@ def hybrik_ik(pose, rest, phis, return_fallback=False, swing="official", project
         gp = glob[:, par]                                           # (B, k, 3, 3)
         here = placed[:, par] + (gp @ t[:, idx, :, None])[..., 0]   # FK position of joint
         aim = target[:, child] - here                               # drift-compensated
-        pc_, tlen = p[:, child], t[:, child].norm(dim=-1, keepdim=True)
-        plen = pc_.norm(dim=-1, keepdim=True)
-        # the predicted bone at rest length, in the official order of operations
-        rescaled = pc_ * tlen / plen.clamp_min(eps)
-        far = ((aim - rescaled).norm(dim=-1) > FALLBACK_DISTANCE) & (plen[..., 0] > eps)
+        pdir, plen = _unit(p[:, child], eps)
+        tlen = t[:, child].norm(dim=-1, keepdim=True)
+        # the predicted bone at rest length (official: in its order of operations)
+        rescaled = (p[:, child] * tlen / plen.clamp_min(eps)[..., None] if official
+                    else pdir * tlen)
+        far = ((aim - rescaled).norm(dim=-1) > FALLBACK_DISTANCE) & (plen > eps)
         aim = torch.where(far[..., None], rescaled, aim)
         aim_local = (gp.transpose(-1, -2) @ aim[..., None])[..., 0]
         rot = swing_fn(t[:, child], aim_local) @ twists[:, idx - 1]
@@ -430,9 +439,10 @@ def solve(body, pose, betas, phis, naive=False, vertices=False, swing="official"
     returns them: rotations (B, 24, 3, 3), joints (B, 24, 3) centred on the
     pelvis and, with ``vertices``, vertices and the 17 H36M joints centred on
     the H36M pelvis (``J_regressor_h36m`` row 0) of the posed mesh. ``swing``:
-    the analytical solver's numerics (:func:`hybrik_ik`); the rotations are
-    its matrices as they are (FK and skinning use them, as the official
-    layer does), see :func:`project_rotations` for rotations proper."""
+    the analytical solver's numerics (:func:`hybrik_ik`). With the official
+    one, FK and skinning use its matrices as they are (as the official layer
+    does), returned as ``rot_mats_official``; ``rot_mats`` are their nearest
+    rotations (see the module docstring)."""
     rest = body.rest_joints_29(betas).to(pose.dtype)
     phis = phis.to(pose.dtype)
     rot = (naive_ik(pose, rest, phis) if naive else

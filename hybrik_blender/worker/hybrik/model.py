@@ -30,12 +30,13 @@ class HybrIKPipeline:
     :class:`.ik.TorchBodyModel`). ``amp``: autocast the network in float16 on
     CUDA (decoding and IK always run in float32). ``chunk``: crops per
     network call (the IK always runs on the whole batch). ``swing``: the
-    analytical IK's numerics, "official" (default: the official checkpoints'
-    numbers) or "exact" (see :func:`.ik.hybrik_ik`)."""
+    analytical IK's numerics (SMPL networks), "official" (default: the
+    official checkpoints' numbers) or "exact" (see :func:`.ik.hybrik_ik`)."""
 
-    swing = "official"
-
-    def __init__(self, net, body, device="cpu", amp=None, channels_last=None, chunk=None):
+    def __init__(self, net, body, device="cpu", amp=None, channels_last=None, chunk=None,
+                 swing="official"):
+        ik._check_swing(swing)
+        self.swing = swing
         self.device = torch.device(device)
         # crops per network call; None: 4 on the CPU, the whole batch on a GPU
         self.chunk = (4 if self.device.type == "cpu" else None) if chunk is None else chunk
