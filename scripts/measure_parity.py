@@ -6,10 +6,12 @@ HybrIK-X networks, and for the IK cases in isolation.
     PYTHONPATH=$PWD .venv/bin/python scripts/measure_parity.py [--slow]
 
 float64 rows: the whole SMPL pipeline in float64 against the official float64
-run; for HybrIK-X the refinement, IK and skinning in float64 on the official
+run (", f32 model": with the body model rounded to float32, as the official
+layer held it in that run too); for HybrIK-X the refinement, IK and skinning in float64 on the official
 float64 network heads (``--slow`` also runs the HybrIK-X float64 network,
 minutes on two cores). These are the README's parity figures."""
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -57,11 +59,23 @@ def smpl(arch, body, swing):
         err(o["vertices"][0], g["pred_vertices"]), orth(g["pred_theta_mats"]),
         raw_err(o, g["pred_theta_mats"]), err(o["uvd"][0], g["pred_uvd_jts"]))
     pipe.net.double()
-    pipe.body = pipe.body.to(dtype=torch.float64)
-    o = pipe(torch.from_numpy(g["input_tensor"]).double(), *args, vertices=True)
-    row(f"{arch} float64", err(o["rot_mats"][0], g["f64_pred_theta_mats"]),
-        err(o["vertices"][0], g["f64_pred_vertices"]), orth(g["f64_pred_theta_mats"]),
-        raw_err(o, g["f64_pred_theta_mats"]), err(o["uvd"][0], g["f64_pred_uvd_jts"]))
+    x = torch.from_numpy(g["input_tensor"]).double()
+    # the official float64 layer holds the body model rounded to float32
+    for name, bm in (("", body), (", f32 model", rounded(body))):
+        pipe.body = ik.TorchBodyModel(bm, torch.float64)
+        o = pipe(x, *args, vertices=True)
+        row(f"{arch} float64{name}", err(o["rot_mats"][0], g["f64_pred_theta_mats"]),
+            err(o["vertices"][0], g["f64_pred_vertices"]), orth(g["f64_pred_theta_mats"]),
+            raw_err(o, g["f64_pred_theta_mats"]), err(o["uvd"][0], g["f64_pred_uvd_jts"]))
+
+
+def rounded(body):
+    """The body model with its arrays rounded to float32 (as the official
+    layer's buffers are, also in its float64 runs)."""
+    f = lambda a: None if a is None else a.astype(np.float32).astype(np.float64)  # noqa: E731
+    return dataclasses.replace(body, v_template=f(body.v_template), shapedirs=f(body.shapedirs),
+                               posedirs=f(body.posedirs), J_regressor=f(body.J_regressor),
+                               weights=f(body.weights), J_regressor_h36m=f(body.J_regressor_h36m))
 
 
 def ik_cases(body, swing):

@@ -324,23 +324,25 @@ def naive_pelvis(rest_bones, pose_bones):
 def naive_ik(pose, rest, phis):
     """The naive solver of HRNet's scale refinement; see the module docstring.
 
-    It mirrors the reference numerics (:func:`reference_swing`), so its
-    rotations can be slightly non-orthonormal for degenerate skeletons; it
-    only feeds the scale refinement, never the output. It never returns NaN
-    for finite input, and an all-zero twist means no twist."""
+    It mirrors the official numerics: :func:`reference_swing` of the rest
+    bone onto the predicted bone brought into the parent frame (neither
+    normalised), the twist ``phi / (|phi| + 1e-8)`` about ``t / (|t| + 1e-8)``,
+    so its rotations can be slightly non-orthonormal (more so for degenerate
+    skeletons); it only feeds the scale refinement, never the output. It
+    never returns NaN for finite input, and an all-zero twist means no twist
+    (:func:`official_twist`)."""
     b = pose.shape[0]
     t = _bones(rest)
     p = _bones(pose)
     glob = torch.empty(b, 24, 3, 3, dtype=pose.dtype, device=pose.device)
     local = torch.empty_like(glob)
     glob[:, 0] = local[:, 0] = naive_pelvis(t, p)
-    twists = _twists(t, phis, "official")
-    unit_t = t / t.norm(dim=-1, keepdim=True).clamp_min(_eps(pose.dtype))
-    unit_p = p / (p.norm(dim=-1, keepdim=True) + 1e-8)
+    bone = t[:, torch.as_tensor(_CHILD[1:24])]
+    twists = official_twist(bone / (bone.norm(dim=-1, keepdim=True) + OFFICIAL_EPS), phis)
     for idx, par, child in _LEVELS:
         gp = glob[:, par]
-        aim_local = (gp.transpose(-1, -2) @ unit_p[:, child, :, None])[..., 0]
-        rot = reference_swing(unit_t[:, child], aim_local) @ twists[:, idx - 1]
+        aim_local = (gp.transpose(-1, -2) @ p[:, child, :, None])[..., 0]
+        rot = reference_swing(t[:, child], aim_local) @ twists[:, idx - 1]
         local[:, idx] = rot
         glob[:, idx] = gp @ rot
     return local
