@@ -11,7 +11,6 @@ layer held it in that run too); for HybrIK-X the refinement, IK and skinning in 
 float64 network heads (``--slow`` also runs the HybrIK-X float64 network,
 minutes on two cores). These are the README's parity figures."""
 import argparse
-import dataclasses
 import os
 import sys
 
@@ -23,6 +22,7 @@ sys.path.insert(0, ROOT)
 
 from tests.conftest import DATA  # noqa: E402
 from tests import test_hybrik_golden as hg  # noqa: E402
+from tests.test_ik_golden import float32_model  # noqa: E402
 from hybrik_blender.worker.hybrik import ik, ikx, modelx, smplx_layer  # noqa: E402
 from hybrik_blender.worker.hybrik.model import build_pipeline  # noqa: E402
 from hybrik_blender.worker.synthetic import synthetic_state  # noqa: E402
@@ -61,21 +61,12 @@ def smpl(arch, body, swing):
     pipe.net.double()
     x = torch.from_numpy(g["input_tensor"]).double()
     # the official float64 layer holds the body model rounded to float32
-    for name, bm in (("", body), (", f32 model", rounded(body))):
+    for name, bm in (("", body), (", f32 model", float32_model(body))):
         pipe.body = ik.TorchBodyModel(bm, torch.float64)
         o = pipe(x, *args, vertices=True)
         row(f"{arch} float64{name}", err(o["rot_mats"][0], g["f64_pred_theta_mats"]),
             err(o["vertices"][0], g["f64_pred_vertices"]), orth(g["f64_pred_theta_mats"]),
             raw_err(o, g["f64_pred_theta_mats"]), err(o["uvd"][0], g["f64_pred_uvd_jts"]))
-
-
-def rounded(body):
-    """The body model with its arrays rounded to float32 (as the official
-    layer's buffers are, also in its float64 runs)."""
-    f = lambda a: None if a is None else a.astype(np.float32).astype(np.float64)  # noqa: E731
-    return dataclasses.replace(body, v_template=f(body.v_template), shapedirs=f(body.shapedirs),
-                               posedirs=f(body.posedirs), J_regressor=f(body.J_regressor),
-                               weights=f(body.weights), J_regressor_h36m=f(body.J_regressor_h36m))
 
 
 def ik_cases(body, swing):
