@@ -23,10 +23,16 @@ from hybrik_blender.worker.hybrik import modelx, preprocess, smplx_layer
 from hybrik_blender.worker.synthetic import rle_prior_biases, synthetic_state
 
 ARCHS = {"hrnetx48_rle": "hrnet48_rle", "hrnetx48": "hrnet48"}
-# README "suggested tolerances for a float32 re-implementation"
+# README "suggested tolerances for a float32 re-implementation", rotations
+# and vertices tightened to what the CPU run reaches with margin (measured:
+# rotations 1.1e-5 / 3.9e-4, vertices 1.1e-6 / 8.9e-6 m; the heatmap model's
+# float32 network noise, not the IK, keeps its rotations above 1e-4: its
+# float64 solve matches to 2e-13). The CUDA test keeps the README's bounds.
 TOL = {
-    "hrnetx48_rle": dict(feat=1e-3, uvd=1e-4, other=1e-4, cam=1e-4, theta=1e-3, verts=1e-4),
-    "hrnetx48": dict(feat=1e-3, uvd=2e-4, other=1e-4, cam=5e-4, theta=5e-3, verts=2e-4),
+    "hrnetx48_rle": dict(feat=1e-3, uvd=1e-4, other=1e-4, cam=1e-4, theta=1e-4, verts=1e-4,
+                         theta_cuda=1e-3),
+    "hrnetx48": dict(feat=1e-3, uvd=2e-4, other=1e-4, cam=5e-4, theta=1e-3, verts=1e-4,
+                     theta_cuda=5e-3),
 }
 _RUNS = {}
 
@@ -296,7 +302,7 @@ def test_cuda_matches_the_reference(arch, model):
     _close(o["pred_uvd_jts"], g["pred_uvd_jts"], t["uvd"], what="uvd")
     _close(o["pred_phi"], g["pred_phi"], t["other"], what="phi")
     _close(o["cam_root"], g["cam_root"], t["cam"], rel=True, what="cam_root")
-    _close(o["pred_theta_mat"], g["pred_theta_mat"], t["theta"], what="theta")
+    _close(o["pred_theta_mat"], g["pred_theta_mat"], t["theta_cuda"], what="theta")
     pipe = modelx.build_pipeline_x(arch, state, model, device="cuda")
     assert pipe.amp
     o = {k: v.cpu() if torch.is_tensor(v) else v for k, v in pipe(*args).items()}

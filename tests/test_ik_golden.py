@@ -1,4 +1,5 @@
 """The hybrid IK and the naive IK against the official solver (ik_cases.npz)."""
+import dataclasses
 import os
 
 import numpy as np
@@ -33,8 +34,11 @@ def _per_case(a, b):
 
 
 def _tolerance(cases):
-    clean = np.char.startswith(cases["case_kind"].astype(str), "clean")
-    return np.where(clean, 1e-4, 1e-3)
+    """1e-4 for every case: with the official arithmetic (regularising terms
+    included) the noisy and mismatched-shape cases match as closely as the
+    clean ones (the golden README suggests 1e-3 for them, which the exact
+    swing needed)."""
+    return np.full(len(cases["case_kind"]), 1e-4)
 
 
 def test_tree_constants_match_the_reference(cases):
@@ -66,11 +70,41 @@ def test_naive_ik_matches(cases, body, dtype, suffix):
         assert (_per_case(joints, cases["ik_naive_joints"]) <= _tolerance(cases)).all()
 
 
+def float32_model(body):
+    """The body model with its arrays rounded to float32: the official layer
+    holds them so, in its float64 runs too."""
+    f = lambda a: None if a is None else a.astype(np.float32).astype(np.float64)  # noqa: E731
+    return dataclasses.replace(body, v_template=f(body.v_template), shapedirs=f(body.shapedirs),
+                               posedirs=f(body.posedirs), J_regressor=f(body.J_regressor),
+                               weights=f(body.weights), J_regressor_h36m=f(body.J_regressor_h36m))
+
+
+def test_float64_is_the_official_arithmetic(cases, body):
+    """With the official float64 run's own body model (float32 arrays) the
+    float64 solvers agree with it to rounding, the noisy and mismatched-shape
+    cases (drift compensation, 15 mm rule) included: the same arithmetic,
+    regularising terms and all."""
+    tb, pose, betas, phis, rest = _inputs(cases, float32_model(body), torch.float64)
+    rot = ik.hybrik_ik(pose, rest, phis, project=False)
+    assert np.abs(rot.numpy() - cases["ik_rot_mats_f64"]).max() < 1e-10
+    out = ik.solve(tb, pose, betas, phis)
+    assert np.abs(out["joints"].numpy() - cases["ik_joints_f64"]).max() < 1e-10
+    torch.testing.assert_close(out["rot_mats_official"], rot, rtol=0, atol=0)
+    assert np.abs(ik.naive_ik(pose, rest, phis).numpy()
+                  - cases["ik_naive_rot_mats_f64"]).max() < 1e-10
+
+
 def test_clean_cases_recover_ground_truth(cases, body):
-    """Without the reference's epsilons the analytical IK is exact on clean input."""
+    """Without the reference's epsilons (``swing="exact"``) the analytical IK
+    is exact on clean input; with them (the default) it keeps the official
+    solver's own residual (its README: max 2.3e-3 degrees in float64)."""
     _, pose, _, phis, rest = _inputs(cases, body, torch.float64)
-    rot = ik.hybrik_ik(pose, rest, phis).numpy()
     clean = np.char.startswith(cases["case_kind"].astype(str), "clean")
-    d = np.linalg.norm(rot - cases["gt_rot_mats"], axis=(-2, -1))
-    angle = 2 * np.arcsin(np.clip(d / (2 * np.sqrt(2)), 0, 1))
-    assert angle[clean].max() < 1e-5    # the float32 inputs limit this
+
+    def angle(rot):
+        d = np.linalg.norm(rot.numpy() - cases["gt_rot_mats"], axis=(-2, -1))
+        return 2 * np.arcsin(np.clip(d / (2 * np.sqrt(2)), 0, 1))[clean]
+
+    assert angle(ik.hybrik_ik(pose, rest, phis, swing="exact")).max() < 1e-5  # float32 inputs
+    official = np.degrees(angle(ik.hybrik_ik(pose, rest, phis)).max())
+    assert 1e-3 < official < 2.5e-3, official

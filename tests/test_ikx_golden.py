@@ -37,11 +37,11 @@ def _per_case_joint(a, b):
 
 
 def _check(err, cases):
-    """The README's suggested tolerances: 2e-4 for the clean cases, 1e-3 for
-    the others, the eye and finger joints 1e-3 everywhere."""
-    clean = np.char.startswith(cases["case_kind"].astype(str), "clean")
-    tol = np.where(clean, 2e-4, 1e-3)[:, None] * np.ones(err.shape[1])
-    tol[:, EYES_AND_FINGERS] = 1e-3
+    """1e-4 for every case and joint, the SMPL golden tests' bound (the
+    README suggests 2e-4 for the clean cases and 1e-3 for the others and for
+    the eyes and fingers; measured: 6e-6 for the body, 3.1e-5 for the eyes
+    and fingers, in float32)."""
+    tol = np.full(err.shape, 1e-4)
     bad = np.argwhere(err > tol)
     assert not len(bad), f"cases/joints over tolerance: {bad[:10].tolist()}, max {err.max():.3g}"
     return err.max()

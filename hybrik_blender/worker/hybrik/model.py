@@ -29,9 +29,14 @@ class HybrIKPipeline:
     :class:`~hybrik_blender.core.body.model.BodyModel` (or a
     :class:`.ik.TorchBodyModel`). ``amp``: autocast the network in float16 on
     CUDA (decoding and IK always run in float32). ``chunk``: crops per
-    network call (the IK always runs on the whole batch)."""
+    network call (the IK always runs on the whole batch). ``swing``: the
+    analytical IK's numerics (SMPL networks), "official" (default: the
+    official checkpoints' numbers) or "exact" (see :func:`.ik.hybrik_ik`)."""
 
-    def __init__(self, net, body, device="cpu", amp=None, channels_last=None, chunk=None):
+    def __init__(self, net, body, device="cpu", amp=None, channels_last=None, chunk=None,
+                 swing="official"):
+        ik._check_swing(swing)
+        self.swing = swing
         self.device = torch.device(device)
         # crops per network call; None: 4 on the CPU, the whole batch on a GPU
         self.chunk = (4 if self.device.type == "cpu" else None) if chunk is None else chunk
@@ -81,10 +86,14 @@ class HybrIKPipeline:
 
         Returns a dict of tensors: uvd, maxvals, sigma, phi, betas, camera
         (raw head), cam_scale, cam_root (metres), transl (= cam_root),
-        xyz29 (root-relative, units of 2.2 m), rot_mats (B, 24, 3, 3),
-        joints24 (IK FK joints, metres, root-centred), joints29_cam (the 29
-        predicted joints in the camera frame, metres) and, with
-        ``vertices``, vertices and joints17 (centred on the H36M pelvis)."""
+        xyz29 (root-relative, units of 2.2 m), rot_mats (B, 24, 3, 3): the
+        rotations nearest to the official IK's matrices, rot_mats_official:
+        those matrices as the official code computes them (slightly
+        non-orthonormal, see :mod:`.ik`), joints24 (IK FK joints, metres,
+        root-centred), joints29_cam (the 29 predicted joints in the camera
+        frame, metres) and, with ``vertices``, vertices and joints17
+        (centred on the H36M pelvis); joints and vertices come from the
+        official matrices, as in the official layer."""
         x = x.to(self.device)
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         boxes = torch.as_tensor(boxes, dtype=dtype, device=self.device).reshape(-1, 4)
@@ -114,9 +123,11 @@ class HybrIKPipeline:
             scale = decode.refine_scale(uvd, out["sigma"], scale, offset, naive["joints"])
         xyz, root = decode.back_project(uvd, scale, offset)
         sol = ik.solve(self.body, xyz * decode.DEPTH_FACTOR, out["shape"], out["phi"],
-                       vertices=vertices)
+                       vertices=vertices, swing=self.swing)
         res.update(cam_scale=scale, cam_root=root, transl=root - sol["joints"][:, 0],
-                   xyz29=xyz, rot_mats=sol["rot_mats"], joints24=sol["joints"],
+                   xyz29=xyz, rot_mats=sol["rot_mats"],
+                   rot_mats_official=sol.get("rot_mats_official", sol["rot_mats"]),
+                   joints24=sol["joints"],
                    joints29_cam=xyz * decode.DEPTH_FACTOR + root[:, None])
         if vertices:
             res["vertices"] = sol["vertices"]

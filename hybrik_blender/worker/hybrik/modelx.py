@@ -30,7 +30,7 @@ Outputs keep the official names (see :meth:`HybrIKXPipeline.__call__`).
 import numpy as np
 import torch
 
-from . import netsx, smplx_layer
+from . import ik, netsx, smplx_layer
 from .model import HybrIKPipeline
 
 FOCAL_LENGTH = 1000
@@ -311,7 +311,9 @@ class HybrIKXPipeline(HybrIKPipeline):
         which the network does not predict, is the projection of the posed
         mesh's, with confidence 0)."""
         n = lambda t: t.float().cpu().numpy()  # noqa: E731
-        rot = out["pred_theta_mat"]
+        # a take holds rotations: the nearest ones to the official matrices
+        # (which are slightly non-orthonormal, see worker/hybrik/ik.py)
+        rot = ik.project_rotations(out["pred_theta_mat"])
         b = rot.shape[0]
         eye = torch.eye(3, dtype=rot.dtype, device=rot.device).expand(b, 2, 3, 3)
         root = out["cam_root"]

@@ -219,7 +219,7 @@ def solve_rotations(targets, rest, world, passes=3):
     refs = observed_references(np.asarray(world, np.float64), rest[0])
     for _ in range(passes):
         phis = torch.as_tensor(np.stack([np.cos(angles), np.sin(angles)], -1))
-        local = ik.hybrik_ik(pose_t, rest_t, phis)
+        local = ik.hybrik_ik(pose_t, rest_t, phis, swing="exact")
         glob = ik.forward_kinematics(local, rest_t[:, :24])[0].numpy()
         for joint, items in refs.items():
             bone = rest[:, CHILDREN_29[joint]] - rest[:, joint]
@@ -235,7 +235,7 @@ def solve_rotations(targets, rest, world, passes=3):
             else:
                 angles[:, joint - 1] += delta
     phis = torch.as_tensor(np.stack([np.cos(angles), np.sin(angles)], -1))
-    return ik.hybrik_ik(pose_t, rest_t, phis).numpy()
+    return ik.hybrik_ik(pose_t, rest_t, phis, swing="exact").numpy()
 
 
 def root_positions(world, image_xy, visibility, focal, principal):
