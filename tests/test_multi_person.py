@@ -241,13 +241,23 @@ def test_hybrik_batches_all_tracks_crops(tmp_path, long_pair, monkeypatch):
 
 # --- the single-person path is unchanged -------------------------------------------------
 
+# float noise across CPUs: the same inputs give results that differ in the last
+# bits (BLAS and oneDNN pick kernels by instruction set; oneDNN's float32
+# convolutions also vary from run to run by ~1e-5), so computed floats are held
+# to a tolerance far below any change of behaviour (the IK's regularising terms
+# alone moved HybrIK rotations by 1.1e-4); everything else must be equal.
+SINGLE_PERSON_ATOL = {"mediapipe": 1e-6, "hybrik": 5e-5}
+
+
 @pytest.mark.parametrize("backend", ["mediapipe", "hybrik"])
-def test_single_person_results_are_bit_identical_to_before(tmp_path, backend):
+def test_single_person_results_are_unchanged(tmp_path, backend):
     """tests/data/single_person_reference_*.npz were written on the sample
     clip by the single-person capture without the several-people pipeline
     (first before several people existed; rewritten by the camera branch's
     capture, which changed single-person results on purpose: refinement,
-    joint confidence, the camera track)."""
+    joint confidence, the camera track; the HybrIK one again for the official
+    IK arithmetic of issue 11). The mediapipe landmarks themselves (x_mp_*)
+    must be bit-identical."""
     from hybrik_blender.core.samples import carphone_path
     from tests.helpers import write_random_checkpoint
     kw = {}
@@ -260,7 +270,13 @@ def test_single_person_results_are_bit_identical_to_before(tmp_path, backend):
             np.load(out) as got:
         assert ref.files == got.files
         for key in ref.files:
-            assert np.array_equal(ref[key], got[key]), key
+            a, b = ref[key], got[key]
+            if a.dtype.kind == "f" and not key.startswith("x_mp_"):
+                assert a.shape == b.shape and a.dtype == b.dtype, key
+                np.testing.assert_allclose(b, a, rtol=0, atol=SINGLE_PERSON_ATOL[backend],
+                                           err_msg=key)
+            else:
+                assert np.array_equal(a, b), key
 
 
 # --- command line -------------------------------------------------------------------------
