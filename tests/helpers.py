@@ -109,3 +109,18 @@ def make_smplx_result(rot55, betas=None, expression=None, kid=None, seed=0, **kw
         fields["kid"] = kid
     fields.update(kw)
     return make_result(body, betas=betas, seed=seed, **fields)
+
+
+def cancel_after(batches):
+    """(token, progress): a capture cancel token that is set once the capture
+    has reported `batches` progress events."""
+    from hybrik_blender.worker.capture import CancelToken
+    token = CancelToken()
+    seen = []
+
+    def progress(event):
+        if event["event"] == "progress" and event["stage"] == "capture":
+            seen.append(event)
+            if len(seen) >= batches:
+                token.set()
+    return token, progress

@@ -23,7 +23,7 @@ from hybrik_blender.worker import batch
 from hybrik_blender.worker import capture as cap
 from hybrik_blender.worker import cli
 from tests.conftest import DATA, ROOT, SYNTHETIC_MODEL
-from tests.helpers import make_result, random_motion
+from tests.helpers import cancel_after, make_result, random_motion
 from tests.test_worker_capture import photo_frames, write_video
 
 
@@ -256,18 +256,6 @@ def test_a_video_cut_in_half_is_complete_with_a_warning(tmp_path, capsys):
 
 # --- cancel and resume that cannot loop -------------------------------------------------
 
-def _cancel_after(batches):
-    token = cap.CancelToken()
-    seen = []
-
-    def progress(event):
-        if event["event"] == "progress" and event["stage"] == "capture":
-            seen.append(event)
-            if len(seen) >= batches:
-                token.set()
-    return token, progress
-
-
 def test_a_stale_cancel_file_is_cleared_at_the_start(tmp_path, clip, capsys):
     out = tmp_path / "take.npz"
     (tmp_path / "take.npz.cancel").touch()   # left by a Ctrl-C of an earlier run
@@ -282,7 +270,7 @@ def test_a_stale_cancel_file_is_cleared_at_the_start(tmp_path, clip, capsys):
 def test_cancel_never_replaces_a_longer_result_and_resume_cannot_loop(tmp_path, clip, capsys):
     out = str(tmp_path / "take.npz")
     opts = dict(video=clip, out=out, batch_size=8)
-    token, progress = _cancel_after(3)
+    token, progress = cancel_after(3)
     with pytest.raises(cap.CaptureError) as err:
         cap.run_capture(cap.CaptureOptions(**opts), progress=progress, cancel=token)
     assert err.value.code == codes.EXIT_CANCELLED
@@ -290,13 +278,13 @@ def test_cancel_never_replaces_a_longer_result_and_resume_cannot_loop(tmp_path, 
     assert not partial.complete and partial.num_frames == 24
     kept = digest(out)
     # the same command again, cancelled sooner: the longer partial result stays
-    token, progress = _cancel_after(1)
+    token, progress = cancel_after(1)
     with pytest.raises(cap.CaptureError, match="kept unchanged") as err:
         cap.run_capture(cap.CaptureOptions(**opts), progress=progress, cancel=token)
     assert err.value.code == codes.EXIT_CANCELLED and digest(out) == kept
     # a resume that is cancelled before it gets past the partial result's end
     # writes nothing and says so with its own code (a script cannot loop on 130)
-    token, progress = _cancel_after(1)
+    token, progress = cancel_after(1)
     with pytest.raises(cap.CaptureError, match="made no progress") as err:
         cap.run_capture(cap.CaptureOptions(resume=True, **opts), progress=progress,
                         cancel=token)
@@ -336,7 +324,7 @@ def test_several_people_cancelled_before_anybody_is_found_is_130(tmp_path):
     noise = [np.random.default_rng(i).integers(0, 255, (120, 160, 3), np.uint8)
              for i in range(16)]
     path = write_video(tmp_path / "empty.avi", noise, fourcc="MJPG")
-    token, progress = _cancel_after(1)
+    token, progress = cancel_after(1)
     with pytest.raises(cap.CaptureError, match="cancelled before anybody") as err:
         cap.run_capture(cap.CaptureOptions(video=path, out=str(tmp_path / "x.npz"), people=0,
                                            batch_size=4), progress=progress, cancel=token)

@@ -13,6 +13,7 @@ import pytest
 
 from hybrik_blender.core.formats.result import load_result, load_tracks
 from hybrik_blender.worker import capture as cap
+from tests.helpers import cancel_after
 from hybrik_blender.worker.detect import association, fragments, kalman, reid
 from hybrik_blender.worker.detect.detector import box_iou
 from tests.conftest import DATA, ROOT
@@ -179,18 +180,6 @@ def long_pair(tmp_path_factory):
     return composite.write_clip(tmp_path_factory.mktemp("l") / "pair.avi", frames), truth
 
 
-def _cancel_after(batches):
-    token = cap.CancelToken()
-    seen = []
-
-    def progress(event):
-        if event["event"] == "progress" and event["stage"] == "capture":
-            seen.append(event)
-            if len(seen) >= batches:
-                token.set()
-    return token, progress
-
-
 def test_resume_with_several_people_equals_an_uninterrupted_run(tmp_path, long_pair):
     path, _ = long_pair
     opts = dict(video=path, people=2, batch_size=32)
@@ -199,7 +188,7 @@ def test_resume_with_several_people_equals_an_uninterrupted_run(tmp_path, long_p
     full = load_tracks(full_path)
     assert len(full) == 2
     out = str(tmp_path / "part.npz")
-    token, progress = _cancel_after(9)   # 288 frames: past the boundary at 256
+    token, progress = cancel_after(9)   # 288 frames: past the boundary at 256
     with pytest.raises(cap.CaptureError) as err:
         cap.run_capture(cap.CaptureOptions(out=out, **opts), progress=progress, cancel=token)
     assert err.value.code == cap.EXIT_CANCELLED

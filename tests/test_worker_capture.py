@@ -13,6 +13,7 @@ import torch
 
 from hybrik_blender.core.formats.result import load_result
 from hybrik_blender.worker import capture as cap
+from tests.helpers import cancel_after
 from hybrik_blender.worker.video.reader import VideoError, VideoSource
 from tests.conftest import DATA, ROOT, synthetic_arrays
 
@@ -166,23 +167,11 @@ def test_nobody_in_the_video(tmp_path):
     assert not (tmp_path / "x.npz").exists()
 
 
-def _cancel_after(batches):
-    token = cap.CancelToken()
-    seen = []
-
-    def progress(event):
-        if event["event"] == "progress" and event["stage"] == "capture":
-            seen.append(event)
-            if len(seen) >= batches:
-                token.set()
-    return token, progress
-
-
 def test_cancel_then_resume_equals_an_uninterrupted_run(tmp_path, long_clip):
     full = cap.run_capture(cap.CaptureOptions(video=long_clip, out=str(tmp_path / "full.npz"),
                                               batch_size=32))
     out = str(tmp_path / "part.npz")
-    token, progress = _cancel_after(9)  # 288 frames: past the chunk boundary at 256
+    token, progress = cancel_after(9)  # 288 frames: past the chunk boundary at 256
     with pytest.raises(cap.CaptureError) as err:
         cap.run_capture(cap.CaptureOptions(video=long_clip, out=out, batch_size=32),
                         progress=progress, cancel=token)
@@ -213,7 +202,7 @@ def test_hybrik_capture_cancel_and_resume(tmp_path, clip, checkpoint):
     rot = full.rotmats.astype(np.float64)
     assert np.abs(rot @ np.swapaxes(rot, -1, -2) - np.eye(3)).max() < 1e-4
     out = str(tmp_path / "part.npz")
-    token, progress = _cancel_after(1)
+    token, progress = cancel_after(1)
     with pytest.raises(cap.CaptureError):
         cap.run_capture(cap.CaptureOptions(out=out, **opts), progress=progress, cancel=token)
     assert load_result(out).num_frames == 4
