@@ -13,12 +13,11 @@ Typical use (the capture worker)::
 
 All outputs are batched tensors; names follow the reference model's outputs.
 """
-import contextlib
-
 import numpy as np
 import torch
 
-from . import decode, ik
+from . import decode, ik, speed
+from .speed import to_device
 from .nets import build_network
 
 
@@ -27,21 +26,40 @@ class HybrIKPipeline:
 
     ``net``: a network from :mod:`.nets` (its state loaded); ``body``: a
     :class:`~hybrik_blender.core.body.model.BodyModel` (or a
-    :class:`.ik.TorchBodyModel`). ``amp``: autocast the network in float16 on
-    CUDA (decoding and IK always run in float32). ``chunk``: crops per
-    network call (the IK always runs on the whole batch)."""
+    :class:`.ik.TorchBodyModel`). ``chunk``: crops per network call (the IK
+    always runs on the whole batch).
 
-    def __init__(self, net, body, device="cpu", amp=None, channels_last=None, chunk=None):
-        self.device = torch.device(device)
+    ``precision``: "fp32", "bf16" or "auto" (see :mod:`.speed`); None, the
+    default, is fp32 on the CPU and AMP on CUDA (``amp=False`` there: fp32).
+    Only the network runs in reduced precision; decoding, camera and IK run
+    in float32 (float64 for a float64 input).
+
+    At the first float32 call the network is prepared for inference in place
+    (:class:`.speed.PreparedNet`: BatchNorm folded, channels_last, bfloat16
+    weights for bf16 on the CPU, ``compile`` for torch.compile). A float64
+    input runs ``net`` as it is, without autocast: call ``net.double()``
+    before any float32 call for the exact float64 reference. ``optimize``
+    False keeps the network as given (the unprepared float32 baseline)."""
+
+    def __init__(self, net, body, device="cpu", amp=None, channels_last=None, chunk=None,
+                 precision=None, compile=None, optimize=True):
+        self.device = torch.device(speed.resolve_device(device))
+        cuda = self.device.type == "cuda"
         # crops per network call; None: 4 on the CPU, the whole batch on a GPU
         self.chunk = (4 if self.device.type == "cpu" else None) if chunk is None else chunk
         self.arch = net.arch
-        cuda = self.device.type == "cuda"
-        self.amp = cuda if amp is None else amp
-        self.channels_last = cuda if channels_last is None else channels_last
+        if precision is None:
+            precision = "bf16" if (amp if amp is not None else cuda) else "fp32"
+        elif amp is False:
+            precision = "fp32"
+        self.requested_precision = precision
+        self.precision = speed.resolve_precision(precision, self.device, self.arch)
+        self.amp = self.precision == "bf16"
+        self.channels_last = channels_last
+        self.compile = speed.compile_default() if compile is None else bool(compile)
+        self.optimize = optimize
         self.net = net.to(self.device).eval()
-        if self.channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
+        self.prepared = None
         self.body = self._torch_body(body)
 
     def _torch_body(self, body):
@@ -51,15 +69,32 @@ class HybrIKPipeline:
             body = ik.TorchBodyModel(body, torch.float32, self.device)
         return body
 
+    def prepare(self):
+        """Prepare the network now (it is otherwise done at the first
+        float32 call); returns the :class:`.speed.PreparedNet`."""
+        if self.prepared is None:
+            self.prepared = speed.PreparedNet(self.net, self.device, self.precision,
+                                              channels_last=self.channels_last,
+                                              compile=self.compile)
+            self.net = self.prepared.net
+        return self.prepared
+
+    def describe(self):
+        """What runs, for logs and the result's model field: e.g.
+        "bf16 on cpu" or "fp32 on cuda"."""
+        what = self.precision
+        if self.amp and self.device.type == "cuda":
+            what = f"amp {str(speed.cuda_amp_dtype()).replace('torch.', '')}"
+        return f"{what} on {self.device.type}"
+
     def _net(self, x):
+        if x.dtype == torch.float32 and self.optimize:
+            return self.prepare()(x)
+        # the exact path: the network as it is, in the input's dtype
+        x = to_device(x, self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        ctx = (torch.autocast("cuda", dtype=torch.float16) if self.amp and self.device.type == "cuda"
-               else contextlib.nullcontext())
-        with ctx:
-            out = self.net(x)
-        return {k: (v.float() if v is not None and v.dtype == torch.float16 else v)
-                for k, v in out.items()}
+        return self.net(x)
 
     def _heads(self, x, flip_test):
         out = self._net(x)
@@ -85,7 +120,7 @@ class HybrIKPipeline:
         joints24 (IK FK joints, metres, root-centred), joints29_cam (the 29
         predicted joints in the camera frame, metres) and, with
         ``vertices``, vertices and joints17 (centred on the H36M pelvis)."""
-        x = x.to(self.device)
+        x = to_device(x, self.device)
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         boxes = torch.as_tensor(boxes, dtype=dtype, device=self.device).reshape(-1, 4)
         img_center = torch.as_tensor(img_center, dtype=dtype, device=self.device).reshape(-1, 2)

@@ -32,6 +32,7 @@ import torch
 
 from . import netsx, smplx_layer
 from .model import HybrIKPipeline
+from .speed import to_device
 
 FOCAL_LENGTH = 1000
 INPUT_SIZE = 256.0
@@ -214,7 +215,7 @@ class HybrIKXPipeline(HybrIKPipeline):
         """The network and its decoding, in chunks: x (B, 3, 256, 256) ->
         dict of feat, shape (B, 21), phi, cam, sigma, uvd (B, 71, 3), maxvals
         (and hand_offsets or marginals)."""
-        x = x.to(self.device)
+        x = to_device(x, self.device)
         step = self.chunk or x.shape[0]
         parts = [self._heads(x[i:i + step], flip_test) for i in range(0, x.shape[0], step)]
         return {k: (tuple(torch.cat([p[k][j] for p in parts]) for j in range(len(parts[0][k])))
