@@ -238,7 +238,15 @@ class HybrIKXPipeline(HybrIKPipeline):
         outputs read are skinned), img_feat; the regression model also
         pred_lh_uvd, pred_rh_uvd (raw finger offsets), the heatmap model the
         marginals; with ``trace`` the refinement's intermediate values."""
+        self._decide_first(x, boxes, img_center, flip_test)
         return self.solve(self.heads(x, flip_test), boxes, img_center, vertices, trace)
+
+    def check_points(self, x, boxes, img_center, flip_test):
+        """The auto check's outputs: the 71 points in the camera frame and
+        the 55 joint rotations (fingers included)."""
+        out = self.solve(self.heads(x, flip_test), boxes, img_center)
+        return {"joints": out["pred_xyz_hybrik"] * DEPTH_FACTOR + out["cam_root"][:, None],
+                "rotations": out["pred_theta_mat"]}
 
     @torch.inference_mode()
     def solve(self, heads, boxes, img_center, vertices=False, trace=False):
