@@ -195,3 +195,83 @@ def test_cuda_fp32_and_amp(arch, crops):
     auto = P.golden_pipeline(arch, "auto", device="cuda")
     P.compared(auto, x, boxes, centres)
     assert auto.precision in ("fp32", "bf16") and auto.precision_check is not None
+
+
+# --- the option through the worker, the batch and the add-on ------------------------
+
+@pytest.fixture(scope="module")
+def short_clip(tmp_path_factory):
+    from tests.test_worker_capture import photo_frames, write_video
+    return write_video(tmp_path_factory.mktemp("v") / "walk.mp4", photo_frames(4))
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(tmp_path_factory):
+    from tests.helpers import write_random_checkpoint
+    return write_random_checkpoint(tmp_path_factory.mktemp("ck") / "res34.pth")
+
+
+@pytest.mark.parametrize("precision", ("fp32", "bf16", "auto"))
+def test_worker_cli_precision_reaches_the_result(precision, short_clip, random_checkpoint,
+                                                 tmp_path, capsys):
+    import json
+    from hybrik_blender.core.formats.result import load_result
+    from hybrik_blender.worker import cli
+    out = str(tmp_path / "take.npz")
+    code = cli.main(["capture", short_clip, "--out", out, "--backend", "hybrik",
+                     "--checkpoint", random_checkpoint, "--device", "cpu",
+                     "--precision", precision, "--batch-size", "4"])
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0, events[-1]
+    done = events[-1]
+    ran = done["precision"]
+    if precision == "fp32" or not NATIVE:
+        assert ran.startswith("fp32 on cpu")
+    elif precision == "bf16":
+        assert ran == "bf16 on cpu"
+    else:   # auto measured bf16 on the first crops and says what it chose
+        check = done["precision_check"]
+        assert ran == f"{check['chosen']} (auto) on cpu" and check["crops"] == 4
+        assert set(speed.BF16_BUDGET) <= set(check)
+    r = load_result(out)
+    assert r.model == f"res34.pth (res34_cam, {ran})" and r.valid.all()
+
+
+def test_the_default_options():
+    import argparse
+    from hybrik_blender.worker import batch, capture, cli
+    assert capture.CaptureOptions(video="", out="").precision == "fp32"   # the API: exact
+    assert batch.BatchOptions(inputs=[], out_dir="").precision == "fp32"
+    p = argparse.ArgumentParser()
+    cli.add_precision_argument(p)
+    assert p.parse_args([]).precision == "auto"                            # the CLI: auto
+    with pytest.raises(SystemExit):
+        p.parse_args(["--precision", "fp16"])
+
+
+def test_batch_cli_passes_the_precision(monkeypatch, tmp_path):
+    from hybrik_blender.worker import batch, cli
+    seen = {}
+
+    def fake_run(opts, progress=None):
+        seen["precision"] = opts.precision
+        return {"failed": 0, "failed_before": 0}
+    monkeypatch.setattr(batch, "run_batch", fake_run)
+    assert cli.main(["batch", str(tmp_path), "--out-dir", str(tmp_path / "o"),
+                     "--precision", "bf16"]) == 0
+    assert seen["precision"] == "bf16"
+
+
+def test_addon_jobs_pass_the_precision():
+    from hybrik_blender.blender import jobs
+    args = jobs.capture_args("py", "v.mp4", "o.npz", precision="bf16")
+    assert args[args.index("--precision") + 1] == "bf16"
+    assert "--precision" not in jobs.capture_args("py", "v.mp4", "o.npz")   # auto: the default
+
+
+def test_unknown_precision_is_a_usage_error(random_checkpoint):
+    from hybrik_blender.worker import capture as cap
+    with pytest.raises(cap.CaptureError) as err:
+        cap.load_backend(cap.CaptureOptions(video="", out="", backend="hybrik",
+                                            checkpoint=random_checkpoint, precision="int8"))
+    assert err.value.code == cap.EXIT_USAGE

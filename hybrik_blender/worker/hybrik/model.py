@@ -94,7 +94,7 @@ class HybrIKPipeline:
 
     def describe(self):
         """What runs, for logs and the result's model field: e.g.
-        "bf16 on cpu", "fp32 on cpu (auto)" or "amp float16 on cuda"."""
+        "bf16 on cpu", "fp32 (auto) on cpu" or "amp float16 on cuda"."""
         what = self.precision
         if self.amp and self.device.type == "cuda":
             what = f"amp {str(speed.cuda_amp_dtype()).replace('torch.', '')}"
