@@ -207,15 +207,18 @@ FLOAT32_LAYERS = ("final_layer", "preact.final_layer", "preact.depth_layer",
 
 
 class Float32(nn.Module):
-    """Runs the wrapped layer in float32 whatever autocast says."""
+    """Runs the wrapped layer in float32 whatever autocast says, on NCHW
+    tensors: its output is what the decoding reads (a channels_last heatmap
+    would be copied there), and oneDNN's float32 kernels take NCHW (a
+    channels_last float32 convolution fell back to the slow im2col path)."""
 
     def __init__(self, layer):
         super().__init__()
-        self.layer = layer.float()
+        self.layer = layer.float().to(memory_format=torch.contiguous_format)
 
     def forward(self, x):
         with torch.autocast(x.device.type, enabled=False):
-            return self.layer(x.float())
+            return self.layer(x.float().contiguous())
 
 
 def keep_float32(net, names=FLOAT32_LAYERS):
