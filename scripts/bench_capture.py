@@ -36,9 +36,17 @@ on them, each run in its own process so that its peak RSS is its own:
   path on the same clip (--people 1, the baseline), and the person detector
   alone on full 640x480 frames (target: >= 40 fps).
 
+* ``--hybrik-only``: hybrik end to end at 720p with ``--precision fp32``
+  against ``auto`` (and ``bf16`` where native), interleaved runs, medians of
+  fps end to end, steady fps and frames per CPU-second; ``--device cuda``
+  runs the worker on the GPU (batch 64), ``--hybrik-arch res34_cam
+  hrnet48_cam`` both networks.
+
 Usage: python scripts/bench_capture.py [--frames 3000] [--hybrik-frames 300] [--demo-frames 60]
                                        [--pan-frames 300] [--hands-frames 300] [--only-hands]
                                        [--multi-frames 300] [--multi-only]
+       python scripts/bench_capture.py --hybrik-only [--device cuda] [--hybrik-frames 300]
+                                       [--hybrik-arch res34_cam hrnet48_cam] [--repeats 3]
 """
 import argparse
 import json
@@ -133,8 +141,9 @@ def make_checkpoint(path):
     write_random_checkpoint(path)
 
 
-def run(args):
-    """Run a command; return (seconds, peak RSS in MiB, last stdout line)."""
+def run(args, cpu=None):
+    """Run a command; return (seconds, peak RSS in MiB, last stdout line);
+    with ``cpu`` a list, its CPU seconds (user + system) are appended."""
     t = time.perf_counter()
     p = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                          text=True)
@@ -143,8 +152,66 @@ def run(args):
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode:
         raise SystemExit(f"failed ({p.returncode}): {' '.join(args)}")
+    if cpu is not None:
+        cpu.append(usage.ru_utime + usage.ru_stime)
     lines = out.strip().splitlines()
     return time.perf_counter() - t, usage.ru_maxrss / 1024, lines[-1] if lines else ""
+
+
+def bench_hybrik_precision(args, py, tmp):
+    """hybrik end to end at 1280x720 (decoding, tracking, cropping,
+    network, IK, writing): ``--precision fp32`` against ``auto`` (and
+    ``bf16``), runs interleaved, medians. fps end to end counts the whole
+    process (start, model load, the auto check, the first-call network
+    preparation); frames per CPU-second stay comparable on a shared machine."""
+    import torch
+    from hybrik_blender.worker.hybrik import speed
+    device = speed.resolve_device(args.device)
+    n = args.hybrik_frames
+    hd = os.path.join(tmp, "clip720.mp4")
+    make_clip(hd, n, (1280, 720))
+    modes = ["fp32", "auto"] + (["bf16"] if speed.bf16_native(device) else [])
+    batch = args.hybrik_batch or (64 if device == "cuda" else 16)
+    print(f"\nhybrik end to end, 1280x720, {n} frames, batch {batch}, device {device}"
+          + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else
+             f" ({os.cpu_count()} CPUs)") + f", {args.repeats} interleaved runs each")
+    for arch in args.hybrik_arch:
+        ckpt = os.path.join(tmp, f"{arch}.pth")
+        from tests.helpers import write_random_checkpoint
+        write_random_checkpoint(ckpt, arch=arch)
+        got = {m: {"e2e": [], "steady": [], "cpu": [], "done": None} for m in modes}
+        for _ in range(args.repeats):
+            for m in modes:
+                cpu = []
+                secs, rss, last = run([py, "-m", "hybrik_blender.worker", "capture", hd, "--out",
+                                       os.path.join(tmp, "h.npz"), "--end", str(n), "--backend",
+                                       "hybrik", "--checkpoint", ckpt, "--device", device,
+                                       "--precision", m, "--batch-size", str(batch)], cpu)
+                done = json.loads(last)
+                g = got[m]
+                g["e2e"].append(done["frames"] / secs)
+                g["steady"].append(done["frames"] / done["seconds"])
+                g["cpu"].append(done["frames"] / cpu[0])
+                g["done"] = done
+        med = lambda v: float(np.median(v))  # noqa: E731
+        print(f"{arch}: {'precision':10s} {'ran':22s} {'fps e2e':>8s} {'steady':>8s} "
+              f"{'frames/CPU-s':>13s} {'e2e vs fp32':>12s}")
+        for m in modes:
+            g = got[m]
+            print(f"{arch}: {m:10s} {g['done'].get('precision', '?'):22s} {med(g['e2e']):8.2f} "
+                  f"{med(g['steady']):8.2f} {med(g['cpu']):13.2f} "
+                  f"{med(g['e2e']) / med(got['fp32']['e2e']):11.2f}x")
+        check = got["auto"]["done"].get("precision_check")
+        if check:
+            print(f"{arch}: auto's check on the first {check['crops']} crops: joints median "
+                  f"{check['joints_median_mm']:.2f} mm, max {check['joints_max_mm']:.2f} mm, "
+                  f"rotations max {check['rotation_max_deg']:.2f} deg -> {check['chosen']} "
+                  f"(budget: 2 / 5 mm, 1 deg)")
+        if "bf16" in got:
+            print(f"{arch}: bf16 / fp32 end to end: "
+                  f"{med(got['bf16']['e2e']) / med(got['fp32']['e2e']):.2f}x, per CPU-second "
+                  f"{med(got['bf16']['cpu']) / med(got['fp32']['cpu']):.2f}x (target for auto "
+                  f"with ResNet-34 on this CPU: >= 1.6x fp32, within the accuracy budget)")
 
 
 def demo_way(video, checkpoint, frames, folder):
@@ -298,9 +365,22 @@ def main():
     ap.add_argument("--only-hands", action="store_true", help="run only the hands benchmark")
     ap.add_argument("--multi-frames", type=int, default=300)
     ap.add_argument("--multi-only", action="store_true", help="only the several-people runs")
+    ap.add_argument("--hybrik-only", action="store_true",
+                    help="only hybrik end to end at 720p: --precision fp32 vs auto (vs bf16)")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="--hybrik-only: the worker's device")
+    ap.add_argument("--hybrik-arch", nargs="+", default=["res34_cam"],
+                    help="--hybrik-only: architectures (res34_cam, hrnet48_cam)")
+    ap.add_argument("--hybrik-batch", type=int, default=None,
+                    help="--hybrik-only: --batch-size (default 16 on the CPU, 64 on CUDA)")
+    ap.add_argument("--repeats", type=int, default=3, help="--hybrik-only: runs per precision")
     ap.add_argument("--demo-way", nargs=3, metavar=("VIDEO", "CKPT", "FRAMES"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.hybrik_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            bench_hybrik_precision(args, sys.executable, tmp)
+        return
     if args.demo_way:
         with tempfile.TemporaryDirectory() as folder:
             demo_way(args.demo_way[0], args.demo_way[1], int(args.demo_way[2]), folder)

@@ -17,6 +17,7 @@ Precisions (``--precision``):
   :data:`BF16_BUDGET`; else fp32 (README "Precision").
 """
 import contextlib
+import copy
 import logging
 import os
 import time
@@ -206,6 +207,13 @@ FLOAT32_LAYERS = ("final_layer", "preact.final_layer", "preact.depth_layer",
                   "decsigma", "fc_coord", "fc_coord_mouthtop", "decsigma_mouthtop")
 
 
+def _has(net, name):
+    try:
+        return isinstance(net.get_submodule(name), nn.Module)
+    except AttributeError:
+        return False
+
+
 class Float32(nn.Module):
     """Runs the wrapped layer in float32 whatever autocast says, on NCHW
     tensors: its output is what the decoding reads (a channels_last heatmap
@@ -221,14 +229,17 @@ class Float32(nn.Module):
             return self.layer(x.float().contiguous())
 
 
-def keep_float32(net, names=FLOAT32_LAYERS):
-    """Wrap the named sub-modules (that exist) in :class:`Float32`, in place."""
+def keep_float32(net, names=FLOAT32_LAYERS, layers=None):
+    """Wrap the named sub-modules (those that exist) in :class:`Float32`, in
+    place; ``layers``: {name: module} to wrap instead of the network's own
+    (their float32 originals, taken before the network went to bfloat16)."""
     for name in names:
+        if not _has(net, name):
+            continue
         parent, _, leaf = name.rpartition(".")
         owner = net.get_submodule(parent) if parent else net
-        layer = getattr(owner, leaf, None)
-        if isinstance(layer, nn.Module) and not isinstance(layer, Float32):
-            setattr(owner, leaf, Float32(layer))
+        if not isinstance(getattr(owner, leaf), Float32):
+            setattr(owner, leaf, Float32((layers or {}).get(name, getattr(owner, leaf))))
     return net
 
 
@@ -256,19 +267,22 @@ class PreparedNet:
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.amp_dtype = None
-        if precision == "bf16":
-            if cuda:
-                self.amp_dtype = cuda_amp_dtype()
-            else:
-                self.amp_dtype = torch.bfloat16
-                # bfloat16 weights: no per-call weight casts under autocast;
-                # buffers (init_cam 0.9, init_shape) stay exact float32
-                buffers = {k: b.clone() for k, b in net.named_buffers()}
-                net = net.to(torch.bfloat16)
-                for k, b in buffers.items():
-                    owner, _, leaf = k.rpartition(".")
-                    (net.get_submodule(owner) if owner else net)._buffers[leaf] = b
+        if precision == "bf16" and cuda:
+            self.amp_dtype = cuda_amp_dtype()
             keep_float32(net)
+        elif precision == "bf16":
+            self.amp_dtype = torch.bfloat16
+            # bfloat16 weights: no per-call weight casts under autocast;
+            # the float32 layers keep their float32 weights and the
+            # buffers (init_cam 0.9, init_shape) stay exact float32
+            originals = {n: copy.deepcopy(net.get_submodule(n)) for n in FLOAT32_LAYERS
+                         if _has(net, n)}
+            buffers = {k: b.clone() for k, b in net.named_buffers()}
+            net = net.to(torch.bfloat16)
+            for k, b in buffers.items():
+                owner, _, leaf = k.rpartition(".")
+                (net.get_submodule(owner) if owner else net)._buffers[leaf] = b
+            keep_float32(net, layers=originals)
         self.net = net
         self.run = net
         self.compiled = False
