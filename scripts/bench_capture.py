@@ -158,6 +158,80 @@ def run(args, cpu=None):
     return time.perf_counter() - t, usage.ru_maxrss / 1024, lines[-1] if lines else ""
 
 
+def clip_boxes(n, size):
+    """The person's tight box in each frame of make_clip (the astronaut
+    photo's hand-made box, scaled and slid like the photo)."""
+    with open(os.path.join(DATA, "person_boxes.json")) as fh:
+        x0, y0, x1, y1 = json.load(fh)["images"]["astronaut.png"][0]
+    w, h = size
+    side = int(h * 0.8)
+    k = side / 512.0
+    out = []
+    for i in range(n):
+        x = int((w - side) * (0.5 + 0.4 * np.sin(i / 60)))
+        out.append([x + k * x0, h - side + k * y0, x + k * x1, h - side + k * y1])
+    return np.array(out)
+
+
+def e2e_fixed_boxes(video, ckpt, device, precision, batch, n):
+    """The capture's hybrik path without the person tracker: a thread
+    decodes and crops (at the known boxes) while the main thread runs the
+    network, IK and the per-frame arrays, as worker/capture.py overlaps
+    them. Returns (fps over the clip, crops/s of the pipeline calls alone,
+    what ran); model loading and the first batch (auto's check, the network
+    preparation) are outside the clock, reported separately."""
+    import queue
+    import threading
+    import torch
+    from hybrik_blender.worker.hybrik import preprocess
+    from hybrik_blender.worker.hybrik.checkpoint import load_hybrik
+    from hybrik_blender.worker.video.reader import VideoSource
+    t = time.perf_counter()
+    pipe = load_hybrik(ckpt, device=device, precision=precision)
+    src = VideoSource(video)
+    size = (src.info.width, src.info.height)
+    boxes = clip_boxes(n, size)
+    centre = np.array([size[0] / 2.0, size[1] / 2.0])
+    q = queue.Queue(maxsize=2)
+
+    def produce():
+        crops, squares = [], []
+        for i, _, rgb in src.frames(0, n):
+            crop, square, _ = preprocess.crop_person(rgb, boxes[i])
+            crops.append(crop)
+            squares.append(square)
+            if len(crops) == batch:
+                q.put((np.stack(crops), np.stack(squares)))
+                crops, squares = [], []
+        if crops:
+            q.put((np.stack(crops), np.stack(squares)))
+        q.put(None)
+
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    first = q.get()
+    x = preprocess.normalize_crops(first[0], device=pipe.device)
+    pipe.frame_arrays(pipe(x, first[1], np.repeat(centre[None], len(x), 0)))
+    sync()
+    start_s = time.perf_counter() - t
+    t0 = time.perf_counter()
+    frames, net_s = 0, 0.0
+    while True:
+        item = q.get()
+        if item is None:
+            break
+        crops, squares = item
+        t1 = time.perf_counter()
+        x = preprocess.normalize_crops(crops, device=pipe.device)
+        pipe.frame_arrays(pipe(x, squares, np.repeat(centre[None], len(x), 0)))
+        net_s += time.perf_counter() - t1
+        frames += len(crops)
+    thread.join()
+    wall = time.perf_counter() - t0
+    return frames / wall, frames / max(net_s, 1e-9), pipe.describe(), start_s
+
+
 def bench_hybrik_precision(args, py, tmp):
     """hybrik end to end at 1280x720 (decoding, tracking, cropping,
     network, IK, writing): ``--precision fp32`` against ``auto`` (and
@@ -175,10 +249,26 @@ def bench_hybrik_precision(args, py, tmp):
     print(f"\nhybrik end to end, 1280x720, {n} frames, batch {batch}, device {device}"
           + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else
              f" ({os.cpu_count()} CPUs)") + f", {args.repeats} interleaved runs each")
+    import importlib.util
+    tracker = importlib.util.find_spec("mediapipe") is not None
     for arch in args.hybrik_arch:
         ckpt = os.path.join(tmp, f"{arch}.pth")
         from tests.helpers import write_random_checkpoint
         write_random_checkpoint(ckpt, arch=arch)
+        nf = args.fixed_frames or n
+        print(f"{arch}: without the tracker (known boxes; decode + crop in a thread, "
+              f"{nf} frames after the first batch):")
+        fixed = {}
+        for m in modes:
+            fps, crops, ran, start_s = e2e_fixed_boxes(hd, ckpt, device, m, batch, nf)
+            fixed[m] = fps
+            print(f"{arch}:   {m:6s} {ran:22s} {fps:8.1f} fps end to end, pipeline calls "
+                  f"{crops:8.1f} crops/s; load + first batch {start_s:.1f} s")
+        for m in modes[1:]:
+            print(f"{arch}:   {m} / fp32 without the tracker: {fixed[m] / fixed['fp32']:.2f}x")
+        if not tracker:
+            print(f"{arch}: the worker CLI runs need mediapipe (the person tracker): skipped")
+            continue
         got = {m: {"e2e": [], "steady": [], "cpu": [], "done": None} for m in modes}
         for _ in range(args.repeats):
             for m in modes:
@@ -374,6 +464,8 @@ def main():
     ap.add_argument("--hybrik-batch", type=int, default=None,
                     help="--hybrik-only: --batch-size (default 16 on the CPU, 64 on CUDA)")
     ap.add_argument("--repeats", type=int, default=3, help="--hybrik-only: runs per precision")
+    ap.add_argument("--fixed-frames", type=int, default=None,
+                    help="--hybrik-only: frames of the tracker-free runs (default --hybrik-frames)")
     ap.add_argument("--demo-way", nargs=3, metavar=("VIDEO", "CKPT", "FRAMES"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()

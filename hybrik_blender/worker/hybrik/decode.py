@@ -60,6 +60,9 @@ def _marginal_sums(logits):
     less CPU time than whole-batch temporaries of 30 MB a crop, whose fresh
     pages cost more than the arithmetic; the other core stays free for the
     capture's decoding thread. Elsewhere: batched."""
+    from .speed import HeatmapLogits
+    if isinstance(logits, HeatmapLogits):
+        return _lazy_marginal_sums(logits)
     v = logits.reshape(-1, DEPTH_DIM, DEPTH_DIM * DEPTH_DIM)
     n = v.shape[0]
     if v.device.type != "cpu":
@@ -74,6 +77,29 @@ def _marginal_sums(logits):
             buf.exp_()
             torch.sum(buf, 0, out=hw[i])
             torch.sum(buf, 1, out=mz[i])
+    return hw, mz
+
+
+def _lazy_marginal_sums(lazy):
+    """:func:`_marginal_sums` of :class:`.speed.HeatmapLogits`: each joint's
+    64 logit channels computed (one matrix product) into a cached buffer and
+    summed there."""
+    feat, w, bias = lazy.features, lazy.weight, lazy.bias
+    b, c = feat.shape[:2]
+    x = feat.reshape(b, c, -1)
+    hw = torch.empty(b * NUM_JOINTS, DEPTH_DIM * DEPTH_DIM, dtype=feat.dtype)
+    mz = torch.empty(b * NUM_JOINTS, DEPTH_DIM, dtype=feat.dtype)
+    buf = torch.empty(DEPTH_DIM, DEPTH_DIM * DEPTH_DIM, dtype=feat.dtype)
+    with _one_thread():
+        for i in range(b):
+            for j in range(NUM_JOINTS):
+                rows = slice(j * DEPTH_DIM, (j + 1) * DEPTH_DIM)
+                torch.addmm(bias[rows, None], w[rows], x[i], out=buf)
+                buf.sub_(buf.max())
+                buf.exp_()
+                k = i * NUM_JOINTS + j
+                torch.sum(buf, 0, out=hw[k])
+                torch.sum(buf, 1, out=mz[k])
     return hw, mz
 
 
@@ -111,6 +137,10 @@ def flip_heatmap_logits(logits):
 
 def soft_argmax_flip(logits, flip_logits):
     """Flip-test soft-argmax: mean of the two softmax volumes."""
+    from .speed import HeatmapLogits
+    logits, flip_logits = (t.materialize() if isinstance(t, HeatmapLogits) else t
+                           for t in (logits, flip_logits))
+
     def probs(x):
         flat = x.reshape(x.shape[0], NUM_JOINTS, -1)
         return torch.softmax(flat, -1)

@@ -229,6 +229,71 @@ class Float32(nn.Module):
             return self.layer(x.float().contiguous())
 
 
+class HeatmapLogits:
+    """The SMPL heatmap logits (B, 29*64, H, W) not computed yet: the 1x1
+    heatmap layer's float32 input features (B, C, H, W) NCHW, weight (K, C)
+    and bias (K,). :func:`.decode.soft_argmax` computes them one joint at a
+    time in cache, straight into the softmax sums, so the 30 MB a crop of
+    logits never exist (their fresh pages cost as much as the arithmetic);
+    :meth:`materialize` computes them all (the flip test)."""
+
+    def __init__(self, features, weight, bias):
+        self.features, self.weight, self.bias = features, weight, bias
+
+    @property
+    def shape(self):
+        b, _, h, w = self.features.shape
+        return (b, self.weight.shape[0], h, w)
+
+    @property
+    def device(self):
+        return self.features.device
+
+    def materialize(self):
+        b, c, h, w = self.features.shape
+        x = self.features.reshape(b, c, h * w)
+        y = torch.matmul(self.weight, x) + self.bias[:, None]
+        return y.reshape(self.shape)
+
+
+class LazyHeatmap(nn.Module):
+    """A 1x1 heatmap convolution that returns :class:`HeatmapLogits`."""
+
+    def __init__(self, conv):
+        super().__init__()
+        self.weight = nn.Parameter(conv.weight.detach().float().reshape(conv.out_channels, -1)
+                                   .contiguous(), requires_grad=False)
+        bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)
+        self.bias = nn.Parameter(bias.detach().float().clone(), requires_grad=False)
+
+    @staticmethod
+    def fits(layer, channels=29 * 64):
+        return (isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1)
+                and layer.stride == (1, 1) and layer.padding == (0, 0) and layer.groups == 1
+                and layer.out_channels == channels)
+
+    def forward(self, x):
+        x = x.to(torch.float32, memory_format=torch.contiguous_format)
+        return HeatmapLogits(x, self.weight, self.bias)
+
+
+HEATMAP_LAYERS = ("final_layer", "preact.final_layer")
+
+
+def lazy_heatmaps(net, layers=None):
+    """Replace the SMPL heatmap layers (1856 channels, 1x1) by
+    :class:`LazyHeatmap`, in place; ``layers``: their float32 originals."""
+    for name in HEATMAP_LAYERS:
+        if not _has(net, name):
+            continue
+        parent, _, leaf = name.rpartition(".")
+        owner = net.get_submodule(parent) if parent else net
+        layer = (layers or {}).get(name, getattr(owner, leaf))
+        if LazyHeatmap.fits(layer):
+            setattr(owner, leaf, LazyHeatmap(layer))
+    return net
+
+
 def keep_float32(net, names=FLOAT32_LAYERS, layers=None):
     """Wrap the named sub-modules (those that exist) in :class:`Float32`, in
     place; ``layers``: {name: module} to wrap instead of the network's own
@@ -238,7 +303,7 @@ def keep_float32(net, names=FLOAT32_LAYERS, layers=None):
             continue
         parent, _, leaf = name.rpartition(".")
         owner = net.get_submodule(parent) if parent else net
-        if not isinstance(getattr(owner, leaf), Float32):
+        if not isinstance(getattr(owner, leaf), (Float32, LazyHeatmap)):
             setattr(owner, leaf, Float32((layers or {}).get(name, getattr(owner, leaf))))
     return net
 
@@ -282,7 +347,10 @@ class PreparedNet:
             for k, b in buffers.items():
                 owner, _, leaf = k.rpartition(".")
                 (net.get_submodule(owner) if owner else net)._buffers[leaf] = b
+            lazy_heatmaps(net, originals)
             keep_float32(net, layers=originals)
+        elif not cuda:
+            lazy_heatmaps(net)
         self.net = net
         self.run = net
         self.compiled = False
@@ -334,7 +402,7 @@ class PreparedNet:
                     out = self.net(x)
             else:
                 out = self.run(x)
-        return {k: (v.float() if v is not None and v.is_floating_point()
+        return {k: (v.float() if isinstance(v, torch.Tensor) and v.is_floating_point()
                     and v.dtype != torch.float32 else v) for k, v in out.items()}
 
 
