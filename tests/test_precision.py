@@ -138,8 +138,11 @@ def test_bf16_keeps_the_outputs_float32(crops):
     assert all(v.dtype in (torch.float32, torch.int64, torch.bool)
                for v in out.values() if torch.is_tensor(v))
     net = pipe.prepared.net
-    assert isinstance(net.final_layer, speed.Float32) and isinstance(net.deccam, speed.Float32)
-    assert net.final_layer.layer.weight.dtype == torch.float32
+    # the heatmap layer runs float32 inside the soft-argmax, with its float32 weights
+    assert isinstance(net.final_layer, speed.LazyHeatmap) and isinstance(net.deccam, speed.Float32)
+    assert net.final_layer.weight.dtype == torch.float32
+    assert net.deccam.layer.weight.dtype == torch.float32
+    assert net.preact.layer1[0].conv1.weight.dtype == torch.bfloat16
     assert net.init_cam.dtype == torch.float32 and float(net.init_cam[0]) == pytest.approx(0.9)
     assert pipe.describe() == "bf16 on cpu"
 

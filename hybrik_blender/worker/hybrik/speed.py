@@ -289,7 +289,9 @@ def lazy_heatmaps(net, layers=None):
         parent, _, leaf = name.rpartition(".")
         owner = net.get_submodule(parent) if parent else net
         layer = (layers or {}).get(name, getattr(owner, leaf))
-        if LazyHeatmap.fits(layer):
+        if isinstance(layer, LazyHeatmap):     # a prepared network's, prepared again
+            setattr(owner, leaf, layer.float())
+        elif LazyHeatmap.fits(layer):
             setattr(owner, leaf, LazyHeatmap(layer))
     return net
 
