@@ -90,6 +90,8 @@ def main(argv=None):
     cap.add_argument("--backend", choices=("mediapipe", "hybrik"), default="mediapipe")
     cap.add_argument("--checkpoint", help="official HybrIK checkpoint (.pth), for --backend hybrik")
     cap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    cap.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="auto",
+                     help="hybrik network arithmetic (see the worker's --precision)")
     cap.add_argument("--start", type=non_negative_int, default=0, help="first frame (0-based)")
     cap.add_argument("--end", type=positive_int, default=None, help="stop before this frame")
     cap.add_argument("--batch-size", type=positive_int, default=16)

@@ -36,9 +36,17 @@ on them, each run in its own process so that its peak RSS is its own:
   path on the same clip (--people 1, the baseline), and the person detector
   alone on full 640x480 frames (target: >= 40 fps).
 
+* ``--hybrik-only``: hybrik end to end at 720p with ``--precision fp32``
+  against ``auto`` (and ``bf16`` where native), interleaved runs, medians of
+  fps end to end, steady fps and frames per CPU-second; ``--device cuda``
+  runs the worker on the GPU (batch 64), ``--hybrik-arch res34_cam
+  hrnet48_cam`` both networks.
+
 Usage: python scripts/bench_capture.py [--frames 3000] [--hybrik-frames 300] [--demo-frames 60]
                                        [--pan-frames 300] [--hands-frames 300] [--only-hands]
                                        [--multi-frames 300] [--multi-only]
+       python scripts/bench_capture.py --hybrik-only [--device cuda] [--hybrik-frames 300]
+                                       [--hybrik-arch res34_cam hrnet48_cam] [--repeats 3]
 """
 import argparse
 import json
@@ -133,8 +141,9 @@ def make_checkpoint(path):
     write_random_checkpoint(path)
 
 
-def run(args):
-    """Run a command; return (seconds, peak RSS in MiB, last stdout line)."""
+def run(args, cpu=None):
+    """Run a command; return (seconds, peak RSS in MiB, last stdout line);
+    with ``cpu`` a list, its CPU seconds (user + system) are appended."""
     t = time.perf_counter()
     p = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                          text=True)
@@ -143,8 +152,156 @@ def run(args):
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode:
         raise SystemExit(f"failed ({p.returncode}): {' '.join(args)}")
+    if cpu is not None:
+        cpu.append(usage.ru_utime + usage.ru_stime)
     lines = out.strip().splitlines()
     return time.perf_counter() - t, usage.ru_maxrss / 1024, lines[-1] if lines else ""
+
+
+def clip_boxes(n, size):
+    """The person's tight box in each frame of make_clip (the astronaut
+    photo's hand-made box, scaled and slid like the photo)."""
+    with open(os.path.join(DATA, "person_boxes.json")) as fh:
+        x0, y0, x1, y1 = json.load(fh)["images"]["astronaut.png"][0]
+    w, h = size
+    side = int(h * 0.8)
+    k = side / 512.0
+    out = []
+    for i in range(n):
+        x = int((w - side) * (0.5 + 0.4 * np.sin(i / 60)))
+        out.append([x + k * x0, h - side + k * y0, x + k * x1, h - side + k * y1])
+    return np.array(out)
+
+
+def e2e_fixed_boxes(video, ckpt, device, precision, batch, n):
+    """The capture's hybrik path without the person tracker: a thread
+    decodes and crops (at the known boxes) while the main thread runs the
+    network, IK and the per-frame arrays, as worker/capture.py overlaps
+    them. Returns (fps over the clip, crops/s of the pipeline calls alone,
+    what ran); model loading and the first batch (auto's check, the network
+    preparation) are outside the clock, reported separately."""
+    import queue
+    import threading
+    import torch
+    from hybrik_blender.worker.hybrik import preprocess
+    from hybrik_blender.worker.hybrik.checkpoint import load_hybrik
+    from hybrik_blender.worker.video.reader import VideoSource
+    t = time.perf_counter()
+    pipe = load_hybrik(ckpt, device=device, precision=precision)
+    src = VideoSource(video)
+    size = (src.info.width, src.info.height)
+    boxes = clip_boxes(n, size)
+    centre = np.array([size[0] / 2.0, size[1] / 2.0])
+    q = queue.Queue(maxsize=2)
+
+    def produce():
+        crops, squares = [], []
+        for i, _, rgb in src.frames(0, n):
+            crop, square, _ = preprocess.crop_person(rgb, boxes[i])
+            crops.append(crop)
+            squares.append(square)
+            if len(crops) == batch:
+                q.put((np.stack(crops), np.stack(squares)))
+                crops, squares = [], []
+        if crops:
+            q.put((np.stack(crops), np.stack(squares)))
+        q.put(None)
+
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    first = q.get()
+    x = preprocess.normalize_crops(first[0], device=pipe.device)
+    pipe.frame_arrays(pipe(x, first[1], np.repeat(centre[None], len(x), 0)))
+    sync()
+    start_s = time.perf_counter() - t
+    t0 = time.perf_counter()
+    frames, net_s = 0, 0.0
+    while True:
+        item = q.get()
+        if item is None:
+            break
+        crops, squares = item
+        t1 = time.perf_counter()
+        x = preprocess.normalize_crops(crops, device=pipe.device)
+        pipe.frame_arrays(pipe(x, squares, np.repeat(centre[None], len(x), 0)))
+        net_s += time.perf_counter() - t1
+        frames += len(crops)
+    thread.join()
+    wall = time.perf_counter() - t0
+    return frames / wall, frames / max(net_s, 1e-9), pipe.describe(), start_s
+
+
+def bench_hybrik_precision(args, py, tmp):
+    """hybrik end to end at 1280x720 (decoding, tracking, cropping,
+    network, IK, writing): ``--precision fp32`` against ``auto`` (and
+    ``bf16``), runs interleaved, medians. fps end to end counts the whole
+    process (start, model load, the auto check, the first-call network
+    preparation); frames per CPU-second stay comparable on a shared machine."""
+    import torch
+    from hybrik_blender.worker.hybrik import speed
+    device = speed.resolve_device(args.device)
+    n = args.hybrik_frames
+    hd = os.path.join(tmp, "clip720.mp4")
+    make_clip(hd, n, (1280, 720))
+    modes = ["fp32", "auto"] + (["bf16"] if speed.bf16_native(device) else [])
+    batch = args.hybrik_batch or (64 if device == "cuda" else 16)
+    print(f"\nhybrik end to end, 1280x720, {n} frames, batch {batch}, device {device}"
+          + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else
+             f" ({os.cpu_count()} CPUs)") + f", {args.repeats} interleaved runs each")
+    import importlib.util
+    tracker = importlib.util.find_spec("mediapipe") is not None
+    for arch in args.hybrik_arch:
+        ckpt = os.path.join(tmp, f"{arch}.pth")
+        from tests.helpers import write_random_checkpoint
+        write_random_checkpoint(ckpt, arch=arch)
+        nf = args.fixed_frames or n
+        print(f"{arch}: without the tracker (known boxes; decode + crop in a thread, "
+              f"{nf} frames after the first batch):")
+        fixed = {}
+        for m in modes:
+            fps, crops, ran, start_s = e2e_fixed_boxes(hd, ckpt, device, m, batch, nf)
+            fixed[m] = fps
+            print(f"{arch}:   {m:6s} {ran:22s} {fps:8.1f} fps end to end, pipeline calls "
+                  f"{crops:8.1f} crops/s; load + first batch {start_s:.1f} s")
+        for m in modes[1:]:
+            print(f"{arch}:   {m} / fp32 without the tracker: {fixed[m] / fixed['fp32']:.2f}x")
+        if not tracker:
+            print(f"{arch}: the worker CLI runs need mediapipe (the person tracker): skipped")
+            continue
+        got = {m: {"e2e": [], "steady": [], "cpu": [], "done": None} for m in modes}
+        for _ in range(args.repeats):
+            for m in modes:
+                cpu = []
+                secs, rss, last = run([py, "-m", "hybrik_blender.worker", "capture", hd, "--out",
+                                       os.path.join(tmp, "h.npz"), "--end", str(n), "--backend",
+                                       "hybrik", "--checkpoint", ckpt, "--device", device,
+                                       "--precision", m, "--batch-size", str(batch)], cpu)
+                done = json.loads(last)
+                g = got[m]
+                g["e2e"].append(done["frames"] / secs)
+                g["steady"].append(done["frames"] / done["seconds"])
+                g["cpu"].append(done["frames"] / cpu[0])
+                g["done"] = done
+        med = lambda v: float(np.median(v))  # noqa: E731
+        print(f"{arch}: {'precision':10s} {'ran':22s} {'fps e2e':>8s} {'steady':>8s} "
+              f"{'frames/CPU-s':>13s} {'e2e vs fp32':>12s}")
+        for m in modes:
+            g = got[m]
+            print(f"{arch}: {m:10s} {g['done'].get('precision', '?'):22s} {med(g['e2e']):8.2f} "
+                  f"{med(g['steady']):8.2f} {med(g['cpu']):13.2f} "
+                  f"{med(g['e2e']) / med(got['fp32']['e2e']):11.2f}x")
+        check = got["auto"]["done"].get("precision_check")
+        if check:
+            print(f"{arch}: auto's check on the first {check['crops']} crops: joints median "
+                  f"{check['joints_median_mm']:.2f} mm, max {check['joints_max_mm']:.2f} mm, "
+                  f"rotations max {check['rotation_max_deg']:.2f} deg -> {check['chosen']} "
+                  f"(budget: 2 / 5 mm, 1 deg)")
+        if "bf16" in got:
+            print(f"{arch}: bf16 / fp32 end to end: "
+                  f"{med(got['bf16']['e2e']) / med(got['fp32']['e2e']):.2f}x, per CPU-second "
+                  f"{med(got['bf16']['cpu']) / med(got['fp32']['cpu']):.2f}x (target for auto "
+                  f"with ResNet-34 on this CPU: >= 1.6x fp32, within the accuracy budget)")
 
 
 def demo_way(video, checkpoint, frames, folder):
@@ -298,9 +455,24 @@ def main():
     ap.add_argument("--only-hands", action="store_true", help="run only the hands benchmark")
     ap.add_argument("--multi-frames", type=int, default=300)
     ap.add_argument("--multi-only", action="store_true", help="only the several-people runs")
+    ap.add_argument("--hybrik-only", action="store_true",
+                    help="only hybrik end to end at 720p: --precision fp32 vs auto (vs bf16)")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="--hybrik-only: the worker's device")
+    ap.add_argument("--hybrik-arch", nargs="+", default=["res34_cam"],
+                    help="--hybrik-only: architectures (res34_cam, hrnet48_cam)")
+    ap.add_argument("--hybrik-batch", type=int, default=None,
+                    help="--hybrik-only: --batch-size (default 16 on the CPU, 64 on CUDA)")
+    ap.add_argument("--repeats", type=int, default=3, help="--hybrik-only: runs per precision")
+    ap.add_argument("--fixed-frames", type=int, default=None,
+                    help="--hybrik-only: frames of the tracker-free runs (default --hybrik-frames)")
     ap.add_argument("--demo-way", nargs=3, metavar=("VIDEO", "CKPT", "FRAMES"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.hybrik_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            bench_hybrik_precision(args, sys.executable, tmp)
+        return
     if args.demo_way:
         with tempfile.TemporaryDirectory() as folder:
             demo_way(args.demo_way[0], args.demo_way[1], int(args.demo_way[2]), folder)

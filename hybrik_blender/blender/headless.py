@@ -179,6 +179,7 @@ def run_capture(args):
         job = jobs.start_capture(args.worker_python, os.path.abspath(video), result_path,
                                  backend=args.backend, checkpoint=args.checkpoint or "",
                                  smpl_model=args.smpl_model or "", device=args.device,
+                                 precision=getattr(args, "precision", "auto"),
                                  start=args.start, end=args.end, batch_size=args.batch_size,
                                  resume=getattr(args, "resume", False),
                                  people=getattr(args, "people", 1),

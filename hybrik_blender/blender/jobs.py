@@ -181,11 +181,15 @@ def worker_env():
 
 def capture_args(python, video, out, backend="mediapipe", checkpoint="", smpl_model="",
                  device="auto", start=0, end=None, batch_size=16, resume=False, hands=False,
-                 people=1, max_people=None, camera="auto", kid_template=""):
-    """The worker command line for a capture (`people`: 1, N, or 0 for all)."""
+                 people=1, max_people=None, camera="auto", kid_template="",
+                 precision="auto"):
+    """The worker command line for a capture (`people`: 1, N, or 0 for all;
+    `precision`: fp32, bf16 or auto, the hybrik network's)."""
     args = [python, "-m", f"{PACKAGE_NAME}.worker", "capture", video, "--out", out,
             "--backend", backend, "--device", device, "--batch-size", str(batch_size),
             "--parent-pid", str(os.getpid())]
+    if precision and precision != "auto":
+        args += ["--precision", precision]
     if checkpoint:
         args += ["--checkpoint", checkpoint]
     if smpl_model:

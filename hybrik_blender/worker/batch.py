@@ -114,6 +114,7 @@ class BatchOptions:
     smpl_model: str = None
     kid_template: str = None
     device: str = "auto"
+    precision: str = "fp32"      # hybrik: fp32, bf16 or auto (the CLI's default: auto)
     batch_size: int = 16
     cleanup: object = None
     camera: str = "auto"         # --camera static|auto|moving (see worker.camera)
@@ -759,6 +760,7 @@ def run_batch(opts, progress=None):
                    "batch_size": opts.batch_size, "cleanup": opts.cleanup, "hands": opts.hands,
                    "people": opts.people, "max_people": opts.max_people,
                    "detect_every": opts.detect_every, "camera": opts.camera,
+                   "precision": opts.precision,
                    "device": ("cuda" if opts.gpus_per_worker > 0
                               else "cpu" if opts.device == "auto" else opts.device)}
     exporter = ThreadPoolExecutor(max_workers=1) if opts.export else None

@@ -107,6 +107,9 @@ class CaptureOptions:
     smpl_model: str = None
     kid_template: str = None   # HybrIK-X: smplx_kid_template.npy (see load_pipeline)
     device: str = "auto"
+    # hybrik: "fp32", "bf16" or "auto" (worker/hybrik/speed.py); the CLI's
+    # default is auto, this one fp32 (exact, as the API always was)
+    precision: str = "fp32"
     batch_size: int = 16
     start: int = 0
     end: int = None
@@ -172,16 +175,20 @@ class HybrIKBackend:
     """Batched crops -> HybrIK or HybrIK-X network -> IK, on CUDA when present.
 
     ``model_path``: the body model file (SMPL, or SMPL-X for a HybrIK-X
-    checkpoint; default: the one the checkpoint embeds)."""
+    checkpoint; default: the one the checkpoint embeds). ``precision``:
+    fp32, bf16 or auto (see worker/hybrik/speed.py); the result's ``model``
+    says which ran, e.g. "ck.pth (res34_cam, bf16 (auto) on cpu)"."""
     name = "hybrik"
     needs_crops = True
     # per-frame fields of an SMPL-X take, passed through to the result
     SMPLX_FIELDS = ("kid", "expression", "hand_rotmats", "jaw_rotmat", "eye_rotmats",
                     "hand_confidence")
 
-    def __init__(self, checkpoint, model_path, device, flip_test=False, kid_template=None):
+    def __init__(self, checkpoint, model_path, device, flip_test=False, kid_template=None,
+                 precision="fp32"):
         import torch
         from .hybrik.checkpoint import CheckpointError, load_pipeline
+        from .hybrik.speed import PRECISIONS
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cuda" and not torch.cuda.is_available():
@@ -189,8 +196,12 @@ class HybrIKBackend:
                                                  "sees no CUDA device")
         if not checkpoint:
             raise CaptureError(EXIT_USAGE, "the hybrik backend needs --checkpoint")
+        if str(precision).lower() not in PRECISIONS:
+            raise CaptureError(EXIT_USAGE, f"unknown precision '{precision}' (choose from "
+                                           f"{', '.join(PRECISIONS)})")
         try:
-            self.pipe = load_pipeline(checkpoint, model_path, kid_template, device=device)
+            self.pipe = load_pipeline(checkpoint, model_path, kid_template, device=device,
+                                      precision=str(precision).lower())
         except (CheckpointError, ValueError) as exc:  # ValueError: body model problems
             raise CaptureError(EXIT_MODEL, str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes a reader raise
@@ -206,7 +217,19 @@ class HybrIKBackend:
         self.body_model = self.pipe.body.model.body if self.smplx else self.pipe.body.model
         self.torch = torch
         self.flip_test = flip_test
-        self.model_name = f"{os.path.basename(checkpoint)} ({self.pipe.arch})"
+        self.checkpoint_name = os.path.basename(checkpoint)
+
+    @property
+    def model_name(self):
+        """The checkpoint, its architecture and what ran (precision, device)."""
+        return f"{self.checkpoint_name} ({self.pipe.arch}, {self.pipe.describe()})"
+
+    def run_info(self):
+        """For the done event: the precision that ran and auto's measurement."""
+        info = {"precision": self.pipe.describe()}
+        if self.pipe.precision_check is not None:
+            info["precision_check"] = self.pipe.precision_check
+        return info
 
     def _run(self, x, boxes, centres):
         try:
@@ -239,7 +262,10 @@ class HybrIKBackend:
         live = [it for it in items if it["det"] is not None]
         rows = [None] * len(items)
         if live:
-            x = preprocess.normalize_crops(np.stack([it["crop"] for it in live]))
+            # on CUDA the uint8 crops go over (pinned, non-blocking) and are
+            # normalised there: a quarter of the float32 bytes
+            x = preprocess.normalize_crops(np.stack([it["crop"] for it in live]),
+                                           device=self.pipe.device)
             boxes = np.stack([it["square_box"] for it in live])
             centres = np.stack([it["centre"] for it in live])
             arrays = self._run(x, boxes, centres)
@@ -326,7 +352,7 @@ def _load_backend(opts):
             raise CaptureError(EXIT_ENVIRONMENT, "torch is not installed in the worker "
                                                  "environment") from None
         return HybrIKBackend(opts.checkpoint, opts.smpl_model, opts.device, opts.flip_test,
-                             kid_template=opts.kid_template)
+                             kid_template=opts.kid_template, precision=opts.precision)
     body = None
     if opts.smpl_model:
         try:
@@ -724,6 +750,8 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
                   "alignment": alignment.get(result.track_id)}
     if truncated:
         done_event["truncated"] = truncated
+    if hasattr(backend, "run_info"):
+        done_event.update(backend.run_info())
     if several:
         done_event["people"] = [{"id": t.track_id, "first": int(t.frame_index[0]),
                                  "last": int(t.frame_index[-1]),

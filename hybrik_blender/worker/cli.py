@@ -1,6 +1,7 @@
 """Worker command line.
 
     python -m hybrik_blender.worker capture VIDEO --out take.npz [options]
+           (hybrik: --device auto|cpu|cuda --precision fp32|bf16|auto)
     python -m hybrik_blender.worker check [--checkpoint F] [--smpl-model F]
     python -m hybrik_blender.worker batch INPUT... --out-dir DIR [options]  (needs Ray)
 
@@ -108,7 +109,8 @@ def _capture(args):
     opts = cap.CaptureOptions(
         video=args.video, out=args.out, backend=args.backend, checkpoint=args.checkpoint,
         smpl_model=args.smpl_model, kid_template=args.kid_template, device=args.device,
-        batch_size=max(1, args.batch_size), start=args.start, end=args.end,
+        precision=args.precision, batch_size=max(1, args.batch_size), start=args.start,
+        end=args.end,
         resume=args.resume, focal_length=args.focal_length, flip_test=args.flip_test,
         cleanup=cleanup_options_from_args(args), hands=args.hands,
         people=args.people, max_people=args.max_people, detect_every=max(1, args.detect_every),
@@ -147,7 +149,7 @@ def _batch(args):
     opts = batch.BatchOptions(
         inputs=args.inputs, out_dir=args.out_dir, backend=args.backend,
         checkpoint=args.checkpoint, smpl_model=args.smpl_model,
-        kid_template=args.kid_template, device=args.device,
+        kid_template=args.kid_template, device=args.device, precision=args.precision,
         batch_size=args.batch_size, cleanup=cleanup_options_from_args(args),
         camera=args.camera, ray_address=args.ray_address, num_cpus=args.num_cpus,
         workers=args.workers,
@@ -337,6 +339,17 @@ CAMERA_HELP = ("static: a fixed camera (no camera solve); moving: the camera's r
                "the scene, which is reported)")
 
 
+PRECISION_HELP = ("hybrik: fp32 (exact), bf16 (the network in bfloat16 on CPUs with native "
+                  "support, AMP on CUDA; decoding, camera and IK stay fp32) or auto (default: "
+                  "bf16 where native and, measured on the first crops, within 2 mm median / "
+                  "5 mm max of fp32 in the joints and 1 degree in the rotations; else fp32)")
+
+
+def add_precision_argument(parser):
+    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="auto",
+                        help=PRECISION_HELP)
+
+
 def add_camera_argument(parser):
     parser.add_argument("--camera", choices=("static", "auto", "moving"), default="auto",
                         help=CAMERA_HELP)
@@ -360,6 +373,7 @@ def main(argv=None):
                                           "smplx_kid_template.npy (default: found next to the "
                                           "model, else the checkpoint's)")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_precision_argument(c)
     c.add_argument("--batch-size", type=positive_int, default=16)
     c.add_argument("--start", type=non_negative_int, default=0, help="first frame (0-based)")
     c.add_argument("--end", type=positive_int, default=None, help="stop before this frame")
@@ -389,6 +403,7 @@ def main(argv=None):
     b.add_argument("--kid-template", help="HybrIK-X: smplx_kid_template.npy (see capture)")
     b.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: cuda with --gpus-per-worker, else cpu")
+    add_precision_argument(b)
     b.add_argument("--batch-size", type=positive_int, default=16)
     add_camera_argument(b)
     b.add_argument("--hands", action="store_true", help=HANDS_HELP)

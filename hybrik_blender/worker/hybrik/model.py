@@ -13,13 +13,16 @@ Typical use (the capture worker)::
 
 All outputs are batched tensors; names follow the reference model's outputs.
 """
-import contextlib
+import logging
 
 import numpy as np
 import torch
 
-from . import decode, ik
+from . import decode, ik, speed
+from .speed import to_device
 from .nets import build_network
+
+log = logging.getLogger(__name__)
 
 
 class HybrIKPipeline:
@@ -27,27 +30,53 @@ class HybrIKPipeline:
 
     ``net``: a network from :mod:`.nets` (its state loaded); ``body``: a
     :class:`~hybrik_blender.core.body.model.BodyModel` (or a
-    :class:`.ik.TorchBodyModel`). ``amp``: autocast the network in float16 on
-    CUDA (decoding and IK always run in float32). ``chunk``: crops per
-    network call (the IK always runs on the whole batch). ``swing``: the
-    analytical IK's numerics (SMPL networks), "official" (default: the
-    official checkpoints' numbers) or "exact" (see :func:`.ik.hybrik_ik`)."""
+    :class:`.ik.TorchBodyModel`). ``chunk``: crops per network call (the IK
+    always runs on the whole batch). ``swing``: the analytical IK's numerics
+    (SMPL networks), "official" (default: the official checkpoints' numbers)
+    or "exact" (see :func:`.ik.hybrik_ik`).
+
+    ``precision``: "fp32", "bf16" or "auto" (see :mod:`.speed`); None, the
+    default, is fp32 on the CPU and AMP on CUDA (``amp=False`` there: fp32).
+    Only the network runs in reduced precision; decoding, camera and IK run
+    in float32 (float64 for a float64 input).
+
+    At the first float32 call the network is prepared for inference in place
+    (:class:`.speed.PreparedNet`: BatchNorm folded, channels_last, bfloat16
+    weights for bf16 on the CPU, ``compile`` for torch.compile). A float64
+    input runs ``net`` as it is, without autocast: call ``net.double()``
+    before any float32 call for the exact float64 reference. ``optimize``
+    False keeps the network as given (the unprepared float32 baseline)."""
 
     def __init__(self, net, body, device="cpu", amp=None, channels_last=None, chunk=None,
-                 swing="official"):
+                 precision=None, compile=None, optimize=True, budget=None, swing="official"):
         ik._check_swing(swing)
         self.swing = swing
-        self.device = torch.device(device)
+        self.device = torch.device(speed.resolve_device(device))
+        cuda = self.device.type == "cuda"
         # crops per network call; None: 4 on the CPU, the whole batch on a GPU
         self.chunk = (4 if self.device.type == "cpu" else None) if chunk is None else chunk
         self.arch = net.arch
-        cuda = self.device.type == "cuda"
-        self.amp = cuda if amp is None else amp
-        self.channels_last = cuda if channels_last is None else channels_last
+        if precision is None:
+            precision = "bf16" if (amp if amp is not None else cuda) else "fp32"
+        elif amp is False:
+            precision = "fp32"
+        self.requested_precision = precision
+        # "auto" until the first float32 call measures bf16 against fp32
+        self.precision = speed.resolve_precision(precision, self.device)
+        self.budget = speed.BF16_BUDGET if budget is None else budget
+        self.precision_check = None
+        self.channels_last = channels_last
+        self.compile = speed.compile_default() if compile is None else bool(compile)
+        self.optimize = optimize
         self.net = net.to(self.device).eval()
-        if self.channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
+        self.prepared = None
         self.body = self._torch_body(body)
+
+    @property
+    def amp(self):
+        """True when the network runs in reduced precision (bf16 autocast on
+        the CPU, AMP on CUDA)."""
+        return self.precision == "bf16"
 
     def _torch_body(self, body):
         """The body model as the torch tensors the IK uses (subclasses with
@@ -56,15 +85,79 @@ class HybrIKPipeline:
             body = ik.TorchBodyModel(body, torch.float32, self.device)
         return body
 
+    def prepare(self):
+        """Prepare the network now (it is otherwise done at the first
+        float32 call); returns the :class:`.speed.PreparedNet`. While auto
+        has not decided yet, this is the fp32 one."""
+        if self.prepared is None:
+            self.prepared = speed.PreparedNet(
+                self.net, self.device, "bf16" if self.precision == "bf16" else "fp32",
+                channels_last=self.channels_last, compile=self.compile)
+            self.net = self.prepared.net
+        return self.prepared
+
+    def describe(self):
+        """What runs, for logs and the result's model field: e.g.
+        "bf16 on cpu", "fp32 (auto) on cpu" or "amp float16 on cuda"."""
+        what = self.precision
+        if self.amp and self.device.type == "cuda":
+            what = f"amp {str(speed.cuda_amp_dtype()).replace('torch.', '')}"
+        if self.requested_precision == "auto" and self.precision != "auto":
+            what += " (auto)"
+        return f"{what} on {self.device.type}"
+
+    # -- auto: bf16 where its measured deviation is within the budget ------------
+
+    def check_points(self, x, boxes, img_center, flip_test):
+        """The outputs the auto check compares (see :func:`.speed.deviation`):
+        camera-space joints and joint rotations of one call."""
+        out = self._forward(x, boxes, img_center, flip_test=flip_test)
+        return {"joints": out["joints29_cam"], "rotations": out["rot_mats"]}
+
+    def decide_precision(self, x, boxes, img_center, flip_test=False):
+        """auto: run the first crops (at most :data:`.speed.CHECK_CROPS`) in
+        fp32 and in bf16 and keep bf16 when it is within ``budget``; records
+        the measurement in ``precision_check``. Returns the chosen precision."""
+        if self.precision != "auto":
+            return self.precision
+        import copy
+        n = min(len(x), speed.CHECK_CROPS)
+        x, boxes, img_center = x[:n], boxes[:n], img_center[:n]
+        self.precision = "fp32"
+        fp32 = self.prepare()
+        ref = self.check_points(x, boxes, img_center, flip_test)
+        self.precision = "bf16"
+        self.prepared = speed.PreparedNet(copy.deepcopy(self.net), self.device, "bf16",
+                                          channels_last=self.channels_last,
+                                          compile=self.compile)
+        dev = speed.deviation(ref, self.check_points(x, boxes, img_center, flip_test))
+        ok = speed.within_budget(dev, self.budget)
+        if not ok:
+            self.precision, self.prepared = "fp32", fp32
+        self.net = self.prepared.net
+        self.precision_check = {"crops": n, "chosen": self.precision, "budget": dict(self.budget),
+                                **{k: round(v, 4) for k, v in dev.items()}}
+        log.info("precision auto: %s (bf16 vs fp32 on %d crops: joints median %.2f mm, "
+                 "max %.2f mm, rotations max %.2f deg; budget %s)", self.precision, n,
+                 dev["joints_median_mm"], dev["joints_max_mm"], dev["rotation_max_deg"],
+                 self.budget)
+        return self.precision
+
+    def _decide_first(self, x, boxes, img_center, flip_test):
+        if self.precision == "auto" and self.optimize and x.dtype == torch.float32 and len(x):
+            dtype = torch.float32
+            self.decide_precision(
+                x, torch.as_tensor(boxes, dtype=dtype).reshape(-1, 4),
+                torch.as_tensor(img_center, dtype=dtype).reshape(-1, 2), flip_test)
+
     def _net(self, x):
+        if x.dtype == torch.float32 and self.optimize:
+            return self.prepare()(x)
+        # the exact path: the network as it is, in the input's dtype
+        x = to_device(x, self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        ctx = (torch.autocast("cuda", dtype=torch.float16) if self.amp and self.device.type == "cuda"
-               else contextlib.nullcontext())
-        with ctx:
-            out = self.net(x)
-        return {k: (v.float() if v is not None and v.dtype == torch.float16 else v)
-                for k, v in out.items()}
+        return self.net(x)
 
     def _heads(self, x, flip_test):
         out = self._net(x)
@@ -94,7 +187,11 @@ class HybrIKPipeline:
         frame, metres) and, with ``vertices``, vertices and joints17
         (centred on the H36M pelvis); joints and vertices come from the
         official matrices, as in the official layer."""
-        x = x.to(self.device)
+        self._decide_first(x, boxes, img_center, flip_test)
+        return self._forward(x, boxes, img_center, flip_test, vertices, marginals)
+
+    def _forward(self, x, boxes, img_center, flip_test=False, vertices=False, marginals=False):
+        x = to_device(x, self.device)
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         boxes = torch.as_tensor(boxes, dtype=dtype, device=self.device).reshape(-1, 4)
         img_center = torch.as_tensor(img_center, dtype=dtype, device=self.device).reshape(-1, 2)

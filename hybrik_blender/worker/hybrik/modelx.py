@@ -32,6 +32,7 @@ import torch
 
 from . import ik, netsx, smplx_layer
 from .model import HybrIKPipeline
+from .speed import to_device
 
 FOCAL_LENGTH = 1000
 INPUT_SIZE = 256.0
@@ -214,7 +215,7 @@ class HybrIKXPipeline(HybrIKPipeline):
         """The network and its decoding, in chunks: x (B, 3, 256, 256) ->
         dict of feat, shape (B, 21), phi, cam, sigma, uvd (B, 71, 3), maxvals
         (and hand_offsets or marginals)."""
-        x = x.to(self.device)
+        x = to_device(x, self.device)
         step = self.chunk or x.shape[0]
         parts = [self._heads(x[i:i + step], flip_test) for i in range(0, x.shape[0], step)]
         return {k: (tuple(torch.cat([p[k][j] for p in parts]) for j in range(len(parts[0][k])))
@@ -237,7 +238,15 @@ class HybrIKXPipeline(HybrIKPipeline):
         outputs read are skinned), img_feat; the regression model also
         pred_lh_uvd, pred_rh_uvd (raw finger offsets), the heatmap model the
         marginals; with ``trace`` the refinement's intermediate values."""
+        self._decide_first(x, boxes, img_center, flip_test)
         return self.solve(self.heads(x, flip_test), boxes, img_center, vertices, trace)
+
+    def check_points(self, x, boxes, img_center, flip_test):
+        """The auto check's outputs: the 71 points in the camera frame and
+        the 55 joint rotations (fingers included)."""
+        out = self.solve(self.heads(x, flip_test), boxes, img_center)
+        return {"joints": out["pred_xyz_hybrik"] * DEPTH_FACTOR + out["cam_root"][:, None],
+                "rotations": out["pred_theta_mat"]}
 
     @torch.inference_mode()
     def solve(self, heads, boxes, img_center, vertices=False, trace=False):

@@ -16,6 +16,14 @@ NUM_JOINTS = 29
 DEPTH_DIM = 64
 
 
+def pool(f):
+    """Global average pool (B, C, H, W) -> (B, C), accumulated and returned in
+    float32 for a reduced-precision input (float64 stays float64)."""
+    if f.dtype in (torch.float16, torch.bfloat16):
+        f = f.float()
+    return f.mean((2, 3))
+
+
 def _bn(c):
     return nn.BatchNorm2d(c, momentum=0.1)
 
@@ -118,7 +126,7 @@ class HybrIKResNet34Cam(nn.Module):
     def forward(self, x):
         f = self.preact(x)
         heat = self.final_layer(self.deconv_layers(f))
-        feat = f.mean((2, 3))
+        feat = pool(f)
         h = self.drop2(self.fc2(self.drop1(self.fc1(feat))))
         return _heads(self, heat, feat, h)
 

@@ -28,7 +28,7 @@ Point order (71): the 55 SMPL-X joints, then the 16 leaves of
 import torch
 from torch import nn
 
-from .nets import HRNetW48Backbone
+from .nets import HRNetW48Backbone, pool
 
 NUM_POINTS = 71          # 55 joints + 16 leaves
 NUM_TWISTS = 54
@@ -62,7 +62,7 @@ class _HeatmapTrunk(HRNetW48Backbone):
     def forward(self, x):
         xs = self.branches_out(x)
         uv = self.final_layer(xs[0])
-        z = self.depth_layer(xs[0].mean((2, 3)))
+        z = self.depth_layer(pool(xs[0]))
         return uv, z, self.pooled_feature(xs)
 
 

@@ -58,8 +58,11 @@ def crop_person(image_rgb, tight_xyxy):
 
 
 def normalize_crops(crops, device="cpu", dtype=torch.float32):
-    """uint8 crops (B, 256, 256, 3) RGB -> network input (B, 3, 256, 256)."""
-    x = torch.as_tensor(np.ascontiguousarray(crops)).to(device)
+    """uint8 crops (B, 256, 256, 3) RGB -> network input (B, 3, 256, 256),
+    on ``device`` (CUDA: the uint8 crops are copied from pinned memory
+    without blocking, then normalised on the GPU)."""
+    from .speed import to_device
+    x = to_device(torch.as_tensor(np.ascontiguousarray(crops)), device)
     if x.dim() == 3:
         x = x[None]
     x = x.permute(0, 3, 1, 2).to(torch.float32) / 255.0
