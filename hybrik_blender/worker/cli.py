@@ -239,6 +239,10 @@ def check_report(checkpoint=None, smpl_model=None, kid_template=None):
             lines.append((True, f"CUDA: {torch.cuda.get_device_name(0)}"))
         else:
             lines.append((True, "CUDA: none (the hybrik backend runs on the CPU, slower)"))
+        from .hybrik.speed import cpu_bf16_native
+        lines.append((True, "CPU bfloat16: " + (
+            "native (--precision auto measures bf16 on the first crops)" if cpu_bf16_native()
+            else "not native (--precision auto runs fp32 on the CPU)")))
     except ImportError:
         lines.append((False, "torch: missing (needed by the hybrik backend)"))
     try:

@@ -212,6 +212,35 @@ def test_hands_option_reaches_the_worker(addon, clip, monkeypatch):
         assert ("--hands" in started[-1]) is hands
 
 
+def test_precision_preference_reaches_the_worker(addon, clip, monkeypatch):
+    """The add-on preference Precision: the operator passes it to the worker
+    (auto, the default, is the worker's own default and needs no flag)."""
+    from types import SimpleNamespace
+    from hybrik_blender.blender import jobs
+    started = []
+
+    def fake_start(python, video, out, **kw):
+        started.append(jobs.capture_args(python, video, out, **kw))
+        return jobs.Job([sys.executable, "-c", "pass"])
+    prop = addon.HYBRIK_AP_preferences.bl_rna.properties["precision"]
+    assert {i.identifier for i in prop.enum_items} == {"auto", "bf16", "fp32"}
+    assert prop.default == "auto"
+    monkeypatch.setattr(addon, "worker_python", lambda prefs: sys.executable)
+    monkeypatch.setattr(addon.jobs, "start_capture", fake_start)
+    bpy.context.scene.hybrik.video_path = clip
+    for precision in ("bf16", "fp32", "auto"):
+        prefs = SimpleNamespace(checkpoint_path="", body_model_path="", device="cpu",
+                                precision=precision)
+        monkeypatch.setattr(addon, "preferences", lambda context=None, p=prefs: p)
+        assert bpy.ops.hybrik.capture() == {'FINISHED'}
+        run_like_the_timer(addon)
+        args = started[-1]
+        if precision == "auto":
+            assert "--precision" not in args
+        else:
+            assert args[args.index("--precision") + 1] == precision
+
+
 def test_worker_environment_setup_and_check(tmp_path):
     from hybrik_blender.blender import jobs
     req = tmp_path / "requirements.txt"
@@ -245,3 +274,22 @@ def test_headless_capture_builds_blend_and_fbx(tmp_path):
     assert kinds == ["ARMATURE", "CAMERA", "MESH"]
     assert bpy.context.scene.camera.data.background_images[0].clip is not None
     assert bpy.context.scene.frame_end == 20
+
+
+def test_headless_capture_forwards_the_precision(clip, monkeypatch, tmp_path):
+    """python -m hybrik_blender capture --precision bf16 hands it to the worker."""
+    import hybrik_blender.__main__ as cli
+    from hybrik_blender.blender import jobs
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_start(python, video, out, **kw):
+        seen.update(kw)
+        raise Stop
+    monkeypatch.setattr(jobs, "start_capture", fake_start)
+    with pytest.raises(Stop):
+        cli.main(["capture", clip, "-o", str(tmp_path / "t.blend"), "--backend", "hybrik",
+                  "--precision", "bf16", "--device", "cpu"])
+    assert seen["precision"] == "bf16" and seen["device"] == "cpu"

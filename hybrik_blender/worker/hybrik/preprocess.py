@@ -62,10 +62,15 @@ def normalize_crops(crops, device="cpu", dtype=torch.float32):
     on ``device`` (CUDA: the uint8 crops are copied from pinned memory
     without blocking, then normalised on the GPU)."""
     from .speed import to_device
-    x = to_device(torch.as_tensor(np.ascontiguousarray(crops)), device)
+    x = crops if torch.is_tensor(crops) else torch.as_tensor(np.ascontiguousarray(crops))
+    x = to_device(x, device)
     if x.dim() == 3:
         x = x[None]
     x = x.permute(0, 3, 1, 2).to(torch.float32) / 255.0
-    mean = torch.tensor(MEAN, device=device).reshape(1, 3, 1, 1)
-    std = torch.tensor(STD, device=device).reshape(1, 3, 1, 1)
-    return ((x - mean) / std).to(dtype).contiguous()
+    mean = torch.tensor(MEAN, device=x.device).reshape(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).reshape(1, 3, 1, 1)
+    x = ((x - mean) / std).to(dtype)
+    # the permuted layout is channels_last already, which the GPU network
+    # takes; the CPU's float32 network takes NCHW
+    return x.contiguous(memory_format=torch.channels_last if x.is_cuda else
+                        torch.contiguous_format)
