@@ -245,7 +245,8 @@ def test_single_person_results_are_unchanged(tmp_path, backend):
     (first before several people existed; rewritten by the camera branch's
     capture, which changed single-person results on purpose: refinement,
     joint confidence, the camera track; the HybrIK one again for the official
-    IK arithmetic of issue 11). The mediapipe landmarks themselves (x_mp_*)
+    IK arithmetic of issue 11 and the folded BatchNorm of issue 14). The
+    mediapipe landmarks themselves (x_mp_*)
     must be bit-identical."""
     from hybrik_blender.core.samples import carphone_path
     from tests.helpers import write_random_checkpoint
