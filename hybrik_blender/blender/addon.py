@@ -266,15 +266,21 @@ def list_people(context, result_path):
     return takes
 
 
-def import_people_with_settings(context, result_path, ids, video_path=None, model_path=None):
-    """Import the chosen people of a result; returns (takes imported, first result)."""
+def _character_model(context, model_path=None):
+    """The body model for an import: `model_path`, else the preferences' one
+    (with the preferences' children's template); None for neither."""
     prefs = preferences(context)
-    settings = context.scene.hybrik
     if not model_path:
         model_path = prefs.body_model_path if prefs else ""
     kid = bpy.path.abspath(prefs.kid_template_path) if prefs and prefs.kid_template_path \
         else None
-    model = load_character_model(bpy.path.abspath(model_path), kid) if model_path else None
+    return load_character_model(bpy.path.abspath(model_path), kid) if model_path else None
+
+
+def import_people_with_settings(context, result_path, ids, video_path=None, model_path=None):
+    """Import the chosen people of a result; returns (takes imported, first result)."""
+    settings = context.scene.hybrik
+    model = _character_model(context, model_path)
     results = load_tracks(result_path)
     if video_path is None:  # only beside the result file, never a path from the file
         video_path = video_beside(result_path, results[0].source)
@@ -291,13 +297,8 @@ def import_with_settings(context, result_path, video_path=None, model_path=None)
     """Load a result file and import it with the scene's settings and the
     preferences' body model (or `model_path`). Returns (take, result);
     raises BodyModelError / ResultFormatError."""
-    prefs = preferences(context)
     settings = context.scene.hybrik
-    if not model_path:
-        model_path = prefs.body_model_path if prefs else ""
-    kid = bpy.path.abspath(prefs.kid_template_path) if prefs and prefs.kid_template_path \
-        else None
-    model = load_character_model(bpy.path.abspath(model_path), kid) if model_path else None
+    model = _character_model(context, model_path)
     result = load_result(result_path)
     if video_path is None:  # only beside the result file, never a path from the file
         video_path = video_beside(result_path, result.source)
