@@ -30,8 +30,10 @@ the result file stores (``x_appearance``); the state after a boundary is
 rebuilt from those alone, so a resumed run reproduces an uninterrupted one.
 """
 import collections
+import concurrent.futures
 import dataclasses
 import logging
+import os
 
 import cv2
 import numpy as np
@@ -215,6 +217,9 @@ class MultiPersonTracker:
         self.thumbnails = {}
         self._active = None
         self.detections_run = 0
+        workers = min(4, os.cpu_count() or 1)
+        self._pool = (concurrent.futures.ThreadPoolExecutor(workers, "landmarks")
+                      if workers > 1 else None)
 
     # --- chunk boundaries and resume ---------------------------------------------
 
@@ -245,11 +250,21 @@ class MultiPersonTracker:
     def __call__(self, index, rgb):
         if self._active is None or index % CHUNK == 0:
             self.restart(self.memory, index)
-        lost_now = False
+        preds = [t.kf.predict() for t in self._active]
         for t in self._active:
-            pred = t.kf.predict()
             t.from_detector = False
-            t.raw = det = t.landmarker(rgb, pred, self.width, self.height)
+        # each person has its own landmark graph, and mediapipe runs it with
+        # the GIL released, so people are landmarked side by side; results
+        # are the same in any order
+        if len(self._active) > 1 and self._pool is not None:
+            raws = list(self._pool.map(
+                lambda tp: tp[0].landmarker(rgb, tp[1], self.width, self.height),
+                zip(self._active, preds)))
+        else:
+            raws = [t.landmarker(rgb, p, self.width, self.height)
+                    for t, p in zip(self._active, preds)]
+        for t, pred, raw in zip(self._active, preds, raws):
+            t.raw = det = raw
             if det is not None:
                 det = t.corrected(det)
             if det is not None and not _consistent(det.box, pred):
