@@ -58,6 +58,8 @@ def smpl(arch, body, swing):
     row(f"{arch} float32", err(o["rot_mats"][0], g["pred_theta_mats"]),
         err(o["vertices"][0], g["pred_vertices"]), orth(g["pred_theta_mats"]),
         raw_err(o, g["pred_theta_mats"]), err(o["uvd"][0], g["pred_uvd_jts"]))
+    # a fresh pipeline: the float32 call above prepared (folded) its network
+    pipe = build_pipeline(arch, state, body, swing=swing)
     pipe.net.double()
     x = torch.from_numpy(g["input_tensor"]).double()
     # the official float64 layer holds the body model rounded to float32
@@ -92,15 +94,7 @@ def hybrikx(slow):
         g, pipe, o, _ = xg.run(arch, model)
         row(f"{arch} float32", err(o["pred_theta_mat"][0], g["pred_theta_mat"]),
             err(o["pred_vertices"][0], g["pred_vertices"]), orth(g["pred_theta_mat"]))
-        f64 = modelx.HybrIKXPipeline.__new__(modelx.HybrIKXPipeline)
-        f64.__dict__.update(pipe.__dict__)
-        f64.body = pipe.body.to(dtype=torch.float64)
-        T = lambda k: torch.from_numpy(np.ascontiguousarray(g[k]))[None]  # noqa: E731
-        heads = {"uvd": T("f64_pred_uvd_jts"), "sigma": T("f64_pred_sigma"),
-                 "maxvals": T("f64_maxvals"), "shape": T("f64_pred_shape_full"),
-                 "phi": T("f64_pred_phi"), "cam": T("f64_pred_camera")}
-        o = f64.solve(heads, g["bbox_xyxy_input"][None].astype(np.float64),
-                      g["img_center"][None], vertices=True)
+        o = xg.solve_float64(g, pipe)
         row(f"{arch} float64 (solve)", err(o["pred_theta_mat"][0], g["f64_pred_theta_mat"]),
             err(o["pred_vertices"][0], g["f64_pred_vertices"]))
         if slow:

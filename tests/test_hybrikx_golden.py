@@ -223,12 +223,9 @@ def test_flip_test_of_the_heatmap_model(model):
     assert np.abs(uvd - _np(o["pred_uvd_jts"])).max() < 0.5
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_float64_solution_matches_the_official_float64_run(arch, model):
-    """Refinement, IK and skinning in float64 on the reference's float64
-    heads agree with the official float64 run to 1e-9: far below the float32
-    noise floor of the README (1e-3 for the heatmap model's rotations)."""
-    g, pipe, _, _ = run(arch, model)
+def solve_float64(g, pipe, **kw):
+    """The pipeline's refinement, IK and skinning in float64 on the golden
+    file's float64 heads (``g``: the golden arrays)."""
     f64 = modelx.HybrIKXPipeline.__new__(modelx.HybrIKXPipeline)
     f64.__dict__.update(pipe.__dict__)
     f64.body = pipe.body.to(dtype=torch.float64)
@@ -236,8 +233,17 @@ def test_float64_solution_matches_the_official_float64_run(arch, model):
     heads = {"uvd": T("f64_pred_uvd_jts"), "sigma": T("f64_pred_sigma"),
              "maxvals": T("f64_maxvals"), "shape": T("f64_pred_shape_full"),
              "phi": T("f64_pred_phi"), "cam": T("f64_pred_camera")}
-    o = f64.solve(heads, g["bbox_xyxy_input"][None].astype(np.float64), g["img_center"][None],
-                  vertices=True, trace=True)
+    return f64.solve(heads, g["bbox_xyxy_input"][None].astype(np.float64),
+                     g["img_center"][None], vertices=True, **kw)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_float64_solution_matches_the_official_float64_run(arch, model):
+    """Refinement, IK and skinning in float64 on the reference's float64
+    heads agree with the official float64 run to 1e-9: far below the float32
+    noise floor of the README (1e-3 for the heatmap model's rotations)."""
+    g, pipe, _, _ = run(arch, model)
+    o = solve_float64(g, pipe, trace=True)
     assert o["pred_theta_mat"].dtype == torch.float64
     np.testing.assert_allclose([float(s["init"][0]) for s in o["trace"][1:]] +
                                [float(o["cam_scale"][0])], g["f64_update_scale_out"], rtol=1e-9)

@@ -297,12 +297,15 @@ def reference_swing(a, b):
     (|a||b| + 1e-8), the axis by (|a x b| + 1e-8). Used only by the naive solver
     so that HRNet's scale refinement reproduces the official numbers; for
     nearly parallel or short vectors the result is not exactly orthonormal."""
-    na = a.norm(dim=-1)
-    nb = b.norm(dim=-1)
+    return _rodrigues(*reference_swing_terms(a, b))
+
+
+def reference_swing_terms(a, b):
+    """(axis, sin, cos) of :func:`reference_swing`, with its epsilons."""
+    den = a.norm(dim=-1) * b.norm(dim=-1) + 1e-8
     v = torch.cross(a, b, dim=-1)
     nv = v.norm(dim=-1)
-    den = na * nb + 1e-8
-    return _rodrigues(v / (nv + 1e-8)[..., None], nv / den, (a * b).sum(-1) / den)
+    return v / (nv + 1e-8)[..., None], nv / den, (a * b).sum(-1) / den
 
 
 def naive_pelvis(rest_bones, pose_bones):

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from ...core.body.skeleton import SMPLX_PARENTS
+from .ik import _rodrigues, reference_swing_terms
 
 NUM_JOINTS = 55
 NUM_POINTS = 71
@@ -98,27 +99,6 @@ def _levels():
 
 _LEVELS = _levels()
 _PARENTS = torch.as_tensor(PARENTS71)
-
-
-def _skew(v):
-    x, y, z = v.unbind(-1)
-    o = torch.zeros_like(x)
-    return torch.stack([o, -z, y, z, o, -x, -y, x, o], -1).reshape(v.shape + (3,))
-
-
-def _rodrigues(axis, sin, cos):
-    k = _skew(axis)
-    eye = torch.eye(3, dtype=axis.dtype, device=axis.device)
-    return eye + sin[..., None, None] * k + (1 - cos)[..., None, None] * (k @ k)
-
-
-def _swing_terms(a, b):
-    """The official swing of ``a`` onto ``b`` (..., 3): (axis, sin, cos) with
-    its regularising terms."""
-    den = a.norm(dim=-1) * b.norm(dim=-1) + 1e-8
-    axis = torch.cross(a, b, dim=-1)
-    axis_norm = axis.norm(dim=-1)
-    return axis / (axis_norm + 1e-8)[..., None], axis_norm / den, (a * b).sum(-1) / den
 
 
 def _kabsch(rest, target):
@@ -193,10 +173,10 @@ def _jaw(head_glob, rel_rest, rel_pose):
     ght = head_glob.transpose(1, 2)
     bottom = (ght @ rel_pose[:, MOUTH_BOTTOM, :, None])[..., 0]
     top = (ght @ rel_pose[:, MOUTH_TOP, :, None])[..., 0]
-    _, sin1, cos1 = _swing_terms(top, bottom)
+    _, sin1, cos1 = reference_swing_terms(top, bottom)
     rest_bottom = rel_rest[:, MOUTH_BOTTOM]
     rest_top = torch.cat([rest_bottom[:, :1], rel_rest[:, MOUTH_TOP, 1:]], -1)
-    axis2, sin2, cos2 = _swing_terms(rest_top, rest_bottom)
+    axis2, sin2, cos2 = reference_swing_terms(rest_top, rest_bottom)
     rot = _rodrigues(axis2, sin1, cos1) @ _rodrigues(axis2, sin2, cos2).transpose(1, 2)
     aa = _quaternion_to_axis_angle(_matrix_to_quaternion(rot))
     angle = aa.norm(dim=-1, keepdim=True)
@@ -240,7 +220,7 @@ def solve(pose, rest, phis, naive=False):
                                   final[:, c] - placed[:, i], aim)
             aim = (gpt @ aim[..., None])[..., 0]
             bone = rel_rest[:, c]
-            rot = _rodrigues(*_swing_terms(bone, aim))
+            rot = _rodrigues(*reference_swing_terms(bone, aim))
             spin = bone / bone.norm(dim=-1, keepdim=True)
             rot = rot @ _rodrigues(spin, phis[:, i - 1, 1], phis[:, i - 1, 0])
             if not naive and lv["jaw_pos"] is not None:
