@@ -244,65 +244,89 @@ def guess_bone_map(rig):
     return guess.guess_map(names, parents, heads + mw[:3, 3], tails + mw[:3, 3])
 
 
-def _curve_table(rig):
+def _curve_table(rig, bone_names):
+    """{(data path, index): (frames, values)} of the rig's F-curves on the
+    named pose bones (float64 arrays)."""
+    wanted = {f'pose.bones["{n}"]' for n in bone_names}
     table = {}
     for fc in fcurves_of(rig):
+        path = fc.data_path
+        if path[:path.rfind(".")] not in wanted:
+            continue
         n = len(fc.keyframe_points)
         if n == 0:
             continue
-        co = np.empty(2 * n, dtype=np.float32)
-        fc.keyframe_points.foreach_get("co", co)
-        table[(fc.data_path, fc.array_index)] = (co[0::2].astype(np.float64),
-                                                co[1::2].astype(np.float64))
+        co = np.empty((n, 2), dtype=np.float32)
+        fc.keyframe_points.foreach_get("co", co.reshape(-1))
+        co = co.astype(np.float64)
+        table[(path, fc.array_index)] = (co[:, 0], co[:, 1])
     return table
 
 
-def _channel(table, path, size, frames, default):
-    """(N, size) values of an animated property, linear between keys."""
-    out = np.empty((len(frames), size))
+def _channel(table, path, size, frames, default, out):
+    """Fill out (N, size) with the values of an animated property, linear
+    between keys."""
     for i in range(size):
         key = table.get((path, i))
         if key is None:
             out[:, i] = default[i]
-        elif len(key[0]) == len(frames) and np.array_equal(key[0], frames):
+        elif key[0] is frames or (len(key[0]) == len(frames)
+                                  and np.array_equal(key[0], frames)):
             out[:, i] = key[1]
         else:
             out[:, i] = np.interp(frames, *key)
     return out
 
 
+def _keyed_frames(table):
+    """Sorted union of the curves' key frames (without a sort when every
+    curve has the same keys, as imports and bakes write them)."""
+    keyed = [fr for fr, _ in table.values()]
+    first = keyed[0]
+    if all(fr is first or (len(fr) == len(first) and np.array_equal(fr, first))
+           for fr in keyed[1:]) and np.all(np.diff(first) > 0):
+        return first
+    return np.unique(np.concatenate(keyed))
+
+
 def read_motion(rig, bone_names=JOINT_NAMES):
     """Keyed frames (N,) and basis matrices (N, B, 4, 4) of the named bones
     (bones without keys keep their current pose values)."""
-    table = _curve_table(rig)
-    paths = [f'pose.bones["{n}"]' for n in bone_names]
-    wanted = set(bone_names)
-    keyed = [fr for (dp, _), (fr, _) in table.items() if dp.startswith('pose.bones["')
-             and dp.split('"')[1] in wanted]
-    if not keyed:
+    table = _curve_table(rig, bone_names)
+    if not table:
         raise RetargetError(f"{rig.name!r} has no keyed motion to retarget")
-    frames = np.unique(np.concatenate(keyed))
-    basis = np.zeros((len(frames), len(bone_names), 4, 4))
+    frames = _keyed_frames(table)
+    n, nb = len(frames), len(bone_names)
+    basis = np.empty((n, nb, 4, 4))
+    basis[..., 3, :3] = 0.0
     basis[..., 3, 3] = 1.0
-    quat_bones, quats = [], []
-    for b, (name, path) in enumerate(zip(bone_names, paths)):
+    quat_bones = [b for b, name in enumerate(bone_names)
+                  if rig.pose.bones[name].rotation_mode == 'QUATERNION']
+    quats = np.empty((n, len(quat_bones), 4))
+    slot = {b: k for k, b in enumerate(quat_bones)}
+    loc = np.empty((n, 3))
+    for b, name in enumerate(bone_names):
         pb = rig.pose.bones[name]
-        if pb.rotation_mode == 'QUATERNION':
-            quat_bones.append(b)
-            quats.append(_channel(table, f"{path}.rotation_quaternion", 4, frames,
-                                  tuple(pb.rotation_quaternion)))
+        path = f'pose.bones["{name}"]'
+        if b in slot:
+            _channel(table, f"{path}.rotation_quaternion", 4, frames,
+                     tuple(pb.rotation_quaternion), quats[:, slot[b]])
         elif pb.rotation_mode == 'AXIS_ANGLE':
             aa = _channel(table, f"{path}.rotation_axis_angle", 4, frames,
-                          tuple(pb.rotation_axis_angle))
+                          tuple(pb.rotation_axis_angle), np.empty((n, 4)))
             axis = aa[:, 1:] / np.maximum(np.linalg.norm(aa[:, 1:], axis=1, keepdims=True),
                                           1e-12)
             basis[:, b, :3, :3] = axis_angle_to_matrix(axis * aa[:, :1])
         else:
-            e = _channel(table, f"{path}.rotation_euler", 3, frames, tuple(pb.rotation_euler))
+            e = _channel(table, f"{path}.rotation_euler", 3, frames, tuple(pb.rotation_euler),
+                         np.empty((n, 3)))
             basis[:, b, :3, :3] = euler_to_matrix(e, pb.rotation_mode)
-        basis[:, b, :3, 3] = _channel(table, f"{path}.location", 3, frames, tuple(pb.location))
-    if quat_bones:
-        basis[:, quat_bones, :3, :3] = quaternion_to_matrix(np.stack(quats, axis=1))
+        basis[:, b, :3, 3] = _channel(table, f"{path}.location", 3, frames,
+                                      tuple(pb.location), loc)
+    if quat_bones == list(range(nb)):
+        quaternion_to_matrix(quats, out=basis[..., :3, :3])
+    elif quat_bones:
+        basis[:, quat_bones, :3, :3] = quaternion_to_matrix(quats)
     return frames, basis
 
 

@@ -75,13 +75,16 @@ def matrix_to_quaternion(rot):
     return np.stack(quaternion_from_matrix_entries(*entries), -1)
 
 
-def quaternion_to_matrix(q):
+def quaternion_to_matrix(q, out=None):
+    """Quaternions (..., 4) (normalised here) -> rotation matrices (..., 3, 3),
+    written into `out` when given (any view of that shape)."""
     q = np.asarray(q, dtype=np.float64)
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    q = q / np.sqrt(np.sum(q * q, axis=-1, keepdims=True))
     w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
     xx, yy, zz = x * x, y * y, z * z
     xy, xz, yz, wx, wy, wz = x * y, x * z, y * z, w * x, w * y, w * z
-    out = np.empty(q.shape[:-1] + (3, 3))
+    if out is None:
+        out = np.empty(q.shape[:-1] + (3, 3))
     out[..., 0, 0] = 1 - 2 * (yy + zz)
     out[..., 0, 1] = 2 * (xy - wz)
     out[..., 0, 2] = 2 * (xz + wy)

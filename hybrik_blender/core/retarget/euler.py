@@ -30,16 +30,23 @@ def _order_perm(order):
 
 def _branches(rot, order):
     """Both Euler triples (..., 3) of each rotation, in channel order."""
-    (i, j, k), perm, parity = _order_perm(order)
-    # Relabel the axes so the order reads XYZ; an odd relabelling mirrors
-    # space and negates every angle.
-    m = perm @ np.asarray(rot, dtype=np.float64) @ perm.T
-    b = np.arcsin(np.clip(-m[..., 2, 0], -1.0, 1.0))
-    a = np.arctan2(m[..., 2, 1], m[..., 2, 2])
-    c = np.arctan2(m[..., 1, 0], m[..., 0, 0])
-    gimbal = np.abs(m[..., 2, 0]) > 1 - 1e-9
-    a = np.where(gimbal, np.arctan2(-m[..., 1, 2], m[..., 1, 1]), a)
-    c = np.where(gimbal, 0.0, c)
+    (i, j, k), _, parity = _order_perm(order)
+    # Relabel the axes so the order reads XYZ (m = P @ rot @ P.T for the
+    # permutation P, i.e. m[a, b] = rot[axis a, axis b]); an odd relabelling
+    # mirrors space and negates every angle.
+    rot = np.asarray(rot, dtype=np.float64)
+    ax = (i, j, k)
+
+    def m(a, b):
+        return rot[..., ax[a], ax[b]]
+    m20 = m(2, 0)
+    b = np.arcsin(np.clip(-m20, -1.0, 1.0))
+    a = np.arctan2(m(2, 1), m(2, 2))
+    c = np.arctan2(m(1, 0), m(0, 0))
+    gimbal = np.abs(m20) > 1 - 1e-9
+    if np.any(gimbal):
+        a = np.where(gimbal, np.arctan2(-m(1, 2), m(1, 1)), a)
+        c = np.where(gimbal, 0.0, c)
     out = []
     for aa, bb, cc in ((a, b, c), (a + np.pi, np.pi - b, c + np.pi)):
         e = np.empty(np.shape(a) + (3,))

@@ -41,8 +41,8 @@ matched to the floor) and "none" (no location channel).
 """
 import numpy as np
 
-from ..rotations import (make_quaternions_continuous, matrix_to_quaternion, orthonormalize,
-                         quaternion_to_matrix, skew)
+from ..rotations import (make_quaternions_continuous, matrix_to_quaternion,
+                         orthonormalize, quaternion_to_matrix)
 from . import calibrate
 from .euler import EULER_ORDERS, continuous_euler, euler_to_matrix, matrix_to_euler  # noqa: F401
 from .maps import (BONE_NAMES, CORE_BONES, MAP_FORMAT, MAP_VERSION, PRESETS,  # noqa: F401
@@ -52,6 +52,7 @@ from .maps import (BONE_NAMES, CORE_BONES, MAP_FORMAT, MAP_VERSION, PRESETS,  # 
                    resolve_preset, save_map, validate_hierarchy, vrm_map)
 
 ROOT_MODES = ("world", "in_place", "none")
+CHUNK = 1024  # frames solved together (see solve)
 
 
 def topological_order(parents):
@@ -68,19 +69,26 @@ def topological_order(parents):
     return np.argsort(depth, kind="stable")
 
 
-def forward_pose(rest, parents, basis, order=None):
+def forward_pose(rest, parents, basis, order=None, inv_rest=None):
     """Armature-space pose matrices (N, B, 4, 4) from basis matrices
-    (N, B, 4, 4) and rest matrices (B, 4, 4) (``bone.matrix_local``)."""
+    (N, B, 4, 4) and rest matrices (B, 4, 4) (``bone.matrix_local``).
+    order and inv_rest (optional): topological_order(parents) and the
+    inverted rest matrices, for callers that pose many chunks of frames.
+    The result is a (B, N)-ordered array seen as (N, B): each bone's frames
+    are contiguous, so a parent's poses times a constant are one GEMM."""
     rest = np.asarray(rest, dtype=np.float64)
-    inv_rest = np.linalg.inv(rest)
-    pose = np.empty(np.shape(basis), dtype=np.float64)
+    if inv_rest is None:
+        inv_rest = np.linalg.inv(rest)
+    n, nb = np.shape(basis)[:2]
+    pose = np.empty((nb, n, 4, 4))
     for i in (topological_order(parents) if order is None else order):
         p = parents[i]
         if p < 0:
-            pose[:, i] = rest[i] @ basis[:, i]
+            np.matmul(rest[i], basis[:, i], out=pose[i])
         else:
-            pose[:, i] = _rows_times(pose[:, p], inv_rest[p] @ rest[i]) @ basis[:, i]
-    return pose
+            rel = (pose[p].reshape(-1, 4) @ (inv_rest[p] @ rest[i])).reshape(n, 4, 4)
+            np.matmul(rel, basis[:, i], out=pose[i])
+    return np.swapaxes(pose, 0, 1)
 
 
 def _rows_times(x, m):
@@ -99,7 +107,8 @@ def basis_from_channels(quats, locs=None):
 
 
 def swing(a, b):
-    """Smallest rotations (..., 3, 3) turning unit vectors a onto b."""
+    """Smallest rotations (..., 3, 3) turning unit vectors a onto b:
+    c I + [v]x + v v^T / (1 + c) with v = a x b, c = a . b."""
     a = a / np.linalg.norm(a, axis=-1, keepdims=True)
     b = b / np.linalg.norm(b, axis=-1, keepdims=True)
     v = np.cross(a, b)
@@ -111,23 +120,35 @@ def swing(a, b):
         perp = np.cross(a, helper)
         perp /= np.linalg.norm(perp, axis=-1, keepdims=True)
         v = np.where(anti[..., None], perp, v)
-    k = skew(v)
-    scale = np.where(anti, 0.0, 1.0 / np.maximum(1.0 + c, 1e-12))[..., None, None]
-    half_turn = 2.0 * v[..., :, None] * v[..., None, :] - np.eye(3)
-    return np.where(anti[..., None, None], half_turn, np.eye(3) + k + k @ k * scale)
+        # 2 v v^T - I for those: c = -1, no cross term, v v^T weight 2
+        scale = np.where(anti, 2.0, 1.0 / np.maximum(1.0 + c, 1e-12))
+        c = np.where(anti, -1.0, c)
+        cross_w = np.where(anti, 0.0, 1.0)[..., None]
+    else:
+        scale = 1.0 / (1.0 + c)
+        cross_w = 1.0
+    return _rotation_parts(c, v * cross_w, v * np.sqrt(scale)[..., None])
+
+
+def _rotation_parts(c, k, u):
+    """c I + [k]x + u u^T for (...,) c and (..., 3) k, u."""
+    out = np.empty(np.shape(c) + (3, 3))
+    for i in range(3):
+        for j in range(3):
+            out[..., i, j] = u[..., i] * u[..., j]
+        out[..., i, i] += c
+    out[..., 0, 1] -= k[..., 2]
+    out[..., 0, 2] += k[..., 1]
+    out[..., 1, 0] += k[..., 2]
+    out[..., 1, 2] -= k[..., 0]
+    out[..., 2, 0] -= k[..., 1]
+    out[..., 2, 1] += k[..., 0]
+    return out
 
 
 def _const_times(m, x):
-    """m @ x for one (3, 3) m and stacked (..., 3, 3) x, as a single GEMM."""
-    xt = np.swapaxes(x, -1, -2)
-    return np.swapaxes((xt.reshape(-1, 3) @ m.T).reshape(xt.shape), -1, -2)
-
-
-def _times_each(x, m):
-    """x[:, k] @ m[k] for (N, K, 3, 3) x and (K, 3, 3) m, one GEMM per k."""
-    n, k = x.shape[:2]
-    xk = np.ascontiguousarray(np.swapaxes(x, 0, 1)).reshape(k, n * 3, 3)
-    return np.swapaxes((xk @ m).reshape(k, n, 3, 3), 0, 1)
+    """m @ x for one (3, 3) m and stacked (..., 3, 3) x."""
+    return np.matmul(m, x)
 
 
 class Skeleton:
@@ -261,7 +282,7 @@ def _root_mode(root_motion):
     return mode
 
 
-def solve(source, source_basis, target, mapping, root_motion=True):
+def solve(source, source_basis, target, mapping, root_motion=True, chunk=CHUNK):
     """Retarget a source motion onto a target skeleton.
 
     source, target: Skeleton. source_basis: (N, Bs, 4, 4) basis matrices of
@@ -269,6 +290,11 @@ def solve(source, source_basis, target, mapping, root_motion=True):
     {source bone: target bone}; it must map the core bones (maps.CORE_BONES).
     root_motion: "world", "in_place" or "none" (True / False: "world" /
     "none"). Returns a RetargetSolution.
+
+    Everything per frame is independent of the other frames except the
+    quaternion signs, so the frames are solved in chunks of `chunk` (their
+    working arrays stay in cache: about 1.5x faster than whole clips of 10k
+    frames) with all rig constants computed once.
     """
     mode = _root_mode(root_motion)
     mapping = {s: t for s, t in mapping.items() if s in source.index and t in target.index}
@@ -278,72 +304,101 @@ def solve(source, source_basis, target, mapping, root_motion=True):
     if missing:
         raise BoneMapError(f"the map leaves core bones unmapped: {', '.join(missing)}")
     names = [s for s in BONE_NAMES if s in mapping]
+    smap = {s: s for s in names}
     pairs = [(source.index[s], target.index[mapping[s]]) for s in names]
     src_idx = np.array([p[0] for p in pairs])
     tgt_of = {t: k for k, (_, t) in enumerate(pairs)}
 
-    src_pose = forward_pose(source.rest, source.parents, source_basis)
+    s_order = topological_order(source.parents)
+    s_inv_rest = np.linalg.inv(source.rest)
     rs_m, rt_m = source.world_rotation, target.world_rotation
     rs0 = rs_m @ source.rest[src_idx, :3, :3]
     rt0 = rt_m @ np.stack([target.rest[t, :3, :3] for _, t in pairs])
-    a_s = rig_frames(source, {s: s for s in names})
+    a_s = rig_frames(source, smap)
     a_t = rig_frames(target, mapping)
     calib = np.stack([a_s[s] @ a_t[s].T for s in names])
     offset = np.swapaxes(rs0, -1, -2) @ calib @ rt0
-    src_world = _const_times(rs_m, src_pose[:, src_idx, :3, :3])
-    tgt_world = _times_each(src_world, offset)
-    _follow_spine_curve(source, src_pose, target, mapping, names, tgt_world, a_s, a_t)
-    _follow_shoulders(source, src_pose, target, mapping, names, tgt_world, a_s, a_t)
-    # armature-space rotations (N, K, 3, 3)
-    wanted = _const_times(rt_m.T, tgt_world)
+    spine = _spine_curve(source, target, mapping, names, a_s, a_t)
+    shoulders = _shoulders(source, target, mapping, names, a_s, a_t)
 
     needed = set()
     for _, t in pairs:
         needed.add(t)
         needed.update(target.ancestors(t))
-    n = len(source_basis)
+    # Each mapped bone's parent frame (its parent's pose with this bone's
+    # basis = identity) is anc @ rel: anc the pose of its nearest mapped
+    # ancestor (identity when it has none) and rel the rest relations of
+    # the unmapped bones in between, which stay at rest.
     rest_rot = target.rest[:, :3, :3]
-    pose_rot = {}
+    anc = np.full(len(pairs), -1)
+    rel = np.empty((len(pairs), 3, 3))
+    for k, (_, t) in enumerate(pairs):
+        r, i = np.eye(3), t
+        while True:
+            p = target.parents[i]
+            if p < 0:
+                r = rest_rot[i] @ r
+                break
+            r = (rest_rot[p].T @ rest_rot[i]) @ r
+            if p in tgt_of:
+                anc[k] = tgt_of[p]
+                break
+            i = p
+        rel[k] = r
+    rel_t = np.swapaxes(rel, -1, -2)
+    no_anc = anc < 0
+
+    t_root = target.index[mapping["pelvis"]]
+    ls = leg_length(source, smap)
+    lt = leg_length(target, mapping)
+    scale = lt / ls if ls and lt else 1.0
+    heights = _foot_heights(source, smap, target, mapping, scale)
+    if mode != "none":
+        s_root = source.index["pelvis"]
+        p_s0 = (source.world @ source.rest[s_root])[:3, 3]
+        p_t0 = (target.world @ target.rest[t_root])[:3, 3]
+        src_feet = foot_bones(source, smap)
+        feet = _foot_offsets(target, mapping, names, t_root)
+
+    n = len(source_basis)
     basis = np.empty((n, len(pairs), 3, 3))
-    for i in topological_order(target.parents):
-        if i not in needed:
-            continue
-        p = target.parents[i]
-        # parent pose with this bone's basis = identity
-        frame = rest_rot[i] if p < 0 else _rows_times(pose_rot[p], rest_rot[p].T @ rest_rot[i])
-        if i in tgt_of:
-            k = tgt_of[i]
-            pose_rot[i] = wanted[:, k]
-            basis[:, k] = np.swapaxes(frame, -1, -2) @ wanted[:, k]
-        else:
-            pose_rot[i] = np.broadcast_to(frame, (n, 3, 3))
-    quats = matrix_to_quaternion(basis)
+    quats = np.empty((n, len(pairs), 4))
+    tgt_world_all = np.empty((n, len(pairs), 3, 3))
+    head_world = np.empty((n, 3)) if mode != "none" else None
+    for start in range(0, n, max(int(chunk), 1)):
+        sl = slice(start, min(start + max(int(chunk), 1), n))
+        src_pose = forward_pose(source.rest, source.parents, source_basis[sl], s_order,
+                                s_inv_rest)
+        src_world = _const_times(rs_m, src_pose[:, src_idx, :3, :3])
+        tgt_world = src_world @ offset
+        if spine is not None:
+            spine(src_pose, tgt_world)
+        if shoulders is not None:
+            shoulders(src_pose, tgt_world)
+        tgt_world_all[sl] = tgt_world
+        # armature-space rotations (n, K, 3, 3)
+        wanted = _const_times(rt_m.T, tgt_world)
+        anc_w = wanted[:, np.maximum(anc, 0)]
+        anc_w[:, no_anc] = np.eye(3)
+        basis[sl] = rel_t @ (np.swapaxes(anc_w, -1, -2) @ wanted)
+        quats[sl] = matrix_to_quaternion(basis[sl])
+        if mode != "none":
+            p_s = source.world_points(src_pose[:, s_root, :3, 3])
+            hw = head_world[sl]
+            if mode == "world":
+                hw[:, :2] = p_t0[:2] + scale * (p_s[:, :2] - p_s0[:2])
+            else:
+                hw[:, :2] = p_t0[:2]
+            low_s = _lowest(source.world_points(src_pose[:, src_feet][..., :3, 3]))
+            # target foot points with the root at rest: positions relative to it
+            low_t0 = _lowest(feet(tgt_world)) + p_t0[2] - target.floor
+            hw[:, 2] = p_t0[2] + (heights[1] + scale * (low_s - source.floor - heights[0])
+                                  - low_t0)
     quats = np.where(quats[:1, :, :1] < 0, -quats, quats)
     quats = make_quaternions_continuous(quats, axis=0)
 
-    t_root = target.index[mapping["pelvis"]]
-    ls = leg_length(source, {s: s for s in names})
-    lt = leg_length(target, mapping)
-    scale = lt / ls if ls and lt else 1.0
-    heights = _foot_heights(source, {s: s for s in names}, target, mapping, scale)
-    root_bone, root_loc, head_world = None, None, None
+    root_bone, root_loc = None, None
     if mode != "none":
-        s_root = source.index["pelvis"]
-        p_s = (source.world @ src_pose[:, s_root])[:, :3, 3]
-        p_s0 = (source.world @ source.rest[s_root])[:3, 3]
-        p_t0 = (target.world @ target.rest[t_root])[:3, 3]
-        head_world = np.empty((n, 3))
-        if mode == "world":
-            head_world[:, :2] = p_t0[:2] + scale * (p_s[:, :2] - p_s0[:2])
-        else:
-            head_world[:, :2] = p_t0[:2]
-        src_feet = foot_bones(source, {s: s for s in names})
-        low_s = _lowest(source.world_points(src_pose[:, src_feet][..., :3, 3]))
-        # target foot points with the root at rest: positions relative to it
-        rel = _foot_offsets(target, mapping, names, tgt_world, t_root)
-        low_t0 = _lowest(rel) + p_t0[2] - target.floor
-        head_world[:, 2] = p_t0[2] + (heights[1] + scale * (low_s - source.floor - heights[0])
-                                      - low_t0)
         head = (head_world - target.world[:3, 3]) @ np.linalg.inv(target.world[:3, :3]).T
         # Unmapped ancestors stay at rest, so the bone's parent frame is its
         # own rest matrix.
@@ -354,7 +409,8 @@ def solve(source, source_basis, target, mapping, root_motion=True):
     held = [target.names[i] for i in sorted(needed - mapped_targets)]
     unmapped = [nm for i, nm in enumerate(target.names) if i not in mapped_targets]
     return RetargetSolution([target.names[t] for _, t in pairs], basis, quats, root_bone,
-                            root_loc, scale, held, unmapped, heights, tgt_world, head_world)
+                            root_loc, scale, held, unmapped, heights, tgt_world_all,
+                            head_world)
 
 
 SPINE_CHAIN = ("pelvis", "spine1", "spine2", "spine3", "neck", "head")
@@ -373,9 +429,11 @@ def _fractions(points):
     return d / max(d[-1], 1e-12)
 
 
-def _follow_spine_curve(source, src_pose, target, mapping, names, tgt_world, a_s, a_t):
-    """Bend the target's spine like the source's spine curve (in place on
-    the target bones' world rotations tgt_world (N, K, 3, 3)).
+def _spine_curve(source, target, mapping, names, a_s, a_t):
+    """Bend the target's spine like the source's spine curve: returns a
+    function (src_pose, tgt_world) that turns the target spine bones' world
+    rotations tgt_world (N, K, 3, 3) in place, or None when there is no
+    spine to bend.
 
     Both spines are polylines from the mid-hip point through the mapped spine
     joints to the neck and head, with points addressed by their fraction of
@@ -390,7 +448,7 @@ def _follow_spine_curve(source, src_pose, target, mapping, names, tgt_world, a_s
     own source bone gave it."""
     chain = [n for n in SPINE_CHAIN if n in names]
     if len(chain) < 3 or chain[0] != "pelvis":
-        return
+        return None
     end = chain[-1]
     src_chain = list(SPINE_CHAIN[:SPINE_CHAIN.index(end) + 1])
     t_idx = [target.index[mapping[n]] for n in chain]
@@ -404,80 +462,90 @@ def _follow_spine_curve(source, src_pose, target, mapping, names, tgt_world, a_s
     t_rest[0] = target.world_points(target.rest[hips_t, :3, 3]).mean(axis=0)
     s_rest = source.world_points(source.rest[s_idx, :3, 3])
     s_rest[0] = source.world_points(source.rest[hips_s, :3, 3]).mean(axis=0)
-    s_pose = source.world_points(src_pose[:, s_idx][..., :3, 3])
-    s_pose[:, 0] = source.world_points(src_pose[:, hips_s][..., :3, 3]).mean(axis=1)
     f_t, f_s = _fractions(t_rest), _fractions(s_rest)
     length_t = np.sum(np.linalg.norm(np.diff(t_rest, axis=0), axis=1))
     length_s = np.sum(np.linalg.norm(np.diff(s_rest, axis=0), axis=1))
     ratio = length_t / max(length_s, 1e-12)
-    # source pelvis motion: rotation delta and position
     ip = names.index("pelvis")
-    rs_p0 = source.world_rotation @ source.rest[source.index["pelvis"], :3, :3]
-    rs_p = _const_times(source.world_rotation, src_pose[:, source.index["pelvis"], :3, :3])
-    g_s = rs_p @ rs_p0.T
+    i_sp = source.index["pelvis"]
+    rs_m = source.world_rotation
+    rs_p0 = rs_m @ source.rest[i_sp, :3, :3]
     # source rest -> target rest directions, through the pelvis frames
     m = a_t["pelvis"] @ a_s["pelvis"].T
     rt_p0 = target.world_rotation @ target.rest[t_idx[0], :3, :3]
-    g_t = tgt_world[:, ip] @ rt_p0.T
-    rel = s_pose - s_pose[:, :1]
     rel_rest = s_rest - s_rest[:1]
+    bones = []
     for k, a in enumerate(chain[1:-1], start=1):
-        fa, fb = f_t[k], f_t[k + 1]
-        pts = np.stack([_curve_point(rel, f_s, f) for f in (fa, fb)], axis=1)
-        pts0 = np.stack([_curve_point(rel_rest[None], f_s, f)[0] for f in (fa, fb)])
-        disp = np.einsum("nji,nkj->nki", g_s, pts) - pts0  # in the pelvis' rest frame
-        chord_disp = (disp[:, 1] - disp[:, 0]) @ m.T * ratio
         rest_chord = t_rest[k + 1] - t_rest[k]
-        want = np.einsum("nij,nj->ni", g_t, rest_chord + chord_disp)
-        j = names.index(a)
-        rt0 = target.world_rotation @ target.rest[t_idx[k], :3, :3]
-        carried = np.einsum("nij,j->ni", tgt_world[:, j] @ rt0.T, rest_chord)
         if np.linalg.norm(rest_chord) < 1e-9:
             continue
-        if a == "spine3":
-            # the chest carries the shoulders: turn it about its shoulder
-            # line only (bending forward and back), so the line keeps the
-            # source chest's direction
-            axis = np.einsum("nij,j->ni", tgt_world[:, j] @ rt0.T,
-                             a_t["spine3"][:, 0])
-            turn = _about_axis(axis, carried, want)
-        else:
-            turn = swing(carried, want)
-        tgt_world[:, j] = turn @ tgt_world[:, j]
+        fa, fb = f_t[k], f_t[k + 1]
+        pts0 = np.stack([_curve_point(rel_rest[None], f_s, f)[0] for f in (fa, fb)])
+        rt0 = target.world_rotation @ target.rest[t_idx[k], :3, :3]
+        # the chest carries the shoulders: it turns about its shoulder line
+        # only (bending forward and back), so the line keeps the source
+        # chest's direction
+        axis = rt0.T @ a_t["spine3"][:, 0] if a == "spine3" else None
+        bones.append((names.index(a), fa, fb, pts0, rest_chord, rt0.T @ rest_chord, axis))
+
+    def apply(src_pose, tgt_world):
+        s_pose = source.world_points(src_pose[:, s_idx][..., :3, 3])
+        s_pose[:, 0] = source.world_points(src_pose[:, hips_s][..., :3, 3]).mean(axis=1)
+        # source pelvis motion: rotation delta
+        g_s = _const_times(rs_m, src_pose[:, i_sp, :3, :3]) @ rs_p0.T
+        g_t = tgt_world[:, ip] @ rt_p0.T
+        rel = s_pose - s_pose[:, :1]
+        for j, fa, fb, pts0, rest_chord, local_chord, axis in bones:
+            pts = np.stack([_curve_point(rel, f_s, f) for f in (fa, fb)], axis=1)
+            disp = pts @ g_s - pts0  # in the pelvis' rest frame
+            chord_disp = (disp[:, 1] - disp[:, 0]) @ m.T * ratio
+            want = (g_t @ (rest_chord + chord_disp)[:, :, None])[:, :, 0]
+            carried = tgt_world[:, j] @ local_chord
+            if axis is not None:
+                turn = _about_axis(tgt_world[:, j] @ axis, carried, want)
+            else:
+                turn = swing(carried, want)
+            tgt_world[:, j] = turn @ tgt_world[:, j]
+    return apply
 
 
 def _about_axis(axis, a, b):
     """Rotations (N, 3, 3) about unit axes (N, 3) taking the component of a
-    perpendicular to the axis onto that of b."""
+    perpendicular to the axis onto that of b (identity where either has
+    none): cos t I + sin t [u]x + (1 - cos t) u u^T."""
     axis = axis / np.linalg.norm(axis, axis=-1, keepdims=True)
     pa = a - np.sum(a * axis, -1, keepdims=True) * axis
     pb = b - np.sum(b * axis, -1, keepdims=True) * axis
-    angle = np.arctan2(np.sum(np.cross(pa, pb) * axis, -1), np.sum(pa * pb, -1))
-    from ..rotations import axis_angle_to_matrix
-    return axis_angle_to_matrix(axis * angle[:, None])
+    sin = np.sum(np.cross(pa, pb) * axis, -1)
+    cos = np.sum(pa * pb, -1)
+    r = np.hypot(sin, cos)
+    zero = r < 1e-300
+    r = np.where(zero, 1.0, r)
+    cos = np.where(zero, 1.0, cos / r)
+    sin = np.where(zero, 0.0, sin / r)
+    return _rotation_parts(cos, sin[:, None] * axis,
+                           np.sqrt(np.maximum(1.0 - cos, 0.0))[:, None] * axis)
 
 
-def _follow_shoulders(source, src_pose, target, mapping, names, tgt_world, a_s, a_t):
-    """Move the target's shoulder joints like the source's (in place on the
-    collars' world rotations): each collar is turned by the smallest
-    rotation that puts its shoulder end where the source shoulder's
+def _shoulders(source, target, mapping, names, a_s, a_t):
+    """Move the target's shoulder joints like the source's: returns a
+    function (src_pose, tgt_world) that turns the collars' world rotations in
+    place, or None without a mapped chest. Each collar is turned by the
+    smallest rotation that puts its shoulder end where the source shoulder's
     displacement from rest, seen from the chest and scaled by the ratio of
     shoulder widths, says. Collars of other shapes (from the sternum, from
     the spine, short or long) then keep the shoulder line of the source."""
     if "spine3" not in names:
-        return
+        return None
     chest = "spine3"
     k_c = names.index(chest)
     i_cs, i_ct = source.index[chest], target.index[mapping[chest]]
-    rs_c0 = source.world_rotation @ source.rest[i_cs, :3, :3]
-    rs_c = _const_times(source.world_rotation, src_pose[:, i_cs, :3, :3])
-    g_s = rs_c @ rs_c0.T
+    rs_m = source.world_rotation
+    rs_c0 = rs_m @ source.rest[i_cs, :3, :3]
     rt_c0 = target.world_rotation @ target.rest[i_ct, :3, :3]
-    g_t = tgt_world[:, k_c] @ rt_c0.T
     m = a_t[chest] @ a_s[chest].T
     s_rest = source.world_points(source.rest[:, :3, 3])
     t_rest = target.world_points(target.rest[:, :3, 3])
-    s_pose = source.world_points(src_pose[..., :3, 3])
     sh = [(source.index[f"{s}_shoulder"], target.index[mapping[f"{s}_shoulder"]])
           for s in ("left", "right")]
     # the shoulders as the target's neutral collars put them (see
@@ -493,20 +561,30 @@ def _follow_shoulders(source, src_pose, target, mapping, names, tgt_world, a_s, 
             for s, (_, i) in zip(("left", "right"), sh)]
     width = np.linalg.norm(ends[0] - ends[1]) / max(
         np.linalg.norm(s_rest[sh[0][0]] - s_rest[sh[1][0]]), 1e-12)
-    for side, (i_ss, i_st) in zip(("left", "right"), sh):
-        collar = f"{side}_collar"
+    collars = []
+    for side, (i_ss, _) in zip(("left", "right"), sh):
         if side not in neutral:
             continue
         i_col, rest_chord, chord0 = neutral[side]
         if np.linalg.norm(rest_chord) < 1e-9:
             continue
-        k = names.index(collar)
-        rel = s_pose[:, i_ss] - s_pose[:, i_cs]
-        disp = np.einsum("nji,nj->ni", g_s, rel) - (s_rest[i_ss] - s_rest[i_cs])
-        want = np.einsum("nij,nj->ni", g_t, chord0 + width * disp @ m.T)
         rt0 = target.world_rotation @ target.rest[i_col, :3, :3]
-        carried = np.einsum("nij,j->ni", tgt_world[:, k] @ rt0.T, rest_chord)
-        tgt_world[:, k] = swing(carried, want) @ tgt_world[:, k]
+        collars.append((i_ss, names.index(f"{side}_collar"), s_rest[i_ss] - s_rest[i_cs],
+                        chord0, rt0.T @ rest_chord))
+    if not collars:
+        return None
+
+    def apply(src_pose, tgt_world):
+        g_s = _const_times(rs_m, src_pose[:, i_cs, :3, :3]) @ rs_c0.T
+        g_t = tgt_world[:, k_c] @ rt_c0.T
+        chest_pos = source.world_points(src_pose[:, i_cs, :3, 3])
+        for i_ss, k, rest_rel, chord0, local_chord in collars:
+            rel = source.world_points(src_pose[:, i_ss, :3, 3]) - chest_pos
+            disp = (rel[:, None] @ g_s)[:, 0] - rest_rel
+            want = (g_t @ (chord0 + width * disp @ m.T)[:, :, None])[:, :, 0]
+            carried = tgt_world[:, k] @ local_chord
+            tgt_world[:, k] = swing(carried, want) @ tgt_world[:, k]
+    return apply
 
 
 def _lowest(points):
@@ -514,29 +592,36 @@ def _lowest(points):
     return np.asarray(points)[..., 2].min(axis=1)
 
 
-def _foot_offsets(target, mapping, names, tgt_world, t_root):
-    """World offsets (N, K, 3) of the target's foot points from the root's
-    rest head, with the solved world rotations and the root at rest: each
-    mapped joint hangs from its nearest mapped anatomical parent, rigidly
-    with that bone (unmapped bones between them stay at rest). This needs no
-    hierarchy, so it holds for rigs driven by constraints too."""
+def _foot_offsets(target, mapping, names, t_root):
+    """A function of the solved world rotations tgt_world (N, K, 3, 3) giving
+    the world offsets (N, F, 3) of the target's foot points from the root's
+    rest head, with the root at rest: each mapped joint hangs from its
+    nearest mapped anatomical parent, rigidly with that bone (unmapped bones
+    between them stay at rest). This needs no hierarchy, so it holds for
+    rigs driven by constraints too."""
     feet = [n for n in FOOT_POINTS if n in names]
     wr = target.world_rest()
     head0 = {n: wr[target.index[mapping[n]], :3, 3] for n in names}
     rot0 = {n: orthonormalize(wr[target.index[mapping[n]], :3, :3]) for n in names}
-    n = tgt_world.shape[0]
-    heads = {"pelvis": np.broadcast_to(head0["pelvis"], (n, 3))}
-
-    def head(name):
-        if name not in heads:
+    # each foot's chain of (bone carrying the segment, segment in that
+    # bone's rest frame), from the pelvis down
+    chains = []
+    for f in feet:
+        links, name = [], f
+        while name != "pelvis":
             par = mapped_anatomical_parent(name, names)
-            k = names.index(par)
-            delta = tgt_world[:, k] @ rot0[par].T
-            heads[name] = head(par) + np.einsum("nij,j->ni", delta, head0[name] - head0[par])
-        return heads[name]
+            links.append((names.index(par), rot0[par].T @ (head0[name] - head0[par])))
+            name = par
+        chains.append(links[::-1])
 
-    pts = np.stack([head(f) for f in feet], axis=1)
-    return pts - head0["pelvis"]
+    def offsets(tgt_world):
+        n = tgt_world.shape[0]
+        out = np.zeros((n, len(chains), 3))
+        for c, links in enumerate(chains):
+            for k, seg in links:
+                out[:, c] += tgt_world[:, k] @ seg
+        return out
+    return offsets
 
 
 def _foot_heights(source, smap, target, tmap, scale):
