@@ -1,7 +1,7 @@
 """Retarget speed: the numpy world-delta retarget vs constraints + nla.bake.
 
     python scripts/bench_retarget.py [--frames 10000] [--bake-frames 1000]
-                                     [--rigs mixamo_like,lafan1_bvh]
+                                     [--rigs mixamo_like,lafan1_bvh] [--repeat 3]
 
 Imports a random clip onto the synthetic SMPL model and, for each target,
 times ``hybrik_blender.blender.retarget.retarget`` on the whole clip against
@@ -15,7 +15,8 @@ on a shorter clip, measured in the same run. Targets:
   at rest, Euler channels) imported with Blender's BVH importer, from the
   test suite's BVH writer (tests/blender/rigs.py).
 
-Prints frames per second for both methods and their ratio per target.
+Prints frames per second for both methods and their ratio per target:
+medians of --repeat runs of each, interleaved (the machine is noisy).
 """
 import argparse
 import os
@@ -89,17 +90,24 @@ def main():
     parser.add_argument("--frames", type=int, default=10000)
     parser.add_argument("--bake-frames", type=int, default=1000)
     parser.add_argument("--rigs", default="mixamo_like,lafan1_bvh")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each (medians)")
     args = parser.parse_args()
     print(f"bpy {bpy.app.version_string}")
     for rig in args.rigs.split(","):
-        dt, n = bench_numpy(args.frames, rig)
+        runs_numpy, runs_bake = [], []
+        for _ in range(max(args.repeat, 1)):
+            runs_numpy.append(bench_numpy(args.frames, rig))
+            runs_bake.append(bench_bake(args.bake_frames, rig))
+        dt, n = sorted(runs_numpy)[len(runs_numpy) // 2]
+        dt_b, n_b = sorted(runs_bake)[len(runs_bake) // 2]
         fps_numpy = n / dt
         print(f"[{rig}] numpy retarget : {n:6d} frames in {dt:7.3f} s = {fps_numpy:10.0f} "
-              "frames/s")
-        dt_b, n_b = bench_bake(args.bake_frames, rig)
+              f"frames/s (median of {len(runs_numpy)}; all: "
+              f"{', '.join(f'{t:.3f}' for t, _ in runs_numpy)} s)")
         fps_bake = n_b / dt_b
         print(f"[{rig}] constraints + nla.bake: {n_b:6d} frames in {dt_b:7.3f} s = "
-              f"{fps_bake:10.0f} frames/s")
+              f"{fps_bake:10.0f} frames/s (median; all: "
+              f"{', '.join(f'{t:.3f}' for t, _ in runs_bake)} s)")
         print(f"[{rig}] speed-up: {fps_numpy / fps_bake:.0f}x; {args.frames} frames in "
               f"{args.frames / fps_numpy:.2f} s (target: >= 20x and <= 5 s)")
         sys.stdout.flush()
