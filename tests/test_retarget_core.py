@@ -553,3 +553,23 @@ def test_topological_order_puts_parents_first():
     assert all(order.index(p) < order.index(i) for i, p in enumerate(parents) if p >= 0)
     with pytest.raises(ValueError, match="cycle"):
         rt.topological_order(np.array([1, 0]))
+
+
+def test_chunks_and_threads_do_not_change_the_solution(smpl_joints):
+    """The solve works in chunks of frames on several threads: any chunk
+    size and thread count gives the same arrays as one whole-clip pass (to
+    rounding: BLAS may sum a GEMM's rows in another order for another
+    size)."""
+    src = smpl_skeleton(smpl_joints)
+    tnames = [f"T_{n}" for n in JOINT_NAMES]
+    tgt = smpl_skeleton(smpl_joints, names=tnames, **TARGETS["a_pose"])
+    mapping = {s: f"T_{s}" for s in JOINT_NAMES}
+    basis = random_basis(103, seed=11)
+    whole = rt.solve(src, basis, tgt, mapping, chunk=1000, threads=1)
+    for chunk, threads in ((7, 3), (50, 2), (1, 1)):
+        part = rt.solve(src, basis, tgt, mapping, chunk=chunk, threads=threads)
+        for name in ("rotations", "quaternions", "root_location", "world_rotations",
+                     "root_head"):
+            np.testing.assert_allclose(getattr(part, name), getattr(whole, name), rtol=0,
+                                       atol=1e-12,
+                                       err_msg=f"{name}, chunk {chunk}, {threads} threads")

@@ -301,7 +301,8 @@ def solve(source, source_basis, target, mapping, root_motion=True, chunk=CHUNK,
     frames) with all rig constants computed once, by `threads` threads
     (default: up to 4, one per CPU; numpy releases the GIL in its loops, so
     two cores solve 10k frames about 1.35x faster than one). Each chunk
-    writes only its own rows, so the result does not depend on the count.
+    writes only its own rows, so the result does not depend on the count
+    (to rounding).
     """
     mode = _root_mode(root_motion)
     mapping = {s: t for s, t in mapping.items() if s in source.index and t in target.index}
