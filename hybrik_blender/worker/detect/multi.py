@@ -42,6 +42,7 @@ from .association import INFEASIBLE, hungarian, track_detection_cost
 from .detector import box_iou
 from .kalman import BoxKalman
 from .reid import SIZE as APPEARANCE_SIZE, appearance_distance, torso_histogram
+from .threads import SingleThreaded
 from .tracking import CHUNK, Detection, _quiet_mediapipe, landmark_box
 
 log = logging.getLogger(__name__)
@@ -274,6 +275,7 @@ class MultiPersonTracker:
                       if workers > 1 else None)
         self._graphs = GraphStock(self._pose_cls, self._conf, self._pool,
                                   size=min(3, self.max_people))
+        self._threads = SingleThreaded()   # from the first frame until close()
 
     # --- chunk boundaries and resume ---------------------------------------------
 
@@ -299,6 +301,7 @@ class MultiPersonTracker:
     def close(self):
         self._stop_tracks()
         self._graphs.close()
+        self._threads.leave()
 
     def _landmarker(self):
         return CropLandmarker(self._pose_cls, self._conf, self._graphs)
@@ -306,6 +309,7 @@ class MultiPersonTracker:
     # --- one frame -------------------------------------------------------------------
 
     def __call__(self, index, rgb):
+        self._threads.enter()
         if self._active is None or index % CHUNK == 0:
             self.restart(self.memory, index)
         preds = [t.kf.predict() for t in self._active]
