@@ -395,6 +395,37 @@ class _MultiTrack:
         self.tracker.close()
 
 
+class _CameraFeed:
+    """``camera.feed`` for each frame in order; with ``beside`` in a thread of
+    its own, frame t's while the tracker follows the people of frame t+1
+    (several people: the tracker's frame is the longer wait). ``wait()``
+    returns once every frame is fed, raising what a feed raised."""
+
+    def __init__(self, camera, beside=False):
+        self.camera = camera
+        self._pool = None
+        if beside and camera is not None:
+            import concurrent.futures
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, "camera")
+        self._pending = None
+
+    def __call__(self, index, rgb, boxes):
+        if self._pool is None:
+            self.camera.feed(index, rgb, boxes)
+            return
+        self.wait()
+        self._pending = self._pool.submit(self.camera.feed, index, rgb, boxes)
+
+    def wait(self):
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)   # the main thread reads the solver next
+
+
 def _producer(source, tracks, backend, first, end, batch_size, q, stop, hands=None,
               camera=None):
     """Decode, track and crop; put (items, last frame index) per batch of
@@ -402,6 +433,7 @@ def _producer(source, tracks, backend, first, end, batch_size, q, stop, hands=No
     `hands`: a callable (track id) -> that person's HandTracker, or None;
     `camera`: the camera solver, fed every frame with all people's boxes."""
     from .hybrik import preprocess
+    feed = _CameraFeed(camera, beside=isinstance(tracks, _MultiTrack))
     try:
         batch, frames, last = [], 0, None
         for index, t, rgb in source.frames(first, end):
@@ -411,7 +443,7 @@ def _producer(source, tracks, backend, first, end, batch_size, q, stop, hands=No
                 hands.frame(index)
             seen = tracks.observe(index, rgb)
             if camera is not None:  # every person of the frame is masked out
-                camera.feed(index, rgb, [det.box for _, det, _ in seen if det is not None])
+                feed(index, rgb, [det.box for _, det, _ in seen if det is not None])
             for track, det, extra in seen:
                 item = {"index": index, "time": t, "track": track, "det": det, **extra}
                 if hands is not None:  # per track: this person's pose seeds the hands
@@ -427,11 +459,14 @@ def _producer(source, tracks, backend, first, end, batch_size, q, stop, hands=No
             if frames >= batch_size:
                 q.put((batch, last))
                 batch, frames = [], 0
+        feed.wait()
         if frames:
             q.put((batch, last))
         q.put(None)
     except BaseException as exc:  # noqa: BLE001 - handed to the main thread
         q.put(exc)
+    finally:
+        feed.close()
 
 
 def _previous(opts, info, backend):
