@@ -395,6 +395,37 @@ class _MultiTrack:
         self.tracker.close()
 
 
+class _CameraFeed:
+    """``camera.feed`` for each frame in order; with ``beside`` in a thread of
+    its own, frame t's while the tracker follows the people of frame t+1
+    (several people: the tracker's frame is the longer wait). ``wait()``
+    returns once every frame is fed, raising what a feed raised."""
+
+    def __init__(self, camera, beside=False):
+        self.camera = camera
+        self._pool = None
+        if beside and camera is not None:
+            import concurrent.futures
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, "camera")
+        self._pending = None
+
+    def __call__(self, index, rgb, boxes):
+        if self._pool is None:
+            self.camera.feed(index, rgb, boxes)
+            return
+        self.wait()
+        self._pending = self._pool.submit(self.camera.feed, index, rgb, boxes)
+
+    def wait(self):
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)   # the main thread reads the solver next
+
+
 def _producer(source, tracks, backend, first, end, batch_size, q, stop, hands=None,
               camera=None):
     """Decode, track and crop; put (items, last frame index) per batch of
@@ -402,6 +433,7 @@ def _producer(source, tracks, backend, first, end, batch_size, q, stop, hands=No
     `hands`: a callable (track id) -> that person's HandTracker, or None;
     `camera`: the camera solver, fed every frame with all people's boxes."""
     from .hybrik import preprocess
+    feed = _CameraFeed(camera, beside=isinstance(tracks, _MultiTrack))
     try:
         batch, frames, last = [], 0, None
         for index, t, rgb in source.frames(first, end):
@@ -411,7 +443,7 @@ def _producer(source, tracks, backend, first, end, batch_size, q, stop, hands=No
                 hands.frame(index)
             seen = tracks.observe(index, rgb)
             if camera is not None:  # every person of the frame is masked out
-                camera.feed(index, rgb, [det.box for _, det, _ in seen if det is not None])
+                feed(index, rgb, [det.box for _, det, _ in seen if det is not None])
             for track, det, extra in seen:
                 item = {"index": index, "time": t, "track": track, "det": det, **extra}
                 if hands is not None:  # per track: this person's pose seeds the hands
@@ -427,11 +459,14 @@ def _producer(source, tracks, backend, first, end, batch_size, q, stop, hands=No
             if frames >= batch_size:
                 q.put((batch, last))
                 batch, frames = [], 0
+        feed.wait()
         if frames:
             q.put((batch, last))
         q.put(None)
     except BaseException as exc:  # noqa: BLE001 - handed to the main thread
         q.put(exc)
+    finally:
+        feed.close()
 
 
 def _previous(opts, info, backend):
@@ -542,6 +577,27 @@ def _rounded(alignment):
             for k, d in alignment.items()}
 
 
+def _import_in_background(modules):
+    """Import `modules` (not yet imported) in a thread. The mediapipe
+    backend needs torch only for the IK at the end of the clip; importing it
+    (about 1 s of one core) beside the tracker, whose landmark graphs run
+    without the GIL, takes it off the start of the capture. A later import
+    of the same module waits for this one (Python's import lock)."""
+    import importlib
+    import sys
+    todo = [m for m in modules if m not in sys.modules]
+    if not todo:
+        return
+
+    def run():
+        for name in todo:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the import where it is used reports it
+                return
+    threading.Thread(target=run, name="import", daemon=True).start()
+
+
 def load_backend(opts):
     """The backend that opts names, built once; pass it to run_capture to reuse
     its model for several videos (the batch actors do)."""
@@ -563,6 +619,8 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
         raise CaptureError(EXIT_VIDEO, str(exc)) from None
     info = source.info
     backend = backend if backend is not None else _load_backend(opts)
+    if backend.name == "mediapipe":
+        _import_in_background(mpb.TORCH_MODULES)
     prev, go_on = _previous(opts, info, backend)
     if go_on is None:
         best = pick_track(prev)
@@ -715,12 +773,12 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     estimate = finish_camera(camera, np.array(sorted(times), np.int64), focal)
     focal = estimate.focal
     takes, alignment = [], {}
-    for track_id in sorted(rows):
-        take = _finish_take(rows[track_id], track_id, backend, info, focal, principal,
-                            cancelled, several, opts.hands, progress)
+    finished = _finish_takes(rows, backend, info, focal, principal, cancelled, several,
+                             opts.hands, progress)
+    for track_id, (take, track_alignment) in zip(sorted(rows), finished):
         take.camera = estimate.track()
         take.warnings = tuple(estimate.warnings) + tuple(video_warnings)
-        alignment[track_id] = _rounded(getattr(backend, "alignment", None))
+        alignment[track_id] = _rounded(track_alignment)
         if opts.cleanup is not None and not cancelled and take.valid.any():
             from ..core.motion.cleanup import clean_take
             progress({"event": "progress", "stage": "cleanup", "done": 0, "total": 1})
@@ -799,6 +857,43 @@ def _longer_capture(path, info, backend, cover):
         return None
     return ("a complete result" if takes[0].complete else
             f"a partial result up to frame {old} (go on with --resume)")
+
+
+def _finish_takes(rows, backend, info, focal, principal, cancelled, several, with_hands,
+                  progress):
+    """[(Result, the backend's alignment summary)] per track, by id. Several
+    tracks are solved side by side, each on its own shallow copy of the
+    backend (``finish`` keeps per-take state on it); the backend is left
+    with the last track's, as one after the other would."""
+    order = sorted(rows)
+    if len(order) == 1 or (os.cpu_count() or 1) < 2:
+        out = []
+        for track_id in order:
+            take = _finish_take(rows[track_id], track_id, backend, info, focal, principal,
+                                cancelled, several, with_hands, progress)
+            out.append((take, getattr(backend, "alignment", None)))
+        return out
+    import concurrent.futures
+    import copy
+    lock = threading.Lock()
+
+    def report(event):
+        with lock:
+            progress(event)
+
+    def one(track_id):
+        own = copy.copy(backend)
+        take = _finish_take(rows[track_id], track_id, own, info, focal, principal, cancelled,
+                            several, with_hands, progress and report)
+        return take, own
+
+    with concurrent.futures.ThreadPoolExecutor(min(len(order), 2), "finish") as pool:
+        done = list(pool.map(one, order))
+    last = done[-1][1]
+    for key in ("alignment", "rest29"):
+        if hasattr(last, key):
+            setattr(backend, key, getattr(last, key))
+    return [(take, getattr(own, "alignment", None)) for take, own in done]
 
 
 def _finish_take(rows, track_id, backend, info, focal, principal, cancelled, several,

@@ -42,12 +42,14 @@ from .association import INFEASIBLE, hungarian, track_detection_cost
 from .detector import box_iou
 from .kalman import BoxKalman
 from .reid import SIZE as APPEARANCE_SIZE, appearance_distance, torso_histogram
+from .threads import SingleThreaded
 from .tracking import CHUNK, Detection, _quiet_mediapipe, landmark_box
 
 log = logging.getLogger(__name__)
 MAX_PEOPLE_ALL = 32
 HISTORY = 10                      # torso histograms kept per track
 THUMB_H, THUMB_W = 128, 96
+CROP_SIDE = 256                   # the landmarkers' input, pixels
 
 
 @dataclasses.dataclass
@@ -96,13 +98,67 @@ def thumbnail(rgb, box):
     return out
 
 
+def new_pose(pose_cls, confidence):
+    """A person's landmark graph (video mode, no smoothing)."""
+    return pose_cls(static_image_mode=False, model_complexity=1, smooth_landmarks=False,
+                    enable_segmentation=False, min_detection_confidence=confidence,
+                    min_tracking_confidence=confidence)
+
+
+class GraphStock:
+    """Fresh landmark graphs made ahead of need, in the background.
+
+    A new mediapipe graph spends about 70 ms (2 cores) on its first frame
+    setting itself up, and the tracker starts one whenever a person is found
+    or a landmarker lets go (some 15 times in 150 frames of 3 people
+    crossing). Each graph here has already been shown one blank frame: it
+    found nobody, which leaves it as a new graph is (no landmarks to follow
+    into the next frame; without smoothing the frame time is not used), so
+    its landmarks are the same, bit for bit; the set-up is paid on a
+    spare core instead of in the frame that needs the graph."""
+
+    BLANK = np.zeros((CROP_SIDE, CROP_SIDE, 3), np.uint8)
+
+    def __init__(self, pose_cls, confidence, pool, size=2):
+        self._cls, self._conf, self._pool = pose_cls, confidence, pool
+        self._spares = collections.deque()
+        self.size = size if pool is not None else 0
+        self._fill()
+
+    def _primed(self):
+        pose = new_pose(self._cls, self._conf)
+        pose.process(self.BLANK)
+        return pose
+
+    def _fill(self):
+        while len(self._spares) < self.size:
+            self._spares.append(self._pool.submit(self._primed))
+
+    def __call__(self):
+        """A fresh graph: a spare that is ready or being made, else a new one
+        (a spare still waiting for a thread is dropped: the caller may be one
+        of the threads it waits for)."""
+        spare = self._spares.popleft() if self._spares else None
+        pose = spare.result() if spare is not None and not spare.cancel() else None
+        self._fill()
+        return pose if pose is not None else new_pose(self._cls, self._conf)
+
+    def close(self):
+        while self._spares:
+            spare = self._spares.popleft()
+            if not spare.cancel():
+                spare.result().close()
+
+
 class CropLandmarker:
-    """One person's mediapipe Pose, fed a square crop around that person."""
+    """One person's mediapipe Pose, fed a square crop around that person.
+    ``graphs``: a callable returning a fresh Pose graph (default: a new one)."""
 
-    CROP = 256
+    CROP = CROP_SIDE
 
-    def __init__(self, pose_cls, confidence):
+    def __init__(self, pose_cls, confidence, graphs=None):
         self._cls, self._conf = pose_cls, confidence
+        self._graphs = graphs or (lambda: new_pose(pose_cls, confidence))
         self.pose = None
 
     def reset(self):
@@ -115,10 +171,7 @@ class CropLandmarker:
         by `keep` of its size on each side (others nearby are blanked out, so
         the landmarker cannot take them instead)."""
         if self.pose is None:
-            self.pose = self._cls(static_image_mode=False, model_complexity=1,
-                                  smooth_landmarks=False, enable_segmentation=False,
-                                  min_detection_confidence=self._conf,
-                                  min_tracking_confidence=self._conf)
+            self.pose = self._graphs()
         x0, y0, x1, y1 = (float(v) for v in box)
         side = max(1.5 * max(x1 - x0, y1 - y0), 32.0)
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
@@ -220,12 +273,15 @@ class MultiPersonTracker:
         workers = min(4, os.cpu_count() or 1)
         self._pool = (concurrent.futures.ThreadPoolExecutor(workers, "landmarks")
                       if workers > 1 else None)
+        self._graphs = GraphStock(self._pose_cls, self._conf, self._pool,
+                                  size=min(3, self.max_people))
+        self._threads = SingleThreaded()   # from the first frame until close()
 
     # --- chunk boundaries and resume ---------------------------------------------
 
     def restart(self, memory, index, thumbnails=None):
         """Forget everything but `memory` (TrackMemory by id) at frame `index`."""
-        self.close()
+        self._stop_tracks()
         self.memory = {k: dataclasses.replace(v, hists=list(v.hists)) for k, v in memory.items()}
         if thumbnails is not None:
             self.thumbnails = dict(thumbnails)
@@ -237,32 +293,43 @@ class MultiPersonTracker:
                         for m in sorted(recent, key=lambda m: m.track_id)]
         self._chunk_start = index
 
-    def close(self):
+    def _stop_tracks(self):
         for t in self._active or []:
             t.landmarker.reset()
         self._active = []
 
+    def close(self):
+        self._stop_tracks()
+        self._graphs.close()
+        self._threads.leave()
+
     def _landmarker(self):
-        return CropLandmarker(self._pose_cls, self._conf)
+        return CropLandmarker(self._pose_cls, self._conf, self._graphs)
 
     # --- one frame -------------------------------------------------------------------
 
     def __call__(self, index, rgb):
+        self._threads.enter()
         if self._active is None or index % CHUNK == 0:
             self.restart(self.memory, index)
         preds = [t.kf.predict() for t in self._active]
         for t in self._active:
             t.from_detector = False
+        # the reasons to run the detector that are known before the landmarks
+        # (its schedule, a crossing of the predicted boxes, a person lost in
+        # an earlier frame): it then runs beside the landmarkers, on the same
+        # frame, with the same result
+        active_ids = {t.id for t in self._active}
+        crossing = len(preds) > 1 and (box_iou(preds, preds) - np.eye(len(preds))).max() > 0.05
+        due = ((index - self._chunk_start) % self.detect_every == 0 or crossing
+               or any(0 < index - m.last_seen <= self.recent and m.track_id not in active_ids
+                      for m in self.memory.values()))
+        early = self._pool.submit(self.detector, rgb) if due and self._pool is not None else None
         # each person has its own landmark graph, and mediapipe runs it with
         # the GIL released, so people are landmarked side by side; results
         # are the same in any order
-        if len(self._active) > 1 and self._pool is not None:
-            raws = list(self._pool.map(
-                lambda tp: tp[0].landmarker(rgb, tp[1], self.width, self.height),
-                zip(self._active, preds)))
-        else:
-            raws = [t.landmarker(rgb, p, self.width, self.height)
-                    for t, p in zip(self._active, preds)]
+        raws = self._map(lambda tp: tp[0].landmarker(rgb, tp[1], self.width, self.height),
+                         list(zip(self._active, preds)))
         for t, pred, raw in zip(self._active, preds, raws):
             t.raw = det = raw
             if det is not None:
@@ -276,11 +343,8 @@ class MultiPersonTracker:
         lost_now = any(t.current is None and t.missing == 0 for t in self._active)
         recently_lost = any(0 < index - m.last_seen <= self.recent for m in self.memory.values()
                             if m.track_id not in {t.id for t in self._active if t.current})
-        boxes = [t.kf.box for t in self._active]
-        crossing = len(boxes) > 1 and (box_iou(boxes, boxes) - np.eye(len(boxes))).max() > 0.05
-        if (index - self._chunk_start) % self.detect_every == 0 or lost_now or recently_lost \
-                or crossing:
-            self._detect(index, rgb)
+        if due or lost_now or recently_lost:
+            self._detect(index, rgb, early.result() if early is not None else None)
         out = []
         seen_boxes = [t.kf.box for t in self._active]
         for k, t in enumerate(list(self._active)):
@@ -341,24 +405,38 @@ class MultiPersonTracker:
                     loser.landmarker.reset()
                     loser.current = None
 
-    def _detect(self, index, rgb):
+    def _map(self, fn, items):
+        """[fn(x) for x in items], side by side in the pool when there are several."""
+        if len(items) > 1 and self._pool is not None:
+            return list(self._pool.map(fn, items))
+        return [fn(x) for x in items]
+
+    def _detect(self, index, rgb, found=None):
+        """Match the detector's people (`found`: its output for this frame,
+        when it already ran) to the tracks; start tracks for the others."""
         self.detections_run += 1
-        boxes, scores = self.detector(rgb)
+        boxes, scores = found if found is not None else self.detector(rgb)
         active = self._active
         track_boxes = [t.current.box if t.current is not None else t.kf.box for t in active]
         lms = [(t.current.image_xy, t.current.visibility) if t.current is not None else None
                for t in active]
-        taken = set()
-        for r, c in hungarian(track_detection_cost(track_boxes, lms, boxes)):
+        pairs = hungarian(track_detection_cost(track_boxes, lms, boxes))
+        taken = {c for _, c in pairs}
+        # lost, or its landmarks wander off the person: start afresh there
+        # (the tracks that do, side by side)
+        again = [(active[r], c) for r, c in pairs if active[r].current is None
+                 or box_iou(active[r].current.box, boxes[c])[0, 0] < 0.5]
+        for t, _ in again:
+            t.current = None
+            t.landmarker.reset()
+        fresh = self._map(lambda tc: tc[0].landmarker(rgb, boxes[tc[1]], self.width,
+                                                      self.height, keep=0.1), again)
+        for (t, _), det in zip(again, fresh):
+            t.raw = det
+        for r, c in pairs:
             t = active[r]
-            taken.add(c)
-            if t.current is None or box_iou(t.current.box, boxes[c])[0, 0] < 0.5:
-                # lost, or its landmarks wander off the person: start afresh there
-                t.current = None
-                t.landmarker.reset()
-                t.raw = det = t.landmarker(rgb, boxes[c], self.width, self.height, keep=0.1)
-                if det is None or not _consistent(det.box, boxes[c]):
-                    continue
+            if t.current is None and (t.raw is None or not _consistent(t.raw.box, boxes[c])):
+                continue
             t.learn(t.raw.box, boxes[c])
             t.current = dataclasses.replace(t.raw, box=np.asarray(boxes[c], np.float64))
             t.from_detector = True
