@@ -27,12 +27,10 @@ It needs no checkpoint and no SMPL file. Steps, all batched over frames:
    view across the longer image side is assumed (a phone's main camera).
 """
 import numpy as np
-import torch
 
 from ...core.body import model as bm
 from ...core.body.average import average_rest_joints_29, fitted_average_skeleton
 from ...core.body.skeleton import CHILDREN_29
-from ..hybrik import ik
 
 DEFAULT_FOV_DEG = 65.0
 
@@ -211,6 +209,9 @@ def observed_references(w, rest):
 
 def solve_rotations(targets, rest, world, passes=3):
     """IK with landmark-derived twists. targets (N,29,3), rest (N|1,29,3)."""
+    # torch on first use: the worker starts its tracker while it loads
+    import torch
+    from ..hybrik import ik
     n = len(targets)
     rest = np.broadcast_to(rest, (n, 29, 3))
     pose_t = torch.as_tensor(targets, dtype=torch.float64)
