@@ -414,8 +414,9 @@ def _producer(source, tracks, needs_crops, first, end, batch_size, q, stop, hand
     frames. Items are per track: {"index", "time", "track", "det", ...}.
     `hands`: a callable (track id) -> that person's HandTracker, or None;
     `camera`: the camera solver, fed every frame with all people's boxes."""
-    from .hybrik import preprocess
     try:
+        if needs_crops:
+            from .hybrik import preprocess
         batch, frames, last = [], 0, None
         for index, t, rgb in source.frames(first, end):
             if stop.is_set():

@@ -85,8 +85,9 @@ def split_state(state, name="checkpoint"):
     arch = detect_architecture(state, name)
     net_state = {k: v for k, v in state.items() if not k.startswith(_BODY_PREFIXES)}
     with_sigma = any(k.startswith("decsigma.") for k in net_state)
-    ref = (build_network_x(arch) if is_smplx(arch)
-           else build_network(arch, with_sigma=with_sigma)).state_dict()
+    with torch.device("meta"):   # keys and shapes only: no weights initialised
+        ref = (build_network_x(arch) if is_smplx(arch)
+               else build_network(arch, with_sigma=with_sigma)).state_dict()
     missing = set(ref) - set(net_state)
     unexpected = set(net_state) - set(ref)
     wrong = [k for k in set(ref) & set(net_state)
