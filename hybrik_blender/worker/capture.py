@@ -2,7 +2,8 @@
 
 A producer thread decodes frames, tracks the person and cuts the crops while
 the main thread runs the backend on the previous batch, so decoding overlaps
-with inference. Progress goes to a callback (the CLI prints it as JSON
+with inference; the backend itself loads in a thread while the producer
+starts (not when resuming, which checks the partial result against it). Progress goes to a callback (the CLI prints it as JSON
 lines). Cancelling (a signal, a cancel file or the token) stops within one
 batch and still writes a valid partial result (``complete`` False); a later
 run with ``resume`` continues from it. Resuming restarts at the last tracker
