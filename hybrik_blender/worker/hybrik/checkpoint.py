@@ -85,8 +85,9 @@ def split_state(state, name="checkpoint"):
     arch = detect_architecture(state, name)
     net_state = {k: v for k, v in state.items() if not k.startswith(_BODY_PREFIXES)}
     with_sigma = any(k.startswith("decsigma.") for k in net_state)
-    ref = (build_network_x(arch) if is_smplx(arch)
-           else build_network(arch, with_sigma=with_sigma)).state_dict()
+    with torch.device("meta"):   # keys and shapes only: no weights initialised
+        ref = (build_network_x(arch) if is_smplx(arch)
+               else build_network(arch, with_sigma=with_sigma)).state_dict()
     missing = set(ref) - set(net_state)
     unexpected = set(net_state) - set(ref)
     wrong = [k for k in set(ref) & set(net_state)
@@ -213,15 +214,36 @@ def _pipeline(path, arch, net_state, extra, body_model, device, **kw):
         elif not isinstance(body_model, smplx_layer.SMPLXModel):
             raise CheckpointError(f"{name}: a HybrIK-X (SMPL-X) checkpoint needs an SMPL-X "
                                   "body model, not an SMPL one")
-        net = build_network_x(arch)
-        net.load_state_dict(net_state)
+        net = loaded_network(lambda: build_network_x(arch), net_state)
         return HybrIKXPipeline(net, body_model, device=device, **kw)
     from .model import HybrIKPipeline
     if body_model is None:
         body_model = body_model_from_checkpoint(extra, name)
-    net = build_network(arch, with_sigma=any(k.startswith("decsigma.") for k in net_state))
-    net.load_state_dict(net_state)
+    sigma = any(k.startswith("decsigma.") for k in net_state)
+    net = loaded_network(lambda: build_network(arch, with_sigma=sigma), net_state)
     return HybrIKPipeline(net, body_model, device=device, **kw)
+
+
+def loaded_network(build, state):
+    """``build()`` with ``state`` loaded (strict), as ``load_state_dict``
+    copies it: every tensor in the dtype the module declares. The module is
+    built on the meta device and the checkpoint's tensors are assigned, so
+    the random initialisation that loading overwrites never runs (a quarter
+    of a second for ResNet-34, more for HRNet-W48); a module that keeps a
+    tensor outside its state dict is built normally instead."""
+    with torch.device("meta"):
+        net = build()
+    declared = net.state_dict()
+    held = len(dict(net.named_parameters())) + len(dict(net.named_buffers()))
+    if held == len(declared):
+        net.load_state_dict({k: (torch.as_tensor(v).to(declared[k].dtype).contiguous()
+                                 if k in declared else v) for k, v in state.items()},
+                            assign=True)
+        if not any(t.is_meta for t in (*net.parameters(), *net.buffers())):
+            return net
+    net = build()
+    net.load_state_dict(state)
+    return net
 
 
 def load_pipeline(checkpoint, model_path=None, kid_template=None, device="cpu", **kw):

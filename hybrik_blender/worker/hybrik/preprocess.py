@@ -7,7 +7,6 @@ network then sees RGB in [0, 1] minus (0.406, 0.457, 0.480), divided by
 """
 import cv2
 import numpy as np
-import torch
 
 INPUT_SIZE = 256
 SCALE_MULT = 1.25
@@ -57,11 +56,16 @@ def crop_person(image_rgb, tight_xyxy):
     return crop, box, m
 
 
-def normalize_crops(crops, device="cpu", dtype=torch.float32):
+def normalize_crops(crops, device="cpu", dtype=None):
     """uint8 crops (B, 256, 256, 3) RGB -> network input (B, 3, 256, 256),
-    on ``device`` (CUDA: the uint8 crops are copied from pinned memory
-    without blocking, then normalised on the GPU)."""
+    ``dtype`` (default float32), on ``device`` (CUDA: the uint8 crops are
+    copied from pinned memory without blocking, then normalised on the GPU).
+
+    torch is imported here, not with the module: the capture's decoding
+    thread crops (cv2 only) while the model, and torch, load beside it."""
+    import torch
     from .speed import to_device
+    dtype = torch.float32 if dtype is None else dtype
     x = crops if torch.is_tensor(crops) else torch.as_tensor(np.ascontiguousarray(crops))
     x = to_device(x, device)
     if x.dim() == 3:

@@ -212,6 +212,7 @@ def observed_references(w, rest):
 
 def solve_rotations(targets, rest, world, passes=3):
     """IK with landmark-derived twists. targets (N,29,3), rest (N|1,29,3)."""
+    # torch on first use: the worker starts its tracker while it loads
     import torch
     from ..hybrik import ik
     n = len(targets)
