@@ -773,12 +773,12 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     estimate = finish_camera(camera, np.array(sorted(times), np.int64), focal)
     focal = estimate.focal
     takes, alignment = [], {}
-    finished = _finish_takes(rows, backend, info, focal, principal, cancelled, several,
-                             opts.hands, progress)
-    for track_id, (take, track_alignment) in zip(sorted(rows), finished):
+    for track_id in sorted(rows):
+        take = _finish_take(rows[track_id], track_id, backend, info, focal, principal,
+                            cancelled, several, opts.hands, progress)
         take.camera = estimate.track()
         take.warnings = tuple(estimate.warnings) + tuple(video_warnings)
-        alignment[track_id] = _rounded(track_alignment)
+        alignment[track_id] = _rounded(getattr(backend, "alignment", None))
         if opts.cleanup is not None and not cancelled and take.valid.any():
             from ..core.motion.cleanup import clean_take
             progress({"event": "progress", "stage": "cleanup", "done": 0, "total": 1})
@@ -857,43 +857,6 @@ def _longer_capture(path, info, backend, cover):
         return None
     return ("a complete result" if takes[0].complete else
             f"a partial result up to frame {old} (go on with --resume)")
-
-
-def _finish_takes(rows, backend, info, focal, principal, cancelled, several, with_hands,
-                  progress):
-    """[(Result, the backend's alignment summary)] per track, by id. Several
-    tracks are solved side by side, each on its own shallow copy of the
-    backend (``finish`` keeps per-take state on it); the backend is left
-    with the last track's, as one after the other would."""
-    order = sorted(rows)
-    if len(order) == 1 or (os.cpu_count() or 1) < 2:
-        out = []
-        for track_id in order:
-            take = _finish_take(rows[track_id], track_id, backend, info, focal, principal,
-                                cancelled, several, with_hands, progress)
-            out.append((take, getattr(backend, "alignment", None)))
-        return out
-    import concurrent.futures
-    import copy
-    lock = threading.Lock()
-
-    def report(event):
-        with lock:
-            progress(event)
-
-    def one(track_id):
-        own = copy.copy(backend)
-        take = _finish_take(rows[track_id], track_id, own, info, focal, principal, cancelled,
-                            several, with_hands, progress and report)
-        return take, own
-
-    with concurrent.futures.ThreadPoolExecutor(min(len(order), 2), "finish") as pool:
-        done = list(pool.map(one, order))
-    last = done[-1][1]
-    for key in ("alignment", "rest29"):
-        if hasattr(last, key):
-            setattr(backend, key, getattr(last, key))
-    return [(take, getattr(own, "alignment", None)) for take, own in done]
 
 
 def _finish_take(rows, track_id, backend, info, focal, principal, cancelled, several,
