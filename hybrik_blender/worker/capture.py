@@ -577,17 +577,22 @@ def _rounded(alignment):
             for k, d in alignment.items()}
 
 
-def _import_in_background(modules):
-    """Import `modules` (not yet imported) in a thread. The mediapipe
-    backend needs torch only for the IK at the end of the clip; importing it
-    (about 1 s of one core) beside the tracker, whose landmark graphs run
-    without the GIL, takes it off the start of the capture. A later import
-    of the same module waits for this one (Python's import lock). Then the
-    objects alive are frozen (``gc.freeze``)."""
+def _import_torch(beside):
+    """The mediapipe backend needs torch only for the IK at the end of the
+    clip. With one person it is imported here, before the clock starts, as
+    it always was. With several (``beside``) it is imported in a thread
+    while the tracker runs: about 1 s of one core, taken off the start of
+    the capture, beside landmark graphs that run without the GIL. A later
+    import of the same module waits for this one (Python's import lock).
+    Then the objects alive are frozen (``gc.freeze``)."""
     import importlib
     import sys
-    todo = [m for m in modules if m not in sys.modules]
+    todo = [m for m in mpb.TORCH_MODULES if m not in sys.modules]
     if not todo:
+        return
+    if not beside:
+        for name in todo:
+            importlib.import_module(name)
         return
 
     def run():
@@ -626,7 +631,7 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     info = source.info
     backend = backend if backend is not None else _load_backend(opts)
     if backend.name == "mediapipe":
-        _import_in_background(mpb.TORCH_MODULES)
+        _import_torch(beside=opts.people != 1)
     prev, go_on = _previous(opts, info, backend)
     if go_on is None:
         best = pick_track(prev)
