@@ -11,7 +11,8 @@ Per frame (``MultiPersonTracker.__call__``):
 2. The person detector (detector.py) runs every ``detect_every`` frames,
    on the frame a track is lost, on every frame while a track has been
    missing for less than ``recent_s`` seconds, and while two people's boxes
-   overlap (a crossing). Detections are assigned to
+   overlap (a crossing); when the reason is known before the landmarks,
+   it runs beside them. Detections are assigned to
    tracks by the Hungarian algorithm on box overlap, landmark agreement and
    motion (association.py); a track whose landmarker failed but whose person
    the detector still sees is given a fresh landmarker on that box.
