@@ -594,16 +594,22 @@ def _rounded(alignment):
             for k, d in alignment.items()}
 
 
-def _import_in_background(modules):
-    """Import `modules` (not yet imported) in a thread. The mediapipe
-    backend needs torch only for the IK at the end of the clip; importing it
-    (about 1 s of one core) beside the tracker, whose landmark graphs run
-    without the GIL, takes it off the start of the capture. A later import
-    of the same module waits for this one (Python's import lock)."""
+def _import_torch(beside):
+    """The mediapipe backend needs torch only for the IK at the end of the
+    clip. With one person it is imported here, before the clock starts, as
+    it always was. With several (``beside``) it is imported in a thread
+    while the tracker runs: about 1 s of one core, taken off the start of
+    the capture, beside landmark graphs that run without the GIL. A later
+    import of the same module waits for this one (Python's import lock).
+    Then the objects alive are frozen (``gc.freeze``)."""
     import importlib
     import sys
-    todo = [m for m in modules if m not in sys.modules]
+    todo = [m for m in mpb.TORCH_MODULES if m not in sys.modules]
     if not todo:
+        return
+    if not beside:
+        for name in todo:
+            importlib.import_module(name)
         return
 
     def run():
@@ -612,6 +618,11 @@ def _import_in_background(modules):
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001 - the import where it is used reports it
                 return
+        # what is loaded now lives as long as the process: out of the
+        # collector's way (its full passes walked all of torch's objects,
+        # about 2% of a 3-person capture's CPU)
+        import gc
+        gc.freeze()
     threading.Thread(target=run, name="import", daemon=True).start()
 
 
@@ -636,7 +647,7 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
         raise CaptureError(EXIT_VIDEO, str(exc)) from None
     info = source.info
     if (backend.name if backend is not None else opts.backend) == "mediapipe":
-        _import_in_background(mpb.TORCH_MODULES)
+        _import_torch(beside=opts.people != 1)
     loading = None
     if backend is None:
         # the model loads in a thread while the tracker starts and the first
@@ -852,12 +863,12 @@ def _run_capture(opts, progress, cancel, backend, loading, source):
     estimate = finish_camera(camera, np.array(sorted(times), np.int64), focal)
     focal = estimate.focal
     takes, alignment = [], {}
-    finished = _finish_takes(rows, backend, info, focal, principal, cancelled, several,
-                             opts.hands, progress)
-    for track_id, (take, track_alignment) in zip(sorted(rows), finished):
+    for track_id in sorted(rows):
+        take = _finish_take(rows[track_id], track_id, backend, info, focal, principal,
+                            cancelled, several, opts.hands, progress)
         take.camera = estimate.track()
         take.warnings = tuple(estimate.warnings) + tuple(video_warnings)
-        alignment[track_id] = _rounded(track_alignment)
+        alignment[track_id] = _rounded(getattr(backend, "alignment", None))
         if opts.cleanup is not None and not cancelled and take.valid.any():
             from ..core.motion.cleanup import clean_take
             progress({"event": "progress", "stage": "cleanup", "done": 0, "total": 1})
@@ -936,43 +947,6 @@ def _longer_capture(path, info, backend, cover):
         return None
     return ("a complete result" if takes[0].complete else
             f"a partial result up to frame {old} (go on with --resume)")
-
-
-def _finish_takes(rows, backend, info, focal, principal, cancelled, several, with_hands,
-                  progress):
-    """[(Result, the backend's alignment summary)] per track, by id. Several
-    tracks are solved side by side, each on its own shallow copy of the
-    backend (``finish`` keeps per-take state on it); the backend is left
-    with the last track's, as one after the other would."""
-    order = sorted(rows)
-    if len(order) == 1 or (os.cpu_count() or 1) < 2:
-        out = []
-        for track_id in order:
-            take = _finish_take(rows[track_id], track_id, backend, info, focal, principal,
-                                cancelled, several, with_hands, progress)
-            out.append((take, getattr(backend, "alignment", None)))
-        return out
-    import concurrent.futures
-    import copy
-    lock = threading.Lock()
-
-    def report(event):
-        with lock:
-            progress(event)
-
-    def one(track_id):
-        own = copy.copy(backend)
-        take = _finish_take(rows[track_id], track_id, own, info, focal, principal, cancelled,
-                            several, with_hands, progress and report)
-        return take, own
-
-    with concurrent.futures.ThreadPoolExecutor(min(len(order), 2), "finish") as pool:
-        done = list(pool.map(one, order))
-    last = done[-1][1]
-    for key in ("alignment", "rest29"):
-        if hasattr(last, key):
-            setattr(backend, key, getattr(last, key))
-    return [(take, getattr(own, "alignment", None)) for take, own in done]
 
 
 def _finish_take(rows, track_id, backend, info, focal, principal, cancelled, several,

@@ -11,7 +11,8 @@ Per frame (``MultiPersonTracker.__call__``):
 2. The person detector (detector.py) runs every ``detect_every`` frames,
    on the frame a track is lost, on every frame while a track has been
    missing for less than ``recent_s`` seconds, and while two people's boxes
-   overlap (a crossing). Detections are assigned to
+   overlap (a crossing); when the reason is known before the landmarks,
+   it runs beside them. Detections are assigned to
    tracks by the Hungarian algorithm on box overlap, landmark agreement and
    motion (association.py); a track whose landmarker failed but whose person
    the detector still sees is given a fresh landmarker on that box.
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 MAX_PEOPLE_ALL = 32
 HISTORY = 10                      # torso histograms kept per track
 THUMB_H, THUMB_W = 128, 96
-CROP_SIDE = 256                   # the landmarkers' input, pixels
 
 
 @dataclasses.dataclass
@@ -98,67 +98,13 @@ def thumbnail(rgb, box):
     return out
 
 
-def new_pose(pose_cls, confidence):
-    """A person's landmark graph (video mode, no smoothing)."""
-    return pose_cls(static_image_mode=False, model_complexity=1, smooth_landmarks=False,
-                    enable_segmentation=False, min_detection_confidence=confidence,
-                    min_tracking_confidence=confidence)
-
-
-class GraphStock:
-    """Fresh landmark graphs made ahead of need, in the background.
-
-    A new mediapipe graph spends about 70 ms (2 cores) on its first frame
-    setting itself up, and the tracker starts one whenever a person is found
-    or a landmarker lets go (some 15 times in 150 frames of 3 people
-    crossing). Each graph here has already been shown one blank frame: it
-    found nobody, which leaves it as a new graph is (no landmarks to follow
-    into the next frame; without smoothing the frame time is not used), so
-    its landmarks are the same, bit for bit; the set-up is paid on a
-    spare core instead of in the frame that needs the graph."""
-
-    BLANK = np.zeros((CROP_SIDE, CROP_SIDE, 3), np.uint8)
-
-    def __init__(self, pose_cls, confidence, pool, size=2):
-        self._cls, self._conf, self._pool = pose_cls, confidence, pool
-        self._spares = collections.deque()
-        self.size = size if pool is not None else 0
-        self._fill()
-
-    def _primed(self):
-        pose = new_pose(self._cls, self._conf)
-        pose.process(self.BLANK)
-        return pose
-
-    def _fill(self):
-        while len(self._spares) < self.size:
-            self._spares.append(self._pool.submit(self._primed))
-
-    def __call__(self):
-        """A fresh graph: a spare that is ready or being made, else a new one
-        (a spare still waiting for a thread is dropped: the caller may be one
-        of the threads it waits for)."""
-        spare = self._spares.popleft() if self._spares else None
-        pose = spare.result() if spare is not None and not spare.cancel() else None
-        self._fill()
-        return pose if pose is not None else new_pose(self._cls, self._conf)
-
-    def close(self):
-        while self._spares:
-            spare = self._spares.popleft()
-            if not spare.cancel():
-                spare.result().close()
-
-
 class CropLandmarker:
-    """One person's mediapipe Pose, fed a square crop around that person.
-    ``graphs``: a callable returning a fresh Pose graph (default: a new one)."""
+    """One person's mediapipe Pose, fed a square crop around that person."""
 
-    CROP = CROP_SIDE
+    CROP = 256
 
-    def __init__(self, pose_cls, confidence, graphs=None):
+    def __init__(self, pose_cls, confidence):
         self._cls, self._conf = pose_cls, confidence
-        self._graphs = graphs or (lambda: new_pose(pose_cls, confidence))
         self.pose = None
 
     def reset(self):
@@ -171,7 +117,10 @@ class CropLandmarker:
         by `keep` of its size on each side (others nearby are blanked out, so
         the landmarker cannot take them instead)."""
         if self.pose is None:
-            self.pose = self._graphs()
+            self.pose = self._cls(static_image_mode=False, model_complexity=1,
+                                  smooth_landmarks=False, enable_segmentation=False,
+                                  min_detection_confidence=self._conf,
+                                  min_tracking_confidence=self._conf)
         x0, y0, x1, y1 = (float(v) for v in box)
         side = max(1.5 * max(x1 - x0, y1 - y0), 32.0)
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
@@ -273,8 +222,6 @@ class MultiPersonTracker:
         workers = min(4, os.cpu_count() or 1)
         self._pool = (concurrent.futures.ThreadPoolExecutor(workers, "landmarks")
                       if workers > 1 else None)
-        self._graphs = GraphStock(self._pose_cls, self._conf, self._pool,
-                                  size=min(3, self.max_people))
         self._threads = SingleThreaded()   # from the first frame until close()
 
     # --- chunk boundaries and resume ---------------------------------------------
@@ -300,11 +247,10 @@ class MultiPersonTracker:
 
     def close(self):
         self._stop_tracks()
-        self._graphs.close()
         self._threads.leave()
 
     def _landmarker(self):
-        return CropLandmarker(self._pose_cls, self._conf, self._graphs)
+        return CropLandmarker(self._pose_cls, self._conf)
 
     # --- one frame -------------------------------------------------------------------
 
