@@ -23,17 +23,24 @@ from hybrik_blender.worker.hybrik import modelx, preprocess, smplx_layer
 from hybrik_blender.worker.synthetic import rle_prior_biases, synthetic_state
 
 ARCHS = {"hrnetx48_rle": "hrnet48_rle", "hrnetx48": "hrnet48"}
-# README "suggested tolerances for a float32 re-implementation", rotations
-# and vertices tightened to what the CPU run reaches with margin (measured:
-# rotations 1.1e-5 / 3.9e-4, vertices 1.1e-6 / 8.9e-6 m; the heatmap model's
-# float32 network noise, not the IK, keeps its rotations above 1e-4: its
-# float64 solve matches to 2e-13). The CUDA test keeps the README's bounds.
+# README "suggested tolerances for a float32 re-implementation", tightened to
+# what the CPU runs reach with margin, except the heatmap model's rotations.
+# Those are float32 network noise amplified by the IK, and they depend on
+# which kernels oneDNN picks for the CPU: against the official float32 run,
+# 7.6e-4 with AVX-512 and 2.0e-3 with AVX2 (ONEDNN_MAX_CPU_ISA=AVX2 or an
+# AVX2-only CPU), while the official float32 run itself is 1.0e-3 away from
+# its float64 run. So they are held to the README's 5e-3 against the float32
+# reference, and to the float64 reference by F64_FACTOR times the official
+# float32 run's own error (measured: 2.6e-4 AVX-512, 9.5e-4 AVX2, bound
+# 3.1e-3; the regression model: 5.6e-6 / 1.3e-5, bound 2.6e-5). The float64
+# solve matches to 2e-13. The CUDA test keeps the README's bounds.
 TOL = {
     "hrnetx48_rle": dict(feat=1e-3, uvd=1e-4, other=1e-4, cam=1e-4, theta=1e-4, verts=1e-4,
                          theta_cuda=1e-3),
-    "hrnetx48": dict(feat=1e-3, uvd=2e-4, other=1e-4, cam=5e-4, theta=1e-3, verts=1e-4,
+    "hrnetx48": dict(feat=1e-3, uvd=2e-4, other=1e-4, cam=5e-4, theta=5e-3, verts=1e-4,
                      theta_cuda=5e-3),
 }
+F64_FACTOR = 3.0
 _RUNS = {}
 
 
@@ -187,6 +194,10 @@ def test_camera_ik_and_mesh_match(arch, model):
     _close(o["pred_xyz_full"] * 2.2, g["ik_output_joints"], t["other"], what="ik joints")
     _close(o["pred_uv_full"], g["pred_uv_full"], t["uvd"], what="uv_full")
     _close(o["pred_theta_mat"], g["pred_theta_mat"], t["theta"], what="theta")
+    # no further from the exact rotations than the official float32 run is
+    official = np.abs(g["pred_theta_mat"] - g["f64_pred_theta_mat"]).max()
+    _close(o["pred_theta_mat"], g["f64_pred_theta_mat"], F64_FACTOR * official,
+           what="theta vs float64")
     _close(o["pred_theta_quat"], g["pred_theta_quat"], t["theta"], what="quat")
     _close(o["pred_vertices"], g["pred_vertices"], t["verts"], what="vertices")
     # derived quantities of the reference
