@@ -135,14 +135,15 @@ def test_hrnet_scale_refinement_matches(body):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_float64_reference(arch, body):
-    """The pipeline run in float64 against the official float64 run."""
+    """The pipeline run in float64 (``precision="fp64"``, as --precision
+    fp64 runs it: given float32 crops) against the official float64 run."""
     g = golden(arch)
     state = synthetic_state(os.path.join(DATA, f"checkpoint_keys_{arch}.json"), arch, seed=1)
-    pipe = build_pipeline(arch, state, body)
-    pipe.net.double()
-    pipe.body = pipe.body.to(dtype=torch.float64)
-    out = pipe(torch.from_numpy(g["input_tensor"]).double(),
+    pipe = build_pipeline(arch, state, body, precision="fp64")
+    assert pipe.prepare() is None and pipe.describe() == "fp64 on cpu"
+    out = pipe(torch.from_numpy(g["input_tensor"]),
                g["bbox_xyxy_input"][None], g["img_center"][None], vertices=True)
+    assert out["rot_mats"].dtype == out["vertices"].dtype == torch.float64
     o = {k: v[0].numpy() for k, v in out.items() if torch.is_tensor(v)}
     _close(o["uvd"], g["f64_pred_uvd_jts"], 1e-6)
     _close(o["phi"], g["f64_pred_phi"], 1e-6)

@@ -269,10 +269,9 @@ def test_float64_solution_matches_the_official_float64_run(arch, model):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_float64_network_matches_the_official_float64_run(arch, model):
     g = golden(arch)
-    pipe = pipeline(arch, model)
-    pipe.net.double()
-    pipe.body = pipe.body.to(dtype=torch.float64)
-    o = pipe(torch.from_numpy(g["input_tensor"]).double(), g["bbox_xyxy_input"][None],
+    state = synthetic_state(manifest(arch), arch, seed=1, rest_points71=model.rest_points())
+    pipe = modelx.build_pipeline_x(arch, state, model, precision="fp64")
+    o = pipe(torch.from_numpy(g["input_tensor"]), g["bbox_xyxy_input"][None],
              g["img_center"][None], vertices=True)
     _close(o["img_feat"], g["f64_feat_pooled"], 1e-9, what="feat")
     for key in ("pred_uvd_jts", "pred_sigma", "pred_phi", "pred_shape_full", "cam_scale",

@@ -1,7 +1,7 @@
 """Worker command line.
 
     python -m hybrik_blender.worker capture VIDEO --out take.npz [options]
-           (hybrik: --device auto|cpu|cuda --precision fp32|bf16|auto)
+           (hybrik: --device auto|cpu|cuda --precision fp32|bf16|auto|fp64)
     python -m hybrik_blender.worker check [--checkpoint F] [--smpl-model F]
     python -m hybrik_blender.worker batch INPUT... --out-dir DIR [options]  (needs Ray)
 
@@ -344,13 +344,14 @@ CAMERA_HELP = ("static: a fixed camera (no camera solve); moving: the camera's r
 
 
 PRECISION_HELP = ("hybrik: fp32 (exact), bf16 (the network in bfloat16 on CPUs with native "
-                  "support, AMP on CUDA; decoding, camera and IK stay fp32) or auto (default: "
+                  "support, AMP on CUDA; decoding, camera and IK stay fp32), auto (default: "
                   "bf16 where native and, measured on the first crops, within 2 mm median / "
-                  "5 mm max of fp32 in the joints and 1 degree in the rotations; else fp32)")
+                  "5 mm max of fp32 in the joints and 1 degree in the rotations; else fp32) "
+                  "or fp64 (everything in float64: slow, the same numbers on any CPU)")
 
 
 def add_precision_argument(parser):
-    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="auto",
+    parser.add_argument("--precision", choices=("fp32", "bf16", "auto", "fp64"), default="auto",
                         help=PRECISION_HELP)
 
 

@@ -35,7 +35,7 @@ class HybrIKPipeline:
     (SMPL networks), "official" (default: the official checkpoints' numbers)
     or "exact" (see :func:`.ik.hybrik_ik`).
 
-    ``precision``: "fp32", "bf16" or "auto" (see :mod:`.speed`); None, the
+    ``precision``: "fp32", "bf16", "auto" or "fp64" (see :mod:`.speed`); None, the
     default, is fp32 on the CPU and AMP on CUDA (``amp=False`` there: fp32).
     Only the network runs in reduced precision; decoding, camera and IK run
     in float32 (float64 for a float64 input).
@@ -67,10 +67,14 @@ class HybrIKPipeline:
         self.precision_check = None
         self.channels_last = channels_last
         self.compile = speed.compile_default() if compile is None else bool(compile)
-        self.optimize = optimize
+        self.optimize = optimize and self.precision != "fp64"
         self.net = net.to(self.device).eval()
         self.prepared = None
         self.body = self._torch_body(body)
+        if self.precision == "fp64":
+            # the exact path throughout: float64 weights, body and crops
+            self.net.double()
+            self.body = self.body.to(dtype=torch.float64)
 
     @property
     def amp(self):
@@ -89,6 +93,8 @@ class HybrIKPipeline:
         """Prepare the network now (it is otherwise done at the first
         float32 call); returns the :class:`.speed.PreparedNet`. While auto
         has not decided yet, this is the fp32 one."""
+        if self.prepared is None and self.precision == "fp64":
+            return None   # fp64 runs the network as it is
         if self.prepared is None:
             self.prepared = speed.PreparedNet(
                 self.net, self.device, "bf16" if self.precision == "bf16" else "fp32",
@@ -143,6 +149,9 @@ class HybrIKPipeline:
                  self.budget)
         return self.precision
 
+    def _as_input(self, x):
+        return x.double() if self.precision == "fp64" else x
+
     def _decide_first(self, x, boxes, img_center, flip_test):
         if self.precision == "auto" and self.optimize and x.dtype == torch.float32 and len(x):
             dtype = torch.float32
@@ -187,6 +196,7 @@ class HybrIKPipeline:
         frame, metres) and, with ``vertices``, vertices and joints17
         (centred on the H36M pelvis); joints and vertices come from the
         official matrices, as in the official layer."""
+        x = self._as_input(x)
         self._decide_first(x, boxes, img_center, flip_test)
         return self._forward(x, boxes, img_center, flip_test, vertices, marginals)
 

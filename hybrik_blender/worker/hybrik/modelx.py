@@ -238,6 +238,7 @@ class HybrIKXPipeline(HybrIKPipeline):
         outputs read are skinned), img_feat; the regression model also
         pred_lh_uvd, pred_rh_uvd (raw finger offsets), the heatmap model the
         marginals; with ``trace`` the refinement's intermediate values."""
+        x = self._as_input(x)
         self._decide_first(x, boxes, img_center, flip_test)
         return self.solve(self.heads(x, flip_test), boxes, img_center, vertices, trace)
 
