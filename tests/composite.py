@@ -155,19 +155,22 @@ def linear(f0, p0, f1, p1, frames_visible=None):
     return path
 
 
-def crossing_scene(frames=150):
+def crossing_scene(frames=150, car_back=95, car_speed=4.0, ball_x=20, astronaut_y=230):
     """Three people: the ball player walks left to right, the astronaut right
     to left in front of him (they cross near the middle); the man from the
-    car leaves on the right around frame 40 and comes back there at 95."""
+    car leaves on the right around frame 40 and comes back there at
+    `car_back`, walking left at `car_speed` px a frame."""
     def car(f):
         if f < 45:
             return (440 + f * 5.0, 20)
-        if f < 95:
+        if f < car_back:
             return None
-        return (665 - (f - 95) * 4.0, 20)
+        return (665 - (f - car_back) * car_speed, 20)
     actors = [
-        Actor(person("ballplayer"), 330, linear(0, (20, 120), frames - 1, (330, 120)), 1.0),
-        Actor(person("astronaut"), 250, linear(0, (380, 230), frames - 1, (20, 230)), 2.0),
+        Actor(person("ballplayer"), 330,
+              linear(0, (ball_x, 120), frames - 1, (ball_x + 310, 120)), 1.0),
+        Actor(person("astronaut"), 250, linear(0, (380, astronaut_y), frames - 1,
+                                               (20, astronaut_y)), 2.0),
         Actor(person("carphone"), 200, car, 0.5),
     ]
     return render(actors, frames)

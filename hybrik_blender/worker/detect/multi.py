@@ -16,19 +16,25 @@ Per frame (``MultiPersonTracker.__call__``):
    tracks by the Hungarian algorithm on box overlap, landmark agreement and
    motion (association.py); a track whose landmarker failed but whose person
    the detector still sees is given a fresh landmarker on that box.
-3. A detection that no track takes is first offered to the lost tracks:
-   the same torso colour histogram (reid.py) near where the track was last
-   seen (the radius grows with the gap; after ``accept_anywhere_s`` anywhere,
-   with a stricter appearance test). Otherwise it starts a new track, while
-   fewer than ``max_people`` are active.
+3. A detection that no track takes gets a landmarker of its own; when its
+   landmarks land on a body a track already follows (a person mostly hidden
+   behind another), it is dropped. The others are offered to the lost
+   tracks, all at once (Hungarian): the same torso colour histogram
+   (reid.py) near where the track was last seen or was heading (its velocity
+   over its last second, for at most a second, held inside the frame; the
+   radius grows with the gap up to 1.5 box sizes), or after
+   ``accept_anywhere_s`` anywhere, with a stricter appearance test and only
+   where no near track fits. Otherwise it starts a new track, while fewer
+   than ``max_people`` are active.
 4. Tracks seen this frame are reported; a track missing for more than
    ``lost_after`` frames stops its landmarker and waits for re-identification.
 
 Identities are stable across ``--resume``: at every ``CHUNK`` boundary the
 tracker forgets everything except, per track, its last box, the frame it
-was last seen and the torso histograms of its last frames, which are what
-the result file stores (``x_appearance``); the state after a boundary is
-rebuilt from those alone, so a resumed run reproduces an uninterrupted one.
+was last seen and the boxes and torso histograms of its last frames, which
+are what the result file stores (``bbox``, ``x_appearance``); the state
+after a boundary is rebuilt from those alone, so a resumed run reproduces
+an uninterrupted one.
 """
 import collections
 import concurrent.futures
@@ -50,18 +56,47 @@ log = logging.getLogger(__name__)
 MAX_PEOPLE_ALL = 32
 HISTORY = 10                      # torso histograms kept per track
 THUMB_H, THUMB_W = 128, 96
+SAME_BODY = 0.12                  # landmark_distance of two views of one body
 
 
 @dataclasses.dataclass
 class TrackMemory:
-    """What a track leaves for the next chunk (and a resumed run)."""
+    """What a track leaves for the next chunk (and a resumed run): its last
+    box and frame, the torso histograms and (frame, box) of its last seen
+    frames (``trail``, for the velocity it left with)."""
     track_id: int
     last_box: np.ndarray
     last_seen: int
     hists: list
+    trail: list = dataclasses.field(default_factory=list)
 
     def appearance(self):
         return np.mean(self.hists, 0) if self.hists else np.zeros(APPEARANCE_SIZE, np.float32)
+
+    def seen(self, index, box, hist):
+        self.last_box = np.asarray(box, np.float32)
+        self.last_seen = int(index)
+        self.trail = (self.trail + [(self.last_seen, self.last_box)])[-HISTORY:]
+        if np.any(hist):   # zeros: the person was overlapped, no appearance
+            self.hists = (self.hists + [np.asarray(hist, np.float32)])[-HISTORY:]
+
+    def velocity(self, fps):
+        """Box centre velocity (px per frame) over the trail's last second."""
+        pts = [(i, (b[:2] + b[2:]) / 2) for i, b in self.trail if self.last_seen - i < fps]
+        if len(pts) < 3:
+            return np.zeros(2)
+        t = np.array([i for i, _ in pts], np.float64)
+        c = np.array([p for _, p in pts], np.float64)
+        t -= t.mean()
+        return (t[:, None] * (c - c.mean(0))).sum(0) / max((t * t).sum(), 1e-9)
+
+    def predicted_centre(self, index, fps, width, height):
+        """Where the person would be at frame `index`, walking on as it went
+        for at most a second, held inside the frame (a person who left through
+        an edge comes back through it)."""
+        c = (self.last_box[:2].astype(np.float64) + self.last_box[2:]) / 2
+        c = c + self.velocity(fps) * min(index - self.last_seen, fps)
+        return np.clip(c, 0, [width, height])
 
 
 def memories_from_rows(track_ids, frame_index, valid, bbox, appearance, before):
@@ -75,10 +110,7 @@ def memories_from_rows(track_ids, frame_index, valid, bbox, appearance, before):
         m = out.get(tid)
         if m is None:
             m = out[tid] = TrackMemory(tid, None, -1, [])
-        m.last_box = np.asarray(bbox[i], np.float32)
-        m.last_seen = int(frame_index[i])
-        if np.any(appearance[i]):   # zeros: the person was overlapped, no appearance
-            m.hists = (m.hists + [np.asarray(appearance[i], np.float32)])[-HISTORY:]
+        m.seen(frame_index[i], bbox[i], appearance[i])
     return out
 
 
@@ -229,7 +261,8 @@ class MultiPersonTracker:
     def restart(self, memory, index, thumbnails=None):
         """Forget everything but `memory` (TrackMemory by id) at frame `index`."""
         self._stop_tracks()
-        self.memory = {k: dataclasses.replace(v, hists=list(v.hists)) for k, v in memory.items()}
+        self.memory = {k: dataclasses.replace(v, hists=list(v.hists), trail=list(v.trail))
+                       for k, v in memory.items()}
         if thumbnails is not None:
             self.thumbnails = dict(thumbnails)
         recent = sorted((m for m in self.memory.values()
@@ -328,10 +361,7 @@ class MultiPersonTracker:
         m = self.memory.get(tid)
         if m is None:
             m = self.memory[tid] = TrackMemory(tid, None, -1, [])
-        m.last_box = np.asarray(box, np.float32)
-        m.last_seen = int(index)
-        if np.any(hist):
-            m.hists = (m.hists + [np.asarray(hist, np.float32)])[-HISTORY:]
+        m.seen(index, box, hist)
 
     def _resolve_shared(self, index):
         """Two landmarkers on one body (after a crossing, the one behind may
@@ -342,7 +372,7 @@ class MultiPersonTracker:
             for b in seen[i + 1:]:
                 if a.current is None or b.current is None:
                     continue
-                if landmark_distance(a.current, b.current) < 0.12:
+                if landmark_distance(a.current, b.current) < SAME_BODY:
                     da = 1 - box_iou(a.current.box, a.kf.box)[0, 0]
                     db = 1 - box_iou(b.current.box, b.kf.box)[0, 0]
                     loser = b if (db, b.id) > (da, a.id) else a
@@ -390,51 +420,76 @@ class MultiPersonTracker:
         free = [c for c in np.argsort(-scores, kind="stable") if c not in taken
                 and scores[c] >= self.new_track_score
                 and (not occupied or box_iou(boxes[c], np.array(occupied)).max() < 0.3)]
-        for c in free:
-            if len(self._active) >= self.max_people:
-                break
-            self._start(index, rgb, boxes[c])
+        self._start(index, rgb, [boxes[c] for c in free])
 
-    def _start(self, index, rgb, box):
-        """A person nobody follows: an old track coming back, or a new one."""
-        landmarker = self._landmarker()
-        det = landmarker(rgb, box, self.width, self.height, keep=0.1)
-        if det is None or not _consistent(det.box, box):
-            log.debug("frame %d: no landmarks for the detection %s", index, np.round(box))
-            landmarker.reset()
+    def _start(self, index, rgb, boxes):
+        """People nobody follows (`boxes`, best first): old tracks coming
+        back, or new ones, while fewer than ``max_people`` are active. Those
+        whose landmarks mediapipe finds are matched to the lost tracks all at
+        once (Hungarian), so two returning people cannot take each other's
+        ids by order."""
+        found = []
+        for box in boxes:
+            if len(self._active) + len(found) >= self.max_people:
+                break
+            landmarker = self._landmarker()
+            det = landmarker(rgb, box, self.width, self.height, keep=0.1)
+            if det is None or not _consistent(det.box, box):
+                log.debug("frame %d: no landmarks for the detection %s", index, np.round(box))
+                landmarker.reset()
+                continue
+            # a person mostly hidden behind another: the landmarks land on the
+            # one in front, whom somebody already follows
+            taken = [t.id for t in self._active if t.current is not None
+                     and landmark_distance(det, t.current) < SAME_BODY]
+            taken += [None for _, other, _, _ in found if landmark_distance(det, other) < SAME_BODY]
+            if taken:
+                log.debug("frame %d: the detection %s lands on a body already followed (%s)",
+                          index, np.round(box), taken)
+                landmarker.reset()
+                continue
+            found.append((box, det, landmarker,
+                          torso_histogram(rgb, det.box, det.image_xy, det.visibility)))
+        if not found:
             return
         active = {t.id for t in self._active}
-        hist = torso_histogram(rgb, det.box, det.image_xy, det.visibility)
-        best, best_cost = None, INFEASIBLE
-        for m in self.memory.values():
-            if m.track_id in active or m.last_seen >= index:
-                continue
+        lost = [m for m in self.memory.values()
+                if m.track_id not in active and m.last_seen < index]
+        cost = np.full((len(found), len(lost)), INFEASIBLE)
+        for j, m in enumerate(lost):
             gap = index - m.last_seen
-            d = appearance_distance(hist, m.appearance())
             size = max(m.last_box[2] - m.last_box[0], m.last_box[3] - m.last_box[1], 1.0)
-            radius = size * min(0.5 + 1.5 * gap / self.fps, 3.0)
-            c = (det.box[:2] + det.box[2:]) / 2 - (m.last_box[:2] + m.last_box[2:]) / 2
-            dist = float(np.linalg.norm(c)) / radius
-            # near where it went: a loose appearance test (it may come back half
-            # hidden); after a long gap anywhere, with a strict one
-            ok = (d <= self.reid_distance and dist <= 1.0) or (
-                gap >= self.accept_anywhere and d <= self.reid_anywhere)
-            cost = d + 0.25 * min(dist, 1.0)
-            log.debug("frame %d: candidate %d: appearance %.2f, distance %.2f, gap %d, ok %s", index, m.track_id, d, dist, gap, ok)
-            if ok and cost < best_cost:
-                best, best_cost = m, cost
-        if best is not None:
-            tid = best.track_id
-            log.info("frame %d: person %d is back (appearance distance %.2f)", index, tid,
-                     appearance_distance(hist, best.appearance()))
-        else:
-            tid = max(self.memory, default=-1) + 1
-            tid = max([tid] + [t.id + 1 for t in self._active])
-        track = _Track(tid, box, landmarker)
-        track.raw = det
-        track.from_detector = True
-        track.learn(det.box, box, rate=1.0)
-        track.kf.predict()
-        track.current = dataclasses.replace(det, box=np.asarray(box, np.float64))
-        self._active.append(track)
+            radius = size * min(0.5 + gap / self.fps, 1.5)
+            # from where it was last seen or where it was heading (a velocity
+            # from the boxes of a person going behind somebody can be wrong)
+            centres = np.stack([(m.last_box[:2] + m.last_box[2:]) / 2,
+                                m.predicted_centre(index, self.fps, self.width, self.height)])
+            for i, (_, det, _, hist) in enumerate(found):
+                d = appearance_distance(hist, m.appearance())
+                dist = float(np.linalg.norm((det.box[:2] + det.box[2:]) / 2 - centres,
+                                            axis=1).min()) / radius
+                # near where it was heading: a loose appearance test (it may
+                # come back half hidden); after a long gap anywhere, with a
+                # strict one, and only where nobody near fits better
+                near = d <= self.reid_distance and dist <= 1.0
+                if near or (gap >= self.accept_anywhere and d <= self.reid_anywhere):
+                    cost[i, j] = d + 0.5 * min(dist, 1.0) + (0.0 if near else 1.0)
+                log.debug("frame %d: candidate %d: appearance %.2f, distance %.2f, gap %d, "
+                          "near %s", index, m.track_id, d, dist, gap, near)
+        back = dict(hungarian(cost)) if lost else {}
+        for i, (box, det, landmarker, hist) in enumerate(found):
+            if i in back:
+                m = lost[back[i]]
+                tid = m.track_id
+                log.info("frame %d: person %d is back (appearance distance %.2f)", index, tid,
+                         appearance_distance(hist, m.appearance()))
+            else:
+                tid = max([max(self.memory, default=-1) + 1] + [t.id + 1 for t in self._active])
+            track = _Track(tid, box, landmarker)
+            track.raw = det
+            track.from_detector = True
+            track.learn(det.box, box, rate=1.0)
+            track.kf.predict()
+            track.current = dataclasses.replace(det, box=np.asarray(box, np.float64))
+            self._active.append(track)
         self._active.sort(key=lambda t: t.id)
