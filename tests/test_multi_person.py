@@ -87,6 +87,27 @@ def test_lost_person_is_expected_where_they_were_heading():
     np.testing.assert_allclose(m.predicted_centre(100, 25.0, 300, 480), [300, 150])
 
 
+def test_heap_is_trimmed_only_after_a_graph_closed(monkeypatch):
+    from hybrik_blender.worker import heap
+    calls = []
+    monkeypatch.setattr(heap, "trim", lambda: calls.append(1) or True)
+    t = heap.Trimmer(every=16)
+    for i in range(40):
+        t.tick(i)
+    assert not calls                      # nothing closed: nothing to give back
+    t.closed()
+    t.tick(40)
+    t.closed()
+    for i in range(41, 56):
+        t.tick(i)
+    assert len(calls) == 1                # at most every 16 frames
+    t.tick(56)
+    assert len(calls) == 2 and t.count == 2
+    if sys.platform.startswith("linux"):
+        assert heap.available()
+        assert heap.tune() == ["arena_max", "mmap_threshold", "trim_threshold"]
+
+
 def test_gaps_and_fragments():
     place = {"appearance": np.zeros(3, np.float32), "mp_world": np.zeros((33, 3))}
     times = {i: i / 10 for i in range(20)}
@@ -149,10 +170,14 @@ def evaluate(takes, truth, visible=VISIBLE):
     return people, switches
 
 
-def test_three_people_crossing_leaving_and_coming_back(tmp_path, crossing):
+def test_three_people_crossing_leaving_and_coming_back(tmp_path, crossing, monkeypatch):
+    from hybrik_blender.worker import heap
     path, truth = crossing
     out = tmp_path / "cross.npz"
     events = []
+    trims = []
+    real_trim = heap.trim
+    monkeypatch.setattr(heap, "trim", lambda: trims.append(1) or real_trim())
     cap.run_capture(cap.CaptureOptions(video=path, out=str(out), people=3),
                     progress=events.append)
     takes = load_tracks(out)
@@ -171,6 +196,8 @@ def test_three_people_crossing_leaving_and_coming_back(tmp_path, crossing):
     best = load_result(out)
     assert best.valid.sum() == max(t.valid.sum() for t in takes)
     assert load_result(out, track=people[2]["track"]).track_id == people[2]["track"]
+    # graphs closed (people lost, let go): their memory was given back
+    assert trims
 
 
 # Harder crossings: the astronaut higher in the frame hides more of the ball

@@ -442,6 +442,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.command in ("capture", "batch"):
+        from . import heap
+        heap.tune()   # before the capture's threads: see worker/heap.py
     try:
         if args.command == "batch":
             return _batch(args)

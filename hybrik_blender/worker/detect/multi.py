@@ -28,6 +28,8 @@ Per frame (``MultiPersonTracker.__call__``):
    than ``max_people`` are active.
 4. Tracks seen this frame are reported; a track missing for more than
    ``lost_after`` frames stops its landmarker and waits for re-identification.
+5. Once a landmark graph has closed, the heap is trimmed every
+   ``heap.EVERY`` frames (worker/heap.py), so the resident size stays flat.
 
 Identities are stable across ``--resume``: at every ``CHUNK`` boundary the
 tracker forgets everything except, per track, its last box, the frame it
@@ -45,6 +47,7 @@ import os
 import cv2
 import numpy as np
 
+from .. import heap
 from .association import INFEASIBLE, hungarian, track_detection_cost
 from .detector import box_iou
 from .kalman import BoxKalman
@@ -135,14 +138,17 @@ class CropLandmarker:
 
     CROP = 256
 
-    def __init__(self, pose_cls, confidence):
+    def __init__(self, pose_cls, confidence, on_close=None):
         self._cls, self._conf = pose_cls, confidence
+        self._on_close = on_close
         self.pose = None
 
     def reset(self):
         if self.pose is not None:
             self.pose.close()
             self.pose = None
+            if self._on_close is not None:
+                self._on_close()
 
     def __call__(self, rgb, box, width, height, keep=0.25):
         """Landmarks of the person in `box`; the crop shows only the box grown
@@ -255,6 +261,7 @@ class MultiPersonTracker:
         self._pool = (concurrent.futures.ThreadPoolExecutor(workers, "landmarks")
                       if workers > 1 else None)
         self._threads = SingleThreaded()   # from the first frame until close()
+        self.heap = heap.Trimmer()         # closed graphs' memory back to the system
 
     # --- chunk boundaries and resume ---------------------------------------------
 
@@ -283,7 +290,7 @@ class MultiPersonTracker:
         self._threads.leave()
 
     def _landmarker(self):
-        return CropLandmarker(self._pose_cls, self._conf)
+        return CropLandmarker(self._pose_cls, self._conf, on_close=self.heap.closed)
 
     # --- one frame -------------------------------------------------------------------
 
@@ -355,6 +362,7 @@ class MultiPersonTracker:
                 if t.missing > self.lost_after:
                     t.landmarker.reset()
                     self._active.remove(t)
+        self.heap.tick(index)
         return sorted(out, key=lambda o: o[0])
 
     def _remember(self, tid, box, index, hist):
