@@ -246,7 +246,8 @@ def check_report(checkpoint=None, smpl_model=None, kid_template=None):
     except ImportError:
         lines.append((False, "torch: missing (needed by the hybrik backend)"))
     try:
-        import mediapipe
+        from .landmarks.mp import load as load_mediapipe
+        mediapipe = load_mediapipe()
         lines.append((True, f"mediapipe {mediapipe.__version__} (default backend)"))
     except ImportError:
         lines.append((False, "mediapipe: missing (needed for tracking and the default backend)"))

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..body.model import rest_joints_29
 from ..body.skeleton import LEAF_VERTEX_IDS, PARENTS_29
-from ..rotations import axis_angle_to_matrix, matrix_to_axis_angle, skew
+from ..rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from .metric import fk29, project, reprojection_error
 
 CHUNK = 1024  # frames per batched linear solve
@@ -164,6 +164,24 @@ def refine_betas(model, rot, betas0, root, uv, w, focal, principal, sigma, opt):
     return beta, root
 
 
+def _rotation_jacobian(jp, p, glob, active):
+    """d pixel_k / d delta_j, (N, 29, 2, A, 3), for the rotation increments
+    delta_j of the active joints (right-multiplied: R_j <- R_j exp(delta_j)).
+
+    A joint k below j moves by d p_k = (G_j delta_j) x (p_k - p_j), so
+    d p_k / d delta_j = -[p_k - p_j]x G_j, whose column c is G_j[:, c] x
+    (p_k - p_j); zero where j is not an ancestor of k. jp (N, 29, 2, 3) is
+    d pixel / d point."""
+    d = p[:, :, None, :] - p[:, None, active, :]                              # (N,29,A,3)
+    g = glob[:, None, active]                                                 # (N,1,A,3,3)
+    dx, dy, dz = (d[..., i, None] for i in range(3))
+    dj = np.stack([g[..., 1, :] * dz - g[..., 2, :] * dy,
+                   g[..., 2, :] * dx - g[..., 0, :] * dz,
+                   g[..., 0, :] * dy - g[..., 1, :] * dx], -2)               # (N,29,A,3,3)
+    dj *= ANCESTORS[:, active][None, :, :, None, None]
+    return np.swapaxes(jp[:, :, None] @ dj, 2, 3)
+
+
 def _pose_step(rot, rot0, rest, root, root0, uv, w, focal, principal, sigma, active, opt,
                damping):
     """One Levenberg-Marquardt step for (translation, active joints' rotations)."""
@@ -171,16 +189,12 @@ def _pose_step(rot, rot0, rest, root, root0, uv, w, focal, principal, sigma, act
     r, rw = _residuals(p, uv, w, focal, principal, sigma, opt.huber)
     jp = _projection_jacobian(p, focal) / sigma[:, None, None, None]         # (N,29,2,3)
     n, na = len(p), len(active)
-    # d p_k / d delta_j = -[p_k - p_j]x G_j, for ancestors j of k
-    dp = p[:, :, None, :] - p[:, None, active, :]                             # (N,29,A,3)
-    dj = -skew(dp) @ glob[:, None, active]                                    # (N,29,A,3,3)
-    dj *= ANCESTORS[:, active][None, :, :, None, None]
-    jac = np.concatenate([jp, np.einsum("nkai,nkjib->nkajb", jp, dj).reshape(n, 29, 2, 3 * na)],
+    jac = np.concatenate([jp, _rotation_jacobian(jp, p, glob, active).reshape(n, 29, 2, 3 * na)],
                          -1)                                                  # (N,29,2,3+3A)
     jw = jac * np.sqrt(rw)[..., None, None]
     jw = jw.reshape(n, 58, -1)
     h = np.swapaxes(jw, 1, 2) @ jw
-    g = np.einsum("nkap,nk,nka->np", jac, rw, r)
+    g = ((rw[..., None] * r).reshape(n, 1, 58) @ jac.reshape(n, 58, -1))[:, 0]
     # priors: total rotation change per joint, depth
     dev = matrix_to_axis_angle(np.swapaxes(rot0[:, active], -1, -2) @ rot[:, active])
     sr = np.radians(opt.rotation_prior_deg)

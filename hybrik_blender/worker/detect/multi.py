@@ -48,12 +48,13 @@ import cv2
 import numpy as np
 
 from .. import heap
+from ..landmarks.mp import load as load_mediapipe
 from .association import INFEASIBLE, hungarian, track_detection_cost
 from .detector import box_iou
 from .kalman import BoxKalman
 from .reid import SIZE as APPEARANCE_SIZE, appearance_distance, torso_histogram
 from .threads import SingleThreaded
-from .tracking import CHUNK, Detection, _quiet_mediapipe, landmark_box
+from .tracking import CHUNK, Detection, landmark_box
 
 log = logging.getLogger(__name__)
 MAX_PEOPLE_ALL = 32
@@ -237,8 +238,7 @@ class MultiPersonTracker:
     def __init__(self, fps, width, height, max_people=None, detect_every=5, detector=None,
                  min_confidence=0.5, new_track_score=0.4, lost_after=2, recent_s=0.5,
                  accept_anywhere_s=2.0, reid_distance=0.7, reid_anywhere_distance=0.35):
-        _quiet_mediapipe()
-        import mediapipe as mp
+        mp = load_mediapipe()
         self._pose_cls = mp.solutions.pose.Pose
         self._conf = min_confidence
         self.fps, self.width, self.height = float(fps), width, height

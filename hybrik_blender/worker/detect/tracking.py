@@ -17,9 +17,10 @@ before it: a resumed capture then reproduces an uninterrupted one exactly.
 """
 import dataclasses
 import logging
-import os
 
 import numpy as np
+
+from ..landmarks.mp import load as load_mediapipe
 
 log = logging.getLogger(__name__)
 CHUNK = 256
@@ -58,18 +59,12 @@ def box_gate(box, last_box, frames_missing, fps, accept_anywhere_s=2.0):
     return float(np.linalg.norm(centre(box) - centre(last_box))) <= radius
 
 
-def _quiet_mediapipe():
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
 class PersonTracker:
     """One person, frame by frame. ``__call__(index, rgb)`` -> Detection|None."""
 
     def __init__(self, fps, width, height, min_confidence=0.5):
-        _quiet_mediapipe()
         try:
-            import mediapipe as mp
+            mp = load_mediapipe()
         except ImportError as exc:
             raise RuntimeError("mediapipe is not installed in the worker environment") from exc
         self._pose_cls = mp.solutions.pose.Pose

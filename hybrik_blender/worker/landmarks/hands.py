@@ -46,6 +46,7 @@ import numpy as np
 from ...core.body.average import average_rest_joints_29
 from ...core.body.hand import average_hand_rest, hand_rest_from_smplx
 from ...core.motion.hands import solve_take_hands
+from .mp import load as load_mediapipe
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +118,8 @@ class HandTracker:
     ``hand_image`` (2, 21, 3), ``hand_world`` (2, 21, 3), ``hand_score`` (2,)."""
 
     def __init__(self, width, height, complexity=DEFAULT_COMPLEXITY, chunk=None):
-        os.environ.setdefault("GLOG_minloglevel", "2")
         try:
-            import mediapipe as mp
+            mp = load_mediapipe()
             from mediapipe.framework.formats import rect_pb2
             from mediapipe.python._framework_bindings import resource_util
         except ImportError as exc:
