@@ -123,3 +123,55 @@ def test_swing_rotation_edge_cases():
     torch.testing.assert_close(r[1] @ a[1], -a[1])
     torch.testing.assert_close(r[2], torch.eye(3, dtype=torch.float64))
     torch.testing.assert_close(r[3] @ a[3], -a[3], atol=1e-9, rtol=0)
+
+
+def _degenerate_poses(rest):
+    """Rest (6, 29, 3) -> targets: rest pose with an anti-parallel left arm,
+    nearly coincident joints, a folded upper body, garbage, huge."""
+    rng = np.random.default_rng(3)
+    pose = np.zeros((6, 29, 3))
+    pose[1] = rest[1]
+    pose[1, 18] = rest[1, 16] - (rest[1, 18] - rest[1, 16])
+    pose[1, [20, 22, 25]] = pose[1, 18]
+    pose[2] = rng.normal(0, 1e-9, (29, 3))
+    pose[3] = rest[3]
+    pose[3, 12:] = rest[3, 12:] + (rest[3, 9] - rest[3, 12]) * 2
+    pose[4] = rng.normal(0, 1, (29, 3))
+    pose[5] = rest[5] * 1e6
+    return pose
+
+
+def test_numpy_exact_ik_is_the_torch_solver(body_model):
+    """core.body.ik.exact_ik (the mediapipe backend's, no torch) against
+    ik.hybrik_ik(swing="exact"): random poses, un-normalised twists,
+    degenerate targets, all-zero twists."""
+    from hybrik_blender.core.body import ik as np_ik
+    rot, betas = random_poses(256, seed=11)
+    posed, phis = joints_and_twists(body_model, rot, betas)
+    phis = phis * np.random.default_rng(2).uniform(0.3, 3, phis.shape[:-1] + (1,))
+    rest = rest_joints_29(body_model, betas)
+    want = ik.hybrik_ik(torch.tensor(posed), torch.tensor(rest), torch.tensor(phis),
+                        swing="exact").numpy()
+    got = np_ik.exact_ik(posed, rest, phis)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    assert geodesic(got, rot).max() < 1e-4
+    rest6 = np.broadcast_to(rest_joints_29(body_model, np.zeros(10)), (6, 29, 3))
+    pose = _degenerate_poses(rest6)
+    for tw in (np.zeros((6, 23, 2)), np.random.default_rng(4).normal(0, 1, (6, 23, 2))):
+        want = ik.hybrik_ik(torch.tensor(pose), torch.tensor(np.array(rest6)), torch.tensor(tw),
+                            swing="exact").numpy()
+        got = np_ik.exact_ik(pose, rest6[:1], tw)      # one rest skeleton for all frames
+        assert np.isfinite(got).all()
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+        assert np.abs(got @ np.swapaxes(got, -1, -2) - np.eye(3)).max() < 1e-9
+
+
+def test_numpy_swing_rotation_edge_cases():
+    from hybrik_blender.core.body import ik as np_ik
+    a = np.array([[0.0, 1, 0], [0, 1, 0], [0, 1, 0], [1, 2, 3], [0, 0, 0]])
+    b = np.array([[0.0, 2, 0], [0, -3, 0], [0, 0, 0], [-1, -2, -3 + 1e-13], [1, 0, 0]])
+    r = np_ik.swing_rotation(a, b)
+    np.testing.assert_allclose(r, ik.swing_rotation(torch.tensor(a), torch.tensor(b)).numpy(),
+                               rtol=0, atol=1e-15)
+    np.testing.assert_allclose(r[1] @ a[1], -a[1], atol=1e-15)
+    np.testing.assert_allclose(r[3] @ a[3], -a[3], atol=1e-9)

@@ -425,3 +425,21 @@ def test_mediapipe_loads_without_plotting_and_its_drawing_still_works():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_mediapipe_capture_runs_without_torch(tmp_path):
+    """The default backend's IK is numpy (core.body.ik): a capture, single
+    and several people, never imports torch (about 0.8 s of each start)."""
+    code = (
+        "import sys\n"
+        "from hybrik_blender.core.samples import carphone_path\n"
+        "from hybrik_blender.worker import capture as cap\n"
+        f"for people, out in ((1, {str(tmp_path / 'a.npz')!r}), (2, {str(tmp_path / 'b.npz')!r})):\n"
+        "    r = cap.run_capture(cap.CaptureOptions(video=carphone_path(), out=out, end=12,\n"
+        "                                           people=people))\n"
+        "    assert r.valid.sum() >= 10, r.valid.sum()\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]

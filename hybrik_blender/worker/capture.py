@@ -594,38 +594,6 @@ def _rounded(alignment):
             for k, d in alignment.items()}
 
 
-def _import_torch(beside):
-    """The mediapipe backend needs torch only for the IK at the end of the
-    clip. With one person it is imported here, before the clock starts, as
-    it always was. With several (``beside``) it is imported in a thread
-    while the tracker runs: about 1 s of one core, taken off the start of
-    the capture, beside landmark graphs that run without the GIL. A later
-    import of the same module waits for this one (Python's import lock).
-    Then the objects alive are frozen (``gc.freeze``)."""
-    import importlib
-    import sys
-    todo = [m for m in mpb.TORCH_MODULES if m not in sys.modules]
-    if not todo:
-        return
-    if not beside:
-        for name in todo:
-            importlib.import_module(name)
-        return
-
-    def run():
-        for name in todo:
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001 - the import where it is used reports it
-                return
-        # what is loaded now lives as long as the process: out of the
-        # collector's way (its full passes walked all of torch's objects,
-        # about 2% of a 3-person capture's CPU)
-        import gc
-        gc.freeze()
-    threading.Thread(target=run, name="import", daemon=True).start()
-
-
 def load_backend(opts):
     """The backend that opts names, built once; pass it to run_capture to reuse
     its model for several videos (the batch actors do)."""
@@ -646,8 +614,6 @@ def run_capture(opts, progress=None, cancel=None, backend=None):
     except VideoError as exc:
         raise CaptureError(EXIT_VIDEO, str(exc)) from None
     info = source.info
-    if (backend.name if backend is not None else opts.backend) == "mediapipe":
-        _import_torch(beside=opts.people != 1)
     loading = None
     if backend is None:
         # the model loads in a thread while the tracker starts and the first

@@ -12,7 +12,7 @@ It needs no checkpoint and no SMPL file. Steps, all batched over frames:
    model, the 10 betas are fitted to them (Gauss-Newton on the linear joint
    regressor). Without one, the built-in average skeleton is scaled to the
    observed limb lengths (core.average_skeleton.fitted_average_skeleton).
-3. The analytical IK (worker.ik.hybrik_ik) solves the swings. Each bone's
+3. The analytical IK (core.body.ik.exact_ik, numpy) solves the swings. Each bone's
    twist comes from a second landmark: the forearm from the hand (index vs
    pinky), the shin from heel->toe, the head from the nose, the trunk from the
    shoulder line. The thigh and the upper arm take the bending plane of the
@@ -30,11 +30,10 @@ import numpy as np
 
 from ...core.body import model as bm
 from ...core.body.average import average_rest_joints_29, fitted_average_skeleton
+from ...core.body.ik import exact_ik
+from ...core.body.kinematics import forward_kinematics
 from ...core.body.skeleton import CHILDREN_29
 
-# torch (for the IK, at the end of a clip) is imported where it is used: a
-# capture imports it in the background while it tracks (capture.py)
-TORCH_MODULES = ("torch", "hybrik_blender.worker.hybrik.ik")
 DEFAULT_FOV_DEG = 65.0
 
 # mediapipe Pose landmark indices
@@ -212,19 +211,13 @@ def observed_references(w, rest):
 
 def solve_rotations(targets, rest, world, passes=3):
     """IK with landmark-derived twists. targets (N,29,3), rest (N|1,29,3)."""
-    # torch on first use: the worker starts its tracker while it loads
-    import torch
-    from ..hybrik import ik
     n = len(targets)
-    rest = np.broadcast_to(rest, (n, 29, 3))
-    pose_t = torch.as_tensor(targets, dtype=torch.float64)
-    rest_t = torch.as_tensor(np.array(rest), dtype=torch.float64)
+    rest = np.broadcast_to(np.asarray(rest, np.float64), (n, 29, 3))
     angles = np.zeros((n, 23))
     refs = observed_references(np.asarray(world, np.float64), rest[0])
     for _ in range(passes):
-        phis = torch.as_tensor(np.stack([np.cos(angles), np.sin(angles)], -1))
-        local = ik.hybrik_ik(pose_t, rest_t, phis, swing="exact")
-        glob = ik.forward_kinematics(local, rest_t[:, :24])[0].numpy()
+        phis = np.stack([np.cos(angles), np.sin(angles)], -1)
+        glob, _ = forward_kinematics(exact_ik(targets, rest, phis), rest[:, :24])
         for joint, items in refs.items():
             bone = rest[:, CHILDREN_29[joint]] - rest[:, joint]
             axis = _unit(np.einsum("nij,nj->ni", glob[:, joint], bone))
@@ -238,8 +231,7 @@ def solve_rotations(targets, rest, world, passes=3):
                     angles[:, s - 1] += delta / 3
             else:
                 angles[:, joint - 1] += delta
-    phis = torch.as_tensor(np.stack([np.cos(angles), np.sin(angles)], -1))
-    return ik.hybrik_ik(pose_t, rest_t, phis, swing="exact").numpy()
+    return exact_ik(targets, rest, np.stack([np.cos(angles), np.sin(angles)], -1))
 
 
 def root_positions(world, image_xy, visibility, focal, principal):
