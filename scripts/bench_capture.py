@@ -33,8 +33,9 @@ on them, each run in its own process so that its peak RSS is its own:
   a 640x480 clip composited from real photos with 3 people (tests/composite.py),
   mediapipe backend with --people 3, on --multi-frames and twice as many
   frames (target: >= 15 fps end to end; peak RSS flat), the single-person
-  path on the same clip (--people 1, the baseline), and the person detector
-  alone on full 640x480 frames (target: >= 40 fps).
+  path on the same clip (--people 1, the baseline), --repeats interleaved
+  rounds (medians), and the person detector alone on full 640x480 frames
+  (target: >= 40 fps).
 
 * ``--hybrik-only``: hybrik end to end at 720p with ``--precision fp32``
   against ``auto`` (and ``bf16`` where native), interleaved runs, medians of
@@ -421,23 +422,30 @@ def multi_person(args, py, tmp):
         print(f"several people: skipped ({exc}); run scripts/fetch_test_media.sh")
         return
     worker = [py, "-m", "hybrik_blender.worker", "capture"]
-    rows = []
-    for n in (args.multi_frames, 2 * args.multi_frames):
-        out = os.path.join(tmp, "people.npz")
-        secs, rss, last = run(worker + [clip, "--out", out, "--end", str(n), "--people", "3"])
-        done = json.loads(last)
-        rows.append((f"mediapipe 640x480, 3 people, {n} frames", n / secs,
-                     n / done["seconds"], rss, len(done.get("people", []))))
-    secs, rss, last = run(worker + [clip, "--out", os.path.join(tmp, "one.npz"), "--end",
-                                    str(args.multi_frames)])
-    done = json.loads(last)
-    rows.append((f"mediapipe 640x480, --people 1 (baseline), {args.multi_frames} frames",
-                 args.multi_frames / secs, args.multi_frames / done["seconds"], rss, 1))
+    n1, n2 = args.multi_frames, 2 * args.multi_frames
+    configs = [(f"mediapipe 640x480, 3 people, {n1} frames", n1, ["--people", "3"]),
+               (f"mediapipe 640x480, 3 people, {n2} frames", n2, ["--people", "3"]),
+               (f"mediapipe 640x480, --people 1 (baseline), {n1} frames", n1, [])]
+    runs = {name: [] for name, _, _ in configs}   # (e2e fps, steady fps, RSS, people)
+    for _ in range(max(1, args.repeats)):         # rounds interleave the configurations
+        for name, n, extra in configs:
+            secs, rss, last = run(worker + [clip, "--out", os.path.join(tmp, "people.npz"),
+                                            "--end", str(n), *extra])
+            done = json.loads(last)
+            runs[name].append((n / secs, n / done["seconds"], rss,
+                               len(done.get("people", [])) or 1))
+    rows = [(name, float(np.median([r[0] for r in runs[name]])),
+             float(np.median([r[1] for r in runs[name]])), max(r[2] for r in runs[name]),
+             runs[name][0][3]) for name, _, _ in configs]
     det_fps = bench_detector(clip, 100)
     print(f"{'several people':58s} {'end-to-end fps':>15s} {'steady fps':>11s} "
           f"{'peak RSS':>10s} {'people':>7s}")
     for name, e2e, steady, rss, k in rows:
         print(f"{name:58s} {e2e:15.1f} {steady:11.1f} {rss:8.0f} MiB {k:7d}")
+    print(f"(medians of {max(1, args.repeats)} interleaved runs, peak RSS their maximum; "
+          "each run end to end / steady fps:")
+    for name, _, _ in configs:
+        print(f"  {name}: " + ", ".join(f"{e:.1f}/{st:.1f}" for e, st, _, _ in runs[name]) + ")")
     print(f"3 people at 640x480: {rows[0][1]:.1f} fps end to end (target >= 15), "
           f"{rows[0][2] / rows[2][2]:.2f}x the single-person speed on the same clip")
     print(f"person detector alone, full 640x480 frames: {det_fps:.1f} fps (target >= 40)")
@@ -463,7 +471,8 @@ def main():
                     help="--hybrik-only: architectures (res34_cam, hrnet48_cam)")
     ap.add_argument("--hybrik-batch", type=int, default=None,
                     help="--hybrik-only: --batch-size (default 16 on the CPU, 64 on CUDA)")
-    ap.add_argument("--repeats", type=int, default=3, help="--hybrik-only: runs per precision")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="--hybrik-only: runs per precision; several people: interleaved rounds")
     ap.add_argument("--fixed-frames", type=int, default=None,
                     help="--hybrik-only: frames of the tracker-free runs (default --hybrik-frames)")
     ap.add_argument("--demo-way", nargs=3, metavar=("VIDEO", "CKPT", "FRAMES"),
