@@ -406,6 +406,14 @@ def test_tracker_does_not_jump_to_someone_else(tmp_path):
     assert box_gate(np.array([320.0, 0, 480, 160]), last, 50, 25.0)
 
 
+def _python_prints_ok(code, timeout):
+    """Run ``code`` in a fresh interpreter (a clean sys.modules) at the
+    project root; it must exit 0 with "ok" as its last line."""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=timeout)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
 def test_mediapipe_loads_without_plotting_and_its_drawing_still_works():
     """landmarks.mp.load(): mediapipe's drawing helpers' matplotlib import is
     deferred (0.25-0.4 s of each worker start), and still works when used."""
@@ -422,9 +430,7 @@ def test_mediapipe_loads_without_plotting_and_its_drawing_still_works():
         "import matplotlib\n"
         "assert matplotlib.pyplot is plt and hasattr(matplotlib, '__version__')\n"
         "print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    _python_prints_ok(code, 120)
 
 
 def test_mediapipe_capture_runs_without_torch(tmp_path):
@@ -440,6 +446,4 @@ def test_mediapipe_capture_runs_without_torch(tmp_path):
         "    assert r.valid.sum() >= 10, r.valid.sum()\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+    _python_prints_ok(code, 300)

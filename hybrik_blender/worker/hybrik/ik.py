@@ -65,6 +65,7 @@ with a few batched tensor operations.
 import numpy as np
 import torch
 
+from ...core.body.ik import LEVELS
 from ...core.body.skeleton import CHILDREN_29, LEAF_VERTEX_IDS, PARENTS_29
 
 # The IK's child for each joint: the reference forces spine1 for the pelvis
@@ -82,20 +83,8 @@ OFFICIAL_EPS = 1e-8          # the official regularising term
 DEGENERATE = 1e-2
 
 
-def _levels():
-    depth = np.zeros(len(PARENTS_29), np.int64)
-    for i in range(1, len(PARENTS_29)):
-        depth[i] = depth[PARENTS_29[i]] + 1
-    out = []
-    for d in range(1, depth.max() + 1):
-        idx = [i for i in range(1, 24) if depth[i] == d and _CHILD[i] >= 0]
-        if idx:
-            out.append((torch.tensor(idx), torch.tensor(PARENTS_29[idx]),
-                        torch.tensor(_CHILD[idx])))
-    return out
-
-
-_LEVELS = _levels()          # joints 1..23 grouped by depth in the tree
+# joints 1..23 grouped by depth in the tree (the numpy solver's grouping)
+_LEVELS = [tuple(torch.as_tensor(a) for a in level) for level in LEVELS]
 _PARENTS = torch.as_tensor(PARENTS_29)
 
 
