@@ -14,7 +14,7 @@ import sys
 import threading
 import types
 
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()   # re-entered if the import itself touches a stand-in
 _LAZY = ("matplotlib", "matplotlib.pyplot")
 
 
