@@ -408,10 +408,13 @@ def test_tracker_does_not_jump_to_someone_else(tmp_path):
 
 def _python_prints_ok(code, timeout):
     """Run ``code`` in a fresh interpreter (a clean sys.modules) at the
-    project root; it must exit 0 with "ok" as its last line."""
+    project root; it must exit 0 with "ok" as its last line. Returns its
+    stdout."""
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          timeout=timeout)
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert out.returncode == 0 and lines and lines[-1] == "ok", out.stderr[-2000:]
+    return out.stdout
 
 
 def test_mediapipe_loads_without_plotting_and_its_drawing_still_works():
@@ -430,7 +433,7 @@ def test_mediapipe_loads_without_plotting_and_its_drawing_still_works():
         "import matplotlib\n"
         "assert matplotlib.pyplot is plt and hasattr(matplotlib, '__version__')\n"
         "print('ok')\n")
-    _python_prints_ok(code, 120)
+    assert _python_prints_ok(code, 120).strip() == "ok"   # and nothing else printed
 
 
 def test_mediapipe_capture_runs_without_torch(tmp_path):
